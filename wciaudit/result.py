@@ -1,0 +1,301 @@
+"""The audit result and its JSON form (SPEC: "The JSON result (schema_version 1)").
+
+Other tools and CI read this file, so the SPEC keys are stable; extra keys are added
+beside them, never in their place. A figure that could not be measured is ``None``
+(JSON ``null``), never 0.
+
+Example:
+    >>> r = AuditResult.from_json(AuditResult().to_json())
+    >>> r.schema_version
+    1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class CheckpointInfo:
+    path: str = ""
+    sha256: str = ""
+    format: str = ""
+    arch: str = ""
+    num_params: int = 0
+    num_classes: int | None = None
+    input_size: list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetInfo:
+    name: str = ""
+    n_train: int | None = None
+    n_test: int | None = None
+    input_shape: list[int] | None = None
+    num_classes: int | None = None
+    source: str = ""
+    reason: str = ""
+    lo: float = 0.0
+    hi: float = 1.0
+    hessian_samples: int | None = None
+    n_train_total: int | None = None
+    n_test_total: int | None = None
+
+
+@dataclass
+class Metrics:
+    clean_acc_train: float | None = None
+    clean_acc_test: float | None = None
+    clean_loss_train: float | None = None
+    clean_loss_test: float | None = None
+    robust_acc_train: float | None = None
+    robust_acc_test: float | None = None
+    robust_loss_train: float | None = None
+    robust_loss_test: float | None = None
+    gap_loss: float | None = None
+    gap_err: float | None = None
+    # standard errors from the sample sizes (binomial for accuracies, per-example
+    # spread for losses; independent splits for the gaps)
+    clean_acc_train_se: float | None = None
+    clean_acc_test_se: float | None = None
+    clean_loss_train_se: float | None = None
+    clean_loss_test_se: float | None = None
+    robust_acc_train_se: float | None = None
+    robust_acc_test_se: float | None = None
+    robust_loss_train_se: float | None = None
+    robust_loss_test_se: float | None = None
+    gap_loss_se: float | None = None
+    gap_err_se: float | None = None
+    hessian_loss: float | None = None
+
+
+@dataclass
+class LayerResult:
+    name: str = ""
+    shape: list[int] = field(default_factory=list)
+    numel: int = 0
+    frob_norm: float = 0.0
+    trace: float | None = None
+    trace_se: float | None = None
+    probes: int | str = 0
+    method: str = "hutchinson"
+    converged: bool | None = None
+    wci_term: float | None = None
+    flag: str | None = None
+    rel_se: float | None = None
+    wci_term_se: float | None = None
+    stop_reason: str | None = None
+    # running estimate after each round of probes: [probes, mean, se]
+    history: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class OtherParameter:
+    name: str = ""
+    shape: list[int] = field(default_factory=list)
+    numel: int = 0
+    frob_norm: float = 0.0
+    kind: str = ""
+
+
+@dataclass
+class PacBayes:
+    c: float | None = None
+    curvature_term: float | None = None
+    kl_term: float | None = None
+    confidence_term: float | None = None
+    bound: float | None = None
+    delta: float = 0.05
+    m: int | None = None
+    l_adv: float | None = None
+    note: str = (
+        "Second-order PAC-Bayes approximation, not a certificate: the expansion keeps "
+        "second-order terms only and c* is chosen after seeing the data."
+    )
+
+
+@dataclass
+class Gate:
+    passed: bool = True
+    failures: list[str] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Timings:
+    load_s: float = 0.0
+    attack_s: float = 0.0
+    trace_s: float = 0.0
+    total_s: float = 0.0
+    eval_s: float = 0.0
+    data_s: float = 0.0
+
+
+@dataclass
+class Environment:
+    python: str = ""
+    torch: str = ""
+    timm: str = ""
+    platform: str = ""
+    device: str = ""
+    device_name: str = ""
+    dtype: str = ""
+    date: str = ""
+
+
+@dataclass
+class AuditResult:
+    """Everything one scan measured; ``to_json``/``from_json`` give the schema-v1 file."""
+
+    schema_version: int = SCHEMA_VERSION
+    tool_version: str = __version__
+    checkpoint: CheckpointInfo = field(default_factory=CheckpointInfo)
+    dataset: DatasetInfo = field(default_factory=DatasetInfo)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+    layers: list[LayerResult] = field(default_factory=list)
+    other_parameters: list[OtherParameter] = field(default_factory=list)
+    wci: float | None = None
+    wci_se: float | None = None
+    wci_se_method: str = "delta method from per-layer standard errors (independent probes)"
+    pac_bayes: PacBayes = field(default_factory=PacBayes)
+    gate: Gate = field(default_factory=Gate)
+    timings: Timings = field(default_factory=Timings)
+    environment: Environment = field(default_factory=Environment)
+    notes: list[str] = field(default_factory=list)
+
+    # -- derived figures used by the report and the gate -------------------------------
+    @property
+    def sum_frob_sq(self) -> float:
+        """Ablation: sum_k ||W_k||_F^2."""
+        return float(sum(layer.frob_norm**2 for layer in self.layers))
+
+    @property
+    def sum_trace(self) -> float | None:
+        """Ablation: sum_k Tr(H_k), None when any trace is missing."""
+        traces = [layer.trace for layer in self.layers]
+        if not traces or any(t is None for t in traces):
+            return None
+        return float(sum(traces))
+
+    # -- JSON -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AuditResult:
+        if not isinstance(d, dict):
+            raise ConfigError("a wciaudit result must be a JSON object")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(
+                f"unsupported result schema_version {version!r}; this wciaudit reads "
+                f"version {SCHEMA_VERSION}"
+            )
+        try:
+            return cls(
+                schema_version=version,
+                tool_version=str(d.get("tool_version", "")),
+                checkpoint=_build(CheckpointInfo, d.get("checkpoint")),
+                dataset=_build(DatasetInfo, d.get("dataset")),
+                config=dict(d.get("config") or {}),
+                metrics=_build(Metrics, d.get("metrics")),
+                layers=[_build(LayerResult, x) for x in d.get("layers") or []],
+                other_parameters=[_build(OtherParameter, x) for x in d.get("other_parameters") or []],
+                wci=d.get("wci"),
+                wci_se=d.get("wci_se"),
+                wci_se_method=str(d.get("wci_se_method", "")),
+                pac_bayes=_build(PacBayes, d.get("pac_bayes")),
+                gate=_build(Gate, d.get("gate")),
+                timings=_build(Timings, d.get("timings")),
+                environment=_build(Environment, d.get("environment")),
+                notes=list(d.get("notes") or []),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed wciaudit result: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> AuditResult:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not a JSON file: {exc.msg} at line {exc.lineno}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AuditResult:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"result file not found: {p}")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read result file {p}: {exc}") from None
+        return cls.from_json(text)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON atomically (temp file in the same folder, then rename)."""
+        return write_atomic(path, self.to_json())
+
+
+def write_atomic(path: str | os.PathLike[str], text: str | bytes) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename.
+
+    A failure leaves no file behind and an existing file untouched.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"output folder does not exist: {folder}")
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target
+
+
+def _build(cls: type, d: Any) -> Any:
+    if d is None:
+        return cls()
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__} must be an object")
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _clean(obj: Any) -> Any:
+    """Non-finite floats become None (JSON null): a figure we could not measure."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
