@@ -143,6 +143,9 @@ class Timings:
     total_s: float = 0.0
     eval_s: float = 0.0
     data_s: float = 0.0
+    # when the scan started (UTC, ISO 8601); kept with the timings so that two runs
+    # with the same seed differ in this block alone
+    started_at: str = ""
 
 
 @dataclass
@@ -154,7 +157,6 @@ class Environment:
     device: str = ""
     device_name: str = ""
     dtype: str = ""
-    date: str = ""
 
 
 @dataclass

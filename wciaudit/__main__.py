@@ -1,0 +1,5 @@
+"""``python -m wciaudit`` (also under ``torchrun``)."""
+
+from .cli.app import main
+
+main()

@@ -1,0 +1,91 @@
+"""What every command shares: option aliases, the error map, consoles and progress bars."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import WCIAuditError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: stdout for results, stderr for progress and errors
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No summary and no progress bars; errors still go to stderr.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Where to write the JSON result (default: <checkpoint name>.wciaudit.json in the current folder).", dir_okay=False)]
+HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also write the self-contained HTML report here.", dir_okay=False)]
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    err.print(f"wciaudit: error: {_one_line(message)}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """One map from exception types to one-line messages and exit codes.
+
+    WCIAuditError (bad checkpoint, data, setting) -> 2; Ctrl-C -> 130; anything else is
+    a bug in wciaudit -> 3, still one line (set WCIAUDIT_DEBUG=1 for the traceback).
+    """
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import os
+
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except WCIAuditError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; no output was written", EXIT_INTERRUPTED) from None
+        except MemoryError:
+            raise fail("out of memory; try a smaller --batch-size or --hessian-samples", EXIT_USAGE) from None
+        except Exception as exc:  # the last line of defence: never a traceback
+            if os.environ.get("WCIAUDIT_DEBUG"):
+                raise
+            name = type(exc).__name__
+            if "OutOfMemoryError" in name:
+                raise fail("GPU out of memory; try a smaller --batch-size", EXIT_USAGE) from None
+            raise fail(f"internal error ({name}: {exc}); set WCIAUDIT_DEBUG=1 for a traceback", EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
+    """Rich progress bars on stderr, one per stage, fed by the library's callback."""
+    if not enabled:
+        yield None
+        return
+    labels = {"attack-train": "PGD on train", "attack-test": "PGD on test", "curvature": "Hessian traces"}
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True, disable=not sys.stderr.isatty(),
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def callback(stage: str, advance: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], advance=advance)
+
+        yield callback

@@ -1,0 +1,117 @@
+"""Per-layer traces of the adversarial-loss Hessian: route choice and the two estimators.
+
+``layer_traces`` measures Tr(H_kk) for every layer k:
+- ``exact-ggn`` (:mod:`.ggn`) where the residual of the Gauss-Newton split is zero on
+  the data (checked per layer) and the C Jacobian rows per example fit in memory and
+  cost less than the probes Hutchinson would spend;
+- ``hutchinson`` (:mod:`.hutchinson`) elsewhere, with block-restricted probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .estimate import TraceEstimate, mean_and_se
+from .ggn import ggn_bytes_per_example, ggn_traces, residual_vanishes
+from .hutchinson import hutchinson_traces
+from .objective import Objective
+
+__all__ = [
+    "Objective",
+    "TraceEstimate",
+    "layer_traces",
+    "ggn_traces",
+    "hutchinson_traces",
+    "residual_vanishes",
+    "mean_and_se",
+]
+
+
+def layer_traces(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: list[str],
+    *,
+    method: str = "auto",
+    tol: float = 0.05,
+    max_probes: int = 200,
+    min_probes: int = 10,
+    seed: int = 0,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+    memory_bytes: int = 512 * 2**20,
+    progress: Callable[[str, int], None] | None = None,
+) -> list[TraceEstimate]:
+    """Tr(d^2 L / dW_k^2) for each named layer, L = mean CE of ``model`` on (x, y).
+
+    Args:
+        model: classifier in eval mode, on ``device``.
+        x, y: the (adversarial) examples the Hessian is taken over, on the CPU.
+        names: layer parameter names, in model order.
+        method: ``auto`` (exact route where it is exact and cheaper), ``ggn`` (exact
+            route wherever it is exact), ``hutchinson`` (probes everywhere).
+        tol, max_probes, min_probes, seed: Hutchinson's stop rule and probes.
+        memory_bytes: budget for one chunk of per-example Jacobians.
+        progress: called as ``progress(kind, n)`` with kind ``"ggn"`` (examples) or
+            ``"probes"``.
+
+    Returns:
+        One estimate per layer, in the order of ``names``.
+    """
+    device = device or next(model.parameters()).device
+    objective = Objective(model, x, y, list(names), batch_size, device)
+    estimates: dict[str, TraceEstimate] = {}
+    hutch_names = list(names)
+    if method in ("auto", "ggn"):
+        exact = residual_vanishes(objective, seed=seed)
+        candidates = [n for n in names if exact[n]]
+        groups = _memory_groups(objective, candidates, memory_bytes)
+        classes = _num_classes(objective)
+        # cost in backward passes over the data: C vector-Jacobian products per group
+        # for the exact route, >= 2 * min_probes products per layer for Hutchinson
+        ggn_cost = classes * len(groups)
+        hutch_cost = 2 * min_probes * sum(len(g) for g in groups)
+        if groups and (method == "ggn" or ggn_cost <= hutch_cost):
+            for group in groups:
+                for est in ggn_traces(
+                    objective, group, memory_bytes=memory_bytes,
+                    progress=None if progress is None else (lambda k: progress("ggn", k)),
+                ):
+                    estimates[est.name] = est
+            hutch_names = [n for n in names if n not in estimates]
+    if hutch_names:
+        for est in hutchinson_traces(
+            objective, tol=tol, max_probes=max_probes, min_probes=min_probes, seed=seed,
+            names=hutch_names,
+            progress=None if progress is None else (lambda k: progress("probes", k)),
+        ):
+            estimates[est.name] = est
+    return [estimates[n] for n in names]
+
+
+def _num_classes(objective: Objective) -> int:
+    with torch.no_grad():
+        xb = objective.x[:1].to(objective.device, objective.dtype)
+        return int(objective.model(xb).shape[1])
+
+
+def _memory_groups(objective: Objective, names: list[str], memory_bytes: int) -> list[list[str]]:
+    """Split layers into groups whose per-example Jacobian fits ``memory_bytes``;
+    a layer that alone does not fit is left to Hutchinson."""
+    classes = _num_classes(objective)
+    groups: list[list[str]] = []
+    current: list[str] = []
+    for n in names:
+        if ggn_bytes_per_example(objective, [n], classes) > memory_bytes:
+            continue
+        if current and ggn_bytes_per_example(objective, current + [n], classes) > memory_bytes:
+            groups.append(current)
+            current = []
+        current.append(n)
+    if current:
+        groups.append(current)
+    return groups

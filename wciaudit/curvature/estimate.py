@@ -1,0 +1,47 @@
+"""Per-layer trace estimates: value, standard error, probe count, how the estimate stopped."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TraceEstimate:
+    """Tr(H_kk) for one layer (SPEC: Layers, norms, curvature).
+
+    Attributes:
+        name: parameter name of the layer.
+        trace: the estimate (exact for ``exact-ggn``).
+        se: standard error (0 for exact).
+        probes: Rademacher probes averaged, or ``"exact"``.
+        method: ``hutchinson`` or ``exact-ggn``.
+        converged: relative SE <= tol (or exact).
+        stop_reason: ``exact``, ``tol`` or ``cap``.
+        history: [probes, running mean, running SE] after each round.
+    """
+
+    name: str
+    trace: float
+    se: float
+    probes: int | str
+    method: str
+    converged: bool
+    stop_reason: str
+    history: list[list[float]] = field(default_factory=list)
+
+    @property
+    def rel_se(self) -> float | None:
+        if self.trace == 0:
+            return None if self.se == 0 else math.inf
+        return self.se / abs(self.trace)
+
+
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    """Sample mean and its standard error sd / sqrt(n) (n - 1 in the variance)."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, math.inf
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
