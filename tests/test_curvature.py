@@ -148,3 +148,41 @@ def test_float32_exact_route_on_a_timm_resnet() -> None:
     for est in estimates:
         assert est.method == "exact-ggn"
         assert est.trace == pytest.approx(exact[est.name], rel=1e-6)
+
+
+class _Mixed(nn.Module):
+    """Grouped and strided convolutions, an in-place ReLU right after a conv, and a
+    Linear applied per token (3-D input): every case of the per-example norm code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2)
+        self.c3 = nn.Conv2d(8, 8, 1, groups=8, bias=False)
+        self.tok = nn.Linear(8, 5)
+        self.head = nn.Linear(5 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu_(self.c1(x))
+        h = torch.relu(self.c3(torch.relu(self.c2(h))))  # (N, 8, 2, 2)
+        tokens = h.flatten(2).transpose(1, 2)  # (N, 4, 8)
+        return self.head(torch.relu(self.tok(tokens)).flatten(1))
+
+
+def test_backward_route_equals_the_jacobian_route_and_the_dense_hessian() -> None:
+    from wciaudit.curvature import ggn
+
+    model = _Mixed().double().eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 2, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (24,), generator=g)
+    names = [layer.name for layer in weight_layers(model)]
+    obj = Objective(model, x, y, names, 10, torch.device("cpu"))
+    assert all(residual_vanishes(obj).values())
+    fast = {e.name: e.trace for e in ggn.ggn_traces(obj)}
+    totals: dict = {}
+    ggn._ggn_by_jacobians(obj, names, totals, 2**26, None)
+    exact = dense_traces(model, x, y, names)
+    for n in names:
+        assert fast[n] == pytest.approx(float(totals[n]) / 24, rel=1e-9)
+        assert fast[n] == pytest.approx(exact[n], rel=1e-6)
