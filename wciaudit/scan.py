@@ -273,9 +273,12 @@ def _resolve_data(data: Any, loaded: LoadedCheckpoint, cfg: ScanConfig) -> tuple
             reason = "no --data given; the model accepts the shipped sample dataset's input shape"
             if hint:
                 reason += f" (its metadata names dataset {hint!r}, which wciaudit does not ship)"
-    splits, note = fit_to_model(splits, input_size)
-    if note:
-        reason += f"; {note}"
+    if splits.name == "digits":
+        # only the shipped sample is adapted to the model's input size; a user's own
+        # data must fit the model as it is (ImageFolder data is already transformed)
+        splits, note = fit_to_model(splits, input_size)
+        if note:
+            reason += f"; {note}"
     if not (splits.has_train or splits.has_test):
         raise DataError("the dataset has neither a train nor a test split")
     return splits, reason
