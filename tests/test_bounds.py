@@ -13,9 +13,9 @@ from wciaudit.bounds import (
     optimal_c,
     pac_bayes_bound,
     pac_bayes_terms,
-    weight_curvature_index,
     wci_term_se,
     wci_terms,
+    weight_curvature_index,
 )
 
 wcis = st.floats(min_value=1e-6, max_value=1e4)
@@ -48,9 +48,9 @@ def test_layer_form_of_the_terms() -> None:
     """(c/2) WCI = sum_k s_k^2 Tr_k / 2 and WCI / (2c) = sum_k ||W_k||^2 / (2 s_k^2)."""
     frob, traces, c = [2.0, 0.5, 3.0], [4.0, 9.0, 0.25], 0.03
     wci, _ = weight_curvature_index(frob, traces, [0, 0, 0])
-    s2 = [c * f / math.sqrt(t) for f, t in zip(frob, traces)]
-    assert sum(s * t / 2 for s, t in zip(s2, traces)) == pytest.approx(c / 2 * wci)
-    assert sum(f * f / (2 * s) for f, s in zip(frob, s2)) == pytest.approx(wci / (2 * c))
+    s2 = [c * f / math.sqrt(t) for f, t in zip(frob, traces, strict=True)]
+    assert sum(s * t / 2 for s, t in zip(s2, traces, strict=True)) == pytest.approx(c / 2 * wci)
+    assert sum(f * f / (2 * s) for f, s in zip(frob, s2, strict=True)) == pytest.approx(wci / (2 * c))
 
 
 @settings(max_examples=200, deadline=None)

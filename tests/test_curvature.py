@@ -13,9 +13,9 @@ import math
 
 import pytest
 import torch
+from reference import TiedNet, cnn_bn, dense_block, dense_traces, mlp, rademacher_variance
 from torch import nn
 
-from reference import TiedNet, cnn_bn, dense_block, dense_traces, mlp, rademacher_variance
 from wciaudit.curvature import Objective, hutchinson_traces, layer_traces, residual_vanishes
 from wciaudit.model import weight_layers
 
@@ -116,7 +116,7 @@ def test_batching_does_not_change_the_numbers() -> None:
     names = [layer.name for layer in weight_layers(model)]
     one = layer_traces(model, x, y, names, method="auto", batch_size=N, seed=5)
     many = layer_traces(model, x, y, names, method="auto", batch_size=7, seed=5)
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         assert a.probes == b.probes
         assert a.trace == pytest.approx(b.trace, rel=1e-9)
 

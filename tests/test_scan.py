@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import dense_traces
 from torch import nn
 
-from reference import dense_traces
 from wciaudit import ScanConfig, Splits, scan
 from wciaudit.attack import attack_split
 from wciaudit.bounds import pac_bayes_terms

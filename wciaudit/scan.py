@@ -188,7 +188,7 @@ def scan(
                 min_probes=cfg.min_probes, seed=cfg.seed, batch_size=cfg.batch_size,
                 device=device, progress=tick,
             )
-            for layer, est in zip(result.layers, estimates):
+            for layer, est in zip(result.layers, estimates, strict=True):
                 _fill_layer(layer, est)
         trace_s = time.perf_counter() - t0
 

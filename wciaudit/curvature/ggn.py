@@ -69,7 +69,7 @@ def residual_vanishes(objective: Objective, max_examples: int = 64, seed: int = 
     g = torch.Generator(device="cpu")
     g.manual_seed(seed + 12_345)
     out = {}
-    for n, gr, gl in zip(names, grads_r, grads_l):
+    for n, gr, gl in zip(names, grads_r, grads_l, strict=True):
         u = torch.randn(tuple(weights[n].shape), generator=g).to(objective.device, objective.dtype)
         (ru,) = torch.autograd.grad(gr, weights[n], grad_outputs=u, retain_graph=True, allow_unused=True)
         (hu,) = torch.autograd.grad(gl, weights[n], grad_outputs=u, retain_graph=True, allow_unused=True)

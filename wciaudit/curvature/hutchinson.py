@@ -131,7 +131,7 @@ def hutchinson_traces(
                 grads = cached_graph
             else:
                 loss = objective.loss(weights, xb, yb)
-                grads = dict(zip(names, torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True)))
+                grads = dict(zip(names, torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True), strict=True))
                 if single_batch:
                     cached_graph = grads
             for n in want:
