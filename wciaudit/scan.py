@@ -31,6 +31,7 @@ from .checkpoints import LoadedCheckpoint, load_checkpoint
 from .config import ScanConfig
 from .curvature import layer_traces
 from .data import SAMPLE_NAMES, Splits, fit_to_model, load_data, stratified_subset
+from .distributed import Shard
 from .errors import ConfigError, DataError
 from .metrics import per_example, robust_gap, split_figures
 from .model import AuditedModel, eval_mode, no_tf32, other_parameters, resolve_device, weight_layers
@@ -65,6 +66,7 @@ def scan(
     std: list[float] | None = None,
     weights_only: bool = False,
     progress: ProgressCallback | None = None,
+    shard: Shard | None = None,
     **settings: Any,
 ) -> AuditResult:
     """Audit a classifier: robust figures, per-layer norms and traces, WCI, PAC-Bayes terms.
@@ -79,6 +81,8 @@ def scan(
         arch, arch_args, num_classes, mean, std: checkpoint loading options.
         weights_only: report weight norms and the parameter inventory alone.
         progress: optional callback ``progress(stage, advance, total)``.
+        shard: this process's place under torchrun (see :mod:`wciaudit.distributed`);
+            default: a single process.
 
     Returns:
         The :class:`AuditResult` (gate block untouched: see :mod:`wciaudit.gate`).
@@ -89,7 +93,8 @@ def scan(
     t_start = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     cfg = _make_config(config, settings)
-    device = resolve_device(cfg.device)
+    shard = shard or Shard()
+    device = shard.device if shard.active and shard.device.type == "cuda" else resolve_device(cfg.device)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     notes: list[str] = []
 
@@ -112,6 +117,7 @@ def scan(
         notes=notes,
     )
     result.config["device"] = str(device)
+    result.config["processes"] = shard.world
     result.other_parameters = [
         OtherParameter(name=n, shape=list(p.shape), numel=p.numel(), frob_norm=_frob(p), kind=kind)
         for n, p, kind in other_parameters(loaded.model)
@@ -147,25 +153,28 @@ def scan(
     with eval_mode(net), no_tf32():
         _check_model_accepts(net, splits, device, dtype)
 
-        # -- attack -------------------------------------------------------------------
+        # -- attack (each process its shard; starts seeded by global index) ------------
         t0 = time.perf_counter()
         adv: dict[str, torch.Tensor] = {}
         for split, stream in (("train", 0), ("test", 1)):
             x, y = _split(splits, split)
             if x is None:
                 continue
+            lo, hi = shard.bounds(x.shape[0])
             stage = f"attack-{split}"
-            tick = None if progress is None else (lambda k, s=stage, n=x.shape[0]: progress(s, k, n))
-            adv[split] = attack_split(net, x, y, cfg, device, stream=stream, progress=tick)
+            tick = None if progress is None else (lambda k, s=stage, n=hi - lo: progress(s, k, n))
+            adv[split] = attack_split(net, x[lo:hi], y[lo:hi], cfg, device, stream=stream, index_offset=lo, progress=tick)
         attack_s = time.perf_counter() - t0
 
-        # -- robust figures -----------------------------------------------------------
+        # -- robust figures (per-example values gathered in index order) -------------
         t0 = time.perf_counter()
         figures = {}
         for split in adv:
             x, y = _split(splits, split)
-            figures[f"clean_{split}"] = split_figures(*per_example(net, x, y, cfg.batch_size, device))
-            figures[f"robust_{split}"] = split_figures(*per_example(net, adv[split], y, cfg.batch_size, device))
+            lo, hi = shard.bounds(x.shape[0])
+            for kind, inputs in (("clean", x[lo:hi]), ("robust", adv[split])):
+                losses, correct = per_example(net, inputs, y[lo:hi], cfg.batch_size, device)
+                figures[f"{kind}_{split}"] = split_figures(shard.gather_cat(losses), shard.gather_cat(correct))
         result.metrics = _metrics(figures)
         eval_s = time.perf_counter() - t0
 
@@ -174,19 +183,30 @@ def scan(
         hessian_split = "train" if "train" in adv else "test"
         if hessian_split == "test":
             notes.append("no train split: curvature is measured on the test split, the gap and the bound are null")
-        x_h, y_h = adv[hessian_split], _split(splits, hessian_split)[1]
-        if x_h.shape[0] > cfg.hessian_samples:
-            idx = stratified_subset(y_h, cfg.hessian_samples, cfg.seed)
-            x_h, y_h = x_h[idx], y_h[idx]
-        result.dataset.hessian_samples = int(x_h.shape[0])
-        result.metrics.hessian_loss = float(per_example(net, x_h, y_h, cfg.batch_size, device)[0].mean())
+        y_full = _split(splits, hessian_split)[1]
+        idx = torch.arange(y_full.shape[0])
+        if y_full.shape[0] > cfg.hessian_samples:
+            idx = stratified_subset(y_full, cfg.hessian_samples, cfg.seed)
+        if idx.shape[0] < shard.world:
+            raise ConfigError(f"--hessian-samples {idx.shape[0]} is smaller than the {shard.world} processes")
+        # the subset's rows that this process attacked, gathered so that every process
+        # holds the subset in index order, then sharded again for the products
+        lo, hi = shard.bounds(y_full.shape[0])
+        mine = idx[(idx >= lo) & (idx < hi)] - lo
+        x_h_all = shard.gather_cat(adv[hessian_split][mine])
+        h_lo, h_hi = shard.bounds(idx.shape[0])
+        x_h, y_h = x_h_all[h_lo:h_hi], y_full[idx][h_lo:h_hi]
+        result.dataset.hessian_samples = int(idx.shape[0])
+        h_losses = per_example(net, x_h, y_h, cfg.batch_size, device)[0]
+        result.metrics.hessian_loss = float(shard.all_reduce_sum(h_losses.sum().reshape(1))[0]) / idx.shape[0]
         if layers:
             tick = None if progress is None else (lambda kind, k: progress("curvature", k, None))
             estimates = layer_traces(
                 net, x_h, y_h, [f"model.{layer.name}" for layer in layers],
                 method=cfg.curvature.value, tol=cfg.tol, max_probes=cfg.max_probes,
                 min_probes=cfg.min_probes, seed=cfg.seed, batch_size=cfg.batch_size,
-                device=device, progress=tick,
+                device=device, progress=tick, n_total=int(idx.shape[0]),
+                reduce=shard.all_reduce_sum if shard.active else None,
             )
             for layer, est in zip(result.layers, estimates, strict=True):
                 _fill_layer(layer, est)

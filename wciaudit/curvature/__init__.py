@@ -45,6 +45,8 @@ def layer_traces(
     device: torch.device | None = None,
     memory_bytes: int = 512 * 2**20,
     progress: Callable[[str, int], None] | None = None,
+    n_total: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[TraceEstimate]:
     """Tr(d^2 L / dW_k^2) for each named layer, L = mean CE of ``model`` on (x, y).
 
@@ -58,12 +60,16 @@ def layer_traces(
         memory_bytes: budget for one chunk of per-example Jacobians.
         progress: called as ``progress(kind, n)`` with kind ``"ggn"`` (examples) or
             ``"probes"``.
+        n_total, reduce: under torch.distributed, (x, y) is this process's shard of
+            ``n_total`` examples and ``reduce`` sums a tensor over processes.
 
     Returns:
         One estimate per layer, in the order of ``names``.
     """
     device = device or next(model.parameters()).device
-    objective = Objective(model, x, y, list(names), batch_size, device)
+    objective = Objective(model, x, y, list(names), batch_size, device, n_total=n_total)
+    if reduce is not None:
+        objective.reduce = reduce
     estimates: dict[str, TraceEstimate] = {}
     hutch_names = list(names)
     if method in ("auto", "ggn"):

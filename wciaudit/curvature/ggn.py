@@ -76,7 +76,10 @@ def residual_vanishes(objective: Objective, max_examples: int = 64, seed: int = 
         r_norm = 0.0 if ru is None else float(ru.norm())
         h_norm = 0.0 if hu is None else float(hu.norm())
         out[n] = r_norm <= RESIDUAL_RTOL * max(h_norm, 1e-30)
-    return out
+    # under torchrun each process checks its own examples: the route is exact only if
+    # it is exact on all of them, and every process must take the same route
+    smooth = objective.reduce(torch.tensor([0.0 if out[n] else 1.0 for n in names], dtype=torch.float64))
+    return {n: bool(s == 0) for n, s in zip(names, smooth, strict=True)}
 
 
 def ggn_traces(
@@ -106,6 +109,8 @@ def ggn_traces(
     slow = [n for n in names if n not in fast or totals[n] is None]
     if slow:
         _ggn_by_jacobians(objective, slow, totals, memory_bytes, progress)
+    summed = objective.reduce(torch.stack([totals[n] for n in names]))
+    totals = dict(zip(names, summed, strict=True))
     return [
         TraceEstimate(
             name=n, trace=float(totals[n]) / objective.n, se=0.0, probes="exact",

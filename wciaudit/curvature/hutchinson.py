@@ -119,7 +119,7 @@ def hutchinson_traces(
     hvp = _BatchedHvp()
     want = {n: min(min_probes, max_probes) for n in names}
     cached_graph: tuple | None = None
-    single_batch = objective.n <= objective.batch_size
+    single_batch = objective.n_local <= objective.batch_size
     round_ = 0
     while want:
         probes = {
@@ -143,6 +143,9 @@ def hutchinson_traces(
                         progress(chunk.shape[0])
             if not single_batch:
                 del grads
+        # one collective per round: every process gets the same probe values
+        flat = objective.reduce(torch.cat([sums[n] for n in want]))
+        sums = dict(zip(want, torch.split(flat, list(want.values())), strict=True))
         next_want: dict[str, int] = {}
         for n in want:
             values[n].extend(sums[n].tolist())

@@ -8,7 +8,7 @@ never modified: the layers are swapped for detached copies through
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,9 @@ class Objective:
         names: parameter names of the layers, as in ``model.named_parameters()``.
         batch_size: examples per forward pass.
         device: where the model lives.
+        n_total: examples over all processes (default: this process's, ``len(x)``);
+            the loss is the mean over all of them.
+        reduce: sums a CPU tensor over processes (identity in one process).
     """
 
     model: nn.Module
@@ -36,9 +39,16 @@ class Objective:
     names: list[str]
     batch_size: int
     device: torch.device
+    n_total: int | None = None
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
 
     @property
     def n(self) -> int:
+        """Examples the mean runs over (all processes)."""
+        return int(self.x.shape[0]) if self.n_total is None else self.n_total
+
+    @property
+    def n_local(self) -> int:
         return int(self.x.shape[0])
 
     @property
@@ -52,7 +62,7 @@ class Objective:
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
         """(x, y, weight) per batch; weight = batch size / N so batch sums give the mean."""
-        for i in range(0, self.n, self.batch_size):
+        for i in range(0, self.n_local, self.batch_size):
             xb = self.x[i : i + self.batch_size].to(self.device, self.dtype)
             yb = self.y[i : i + self.batch_size].to(self.device)
             yield xb, yb, xb.shape[0] / self.n

@@ -1,0 +1,104 @@
+"""The HTML report in a real headless Chromium, opened from disk with the network blocked.
+
+The page counts its own uncaught errors on ``<body data-errors>`` and the number of
+figures it drew on ``<body data-charts>``; the dumped DOM must show plotly's SVG,
+no error, and none of the hostile strings turned into elements.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from test_report import BREAKOUT, HOSTILE, make_result  # noqa: E402
+
+from wciaudit.report import write_report  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)"
+    ),
+]
+
+
+def dump_dom(page: Path, profile: Path) -> tuple[str, str]:
+    """Open ``page`` in headless Chromium with no network; return (DOM, stderr)."""
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--no-first-run",
+        "--no-default-browser-check",
+        f"--user-data-dir={profile}",
+        # no name resolves and every proxied request goes nowhere: the page must need neither
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
+        "--proxy-server=127.0.0.1:9",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,2000",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.resolve().as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, proc.stderr
+
+
+def body_attr(dom: str, name: str) -> str | None:
+    m = re.search(r"<body(\s[^>]*)?>", dom[dom.find("</head>") :])
+    assert m is not None, "no <body> in the dumped DOM"
+    attr = re.search(rf'\b{name}="([^"]*)"', m.group(1) or "")
+    return attr.group(1) if attr else None
+
+
+def console_errors(stderr: str) -> list[str]:
+    return [
+        line
+        for line in stderr.splitlines()
+        if "Uncaught" in line or ("CONSOLE" in line and "rror" in line)
+    ]
+
+
+def test_single_report_renders_offline(tmp_path: Path) -> None:
+    page = write_report([make_result()], tmp_path / "report.html")
+    dom, stderr = dump_dom(page, tmp_path / "profile")
+    assert body_attr(dom, "data-errors") == "0", body_attr(dom, "data-error-messages")
+    assert body_attr(dom, "data-charts") == "3"
+    assert dom.count('class="main-svg"') >= 3
+    assert console_errors(stderr) == []
+    # the table script ran: the row counter was filled in
+    assert "4 layers" in dom
+
+
+def test_hostile_comparison_renders_as_text(tmp_path: Path) -> None:
+    hostile = make_result(path=f"{HOSTILE}.safetensors", layer_prefix=BREAKOUT)
+    hostile.checkpoint.metadata = {HOSTILE: BREAKOUT}
+    hostile.checkpoint.arch = HOSTILE
+    page = write_report([hostile, make_result(scale=3.0)], tmp_path / "cmp.html")
+    dom, stderr = dump_dom(page, tmp_path / "profile")
+    assert body_attr(dom, "data-errors") == "0", body_attr(dom, "data-error-messages")
+    # two results x (layers, bound, convergence) + the overlay
+    assert body_attr(dom, "data-charts") == "7"
+    assert dom.count('class="main-svg"') >= 7
+    assert console_errors(stderr) == []
+    # the browser built no element from the hostile strings; they are shown as text
+    assert "<img" not in dom
+    assert "alert(1)</script>" not in dom
+    assert "&lt;img src=x onerror=alert(1)&gt;" in dom
