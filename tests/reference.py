@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, hessian
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def dense_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
@@ -16,7 +17,8 @@ def dense_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -
         return F.cross_entropy(functional_call(model, {name: w}, (x,)), y)
 
     k = w0.numel()
-    return hessian(loss)(w0).detach().reshape(k, k)
+    with sdpa_kernel([SDPBackend.MATH]):  # fused attention has no forward-mode AD
+        return hessian(loss)(w0).detach().reshape(k, k)
 
 
 def dense_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, float]:

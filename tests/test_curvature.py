@@ -186,3 +186,20 @@ def test_backward_route_equals_the_jacobian_route_and_the_dense_hessian() -> Non
     for n in names:
         assert fast[n] == pytest.approx(float(totals[n]) / 24, rel=1e-9)
         assert fast[n] == pytest.approx(exact[n], rel=1e-6)
+
+
+def test_vit_attention_layers_against_the_dense_hessian() -> None:
+    """timm's fused attention has no double backward; the engine must still work, and
+    the smooth layers must take Hutchinson, the head the exact route."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", num_classes=3, in_chans=1, img_size=8, patch_size=4).double().eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(12, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(12) % 3
+    names = ["patch_embed.proj.weight", "head.weight"]
+    exact = dense_traces(model, x, y, names)
+    est = {e.name: e for e in layer_traces(model, x, y, names, method="auto", max_probes=300, seed=2)}
+    assert est["patch_embed.proj.weight"].method == "hutchinson"
+    assert abs(est["patch_embed.proj.weight"].trace - exact["patch_embed.proj.weight"]) < 4 * est["patch_embed.proj.weight"].se
+    assert est["head.weight"].method == "exact-ggn"
+    assert est["head.weight"].trace == pytest.approx(exact["head.weight"], rel=1e-6)

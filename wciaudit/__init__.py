@@ -13,6 +13,7 @@ from .checkpoints import LoadedCheckpoint, load_checkpoint
 from .config import ScanConfig, parse_eps
 from .data import Splits, load_data
 from .errors import CheckpointError, ConfigError, DataError, WCIAuditError
+from .monitor import WCIMonitor
 from .result import AuditResult
 from .scan import scan
 
@@ -30,4 +31,5 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "ConfigError",
+    "WCIMonitor",
 ]

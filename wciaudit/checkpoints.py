@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -51,8 +52,15 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError, WCIAuditError
 from .result import CheckpointInfo
+from .safetensors_header import parse_header
 
-__all__ = ["LoadedCheckpoint", "load_checkpoint", "PYTORCH_SUFFIXES", "SAFETENSORS_SUFFIX"]
+__all__ = [
+    "LoadedCheckpoint",
+    "load_checkpoint",
+    "MAX_CHECKPOINT_BYTES",
+    "PYTORCH_SUFFIXES",
+    "SAFETENSORS_SUFFIX",
+]
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PYTORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -63,6 +71,10 @@ _MAX_METADATA_KEYS = 100
 _MAX_METADATA_KEY_CHARS = 200
 _MAX_METADATA_VALUE_CHARS = 2000
 _MAX_LISTED_KEYS = 5
+#: refuse weight files larger than this, whatever the memory (bytes)
+MAX_CHECKPOINT_BYTES = 64 * 2**30
+# Loading holds the file's tensors and the model's own copy at once.
+_LOAD_MEMORY_FACTOR = 2
 # create_model options that would fetch or read weights behind our back
 _FORBIDDEN_TIMM_ARGS = (
     "pretrained",
@@ -196,6 +208,8 @@ def _load_checkpoint(
 
     if source.folder is not None and user_arch is not None and user_arch.target != source.meta_arch:
         source.meta_arch_args = None  # config.json's model_args describe its own architecture
+    if source.folder is None and user_arch is not None and not _same_arch(user_arch, source):
+        source.meta_arch_args = None  # the metadata's arch_args belong to another architecture
     same_as_folder = user_arch is None or (
         user_arch.kind == "timm" and user_arch.target == source.meta_arch
     )
@@ -259,11 +273,12 @@ def _read_source(path: Path) -> _Source:
 def _read_safetensors(path: Path, fmt: str = "safetensors") -> _Source:
     from safetensors import safe_open
 
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"not a valid safetensors file: {path} (the file is empty)")
+    # every length, dtype and offset checked here, in Python, before the library reads
+    # (the header's own key order, not the library's hash order: reports are reproducible)
+    raw_meta = parse_header(path).metadata
+    _check_fits_in_memory(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
-            raw_meta = dict(fh.metadata() or {})
             state_dict = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types, plus OSError
         raise CheckpointError(
@@ -284,6 +299,7 @@ def _read_safetensors(path: Path, fmt: str = "safetensors") -> _Source:
 def _read_pytorch(path: Path, fmt: str) -> _Source:
     if path.stat().st_size == 0:
         raise CheckpointError(f"not a valid PyTorch checkpoint: {path} (the file is empty)")
+    _check_fits_in_memory(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -313,6 +329,57 @@ def _read_pytorch(path: Path, fmt: str) -> _Source:
     source.meta_arch = None
     source.meta_arch_args = None
     return source
+
+
+def _check_fits_in_memory(path: Path) -> None:
+    """Refuse, with the sizes, a weights file that cannot be loaded here (SPEC: exit 2),
+    rather than be killed by the kernel half-way through."""
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(
+            f"checkpoint {path} is {_gib(size)}, over the limit of {_gib(MAX_CHECKPOINT_BYTES)}"
+        )
+    available = available_memory()
+    needed = _LOAD_MEMORY_FACTOR * size
+    if available is not None and needed > available:
+        raise CheckpointError(
+            f"checkpoint {path} is {_gib(size)} and loading it needs about {_gib(needed)} of "
+            f"memory, but only {_gib(available)} is available; free memory or use a larger machine"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate, or None where unknown.
+
+    The smaller of the system's available memory (``MemAvailable`` on Linux, else free
+    pages from ``sysconf``) and what the cgroup (a container's limit) has left.
+    """
+    candidates = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if not candidates:
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            candidates.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            candidates.append(max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return min(candidates) if candidates else None
+
+
+def _gib(n_bytes: int) -> str:
+    if n_bytes < 2**30:
+        return f"{n_bytes / 2**20:.3g} MiB"
+    return f"{n_bytes / 2**30:.3g} GiB"
 
 
 def _torch_load_message(path: Path, exc: Exception) -> str:
@@ -633,6 +700,15 @@ def _build_custom(
     return model, label, nc
 
 
+def _same_arch(spec: _ArchSpec, source: _Source) -> bool:
+    """Whether the user's architecture is the one the checkpoint's metadata names."""
+    if source.meta_arch is None:
+        return True
+    if spec.kind == "timm":
+        return spec.target == source.meta_arch
+    return spec.class_name is None or spec.class_name == source.meta_arch.rsplit(":", 1)[-1]
+
+
 def _class_name_from_metadata(source: _Source, target: str) -> str:
     name = source.meta_arch
     if name is None:
@@ -653,6 +729,8 @@ def _class_name_from_metadata(source: _Source, target: str) -> str:
 
 
 def _import_file(file: Path) -> Any:
+    if file.is_dir():
+        raise CheckpointError(f"architecture file {file} is a folder, not a .py file")
     if not file.is_file():
         raise CheckpointError(f"architecture file not found: {file}")
     resolved = file.resolve()
@@ -765,6 +843,12 @@ def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch: st
         if v.is_complex():
             raise CheckpointError(
                 f"checkpoint tensor {k} is complex ({v.dtype}); expected real weights"
+            )
+        if expected[k].is_floating_point() and not v.is_floating_point():
+            # an integer or bool tensor where a weight belongs: a cast would hide the bug
+            raise CheckpointError(
+                f"checkpoint tensor {k} has dtype {str(v.dtype).replace('torch.', '')} but the "
+                f"model's {k} is floating point; expected float weights"
             )
         if v.is_floating_point():
             v = v.to(dtype=torch.float32)

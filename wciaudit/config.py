@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -54,6 +54,8 @@ def parse_eps(text: str | float | int) -> float:
     if isinstance(text, (int, float)):
         value = float(text)
     else:
+        if str(text).strip().startswith("-"):
+            raise ConfigError(f"eps must be >= 0, got {text!r}")
         match = _FRACTION.match(str(text))
         if not match:
             raise ConfigError(f"eps must be a number or a fraction like 8/255, got {text!r}")
@@ -149,7 +151,9 @@ class ScanConfig:
         for name in ("train_samples", "test_samples"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, 1_000_000_000)
-        if self.step_size is not None and (not math.isfinite(self.step_size) or self.step_size <= 0):
+        if self.step_size is not None and (
+            not math.isfinite(self.step_size) or self.step_size < 0 or (self.step_size == 0 and self.eps > 0)
+        ):
             raise ConfigError(f"step_size must be > 0, got {self.step_size!r}")
         if not (0 < self.tol < 1):
             raise ConfigError(f"tol must be in (0, 1), got {self.tol!r}")
@@ -206,4 +210,4 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
         raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
-__all__ = ["Attack", "Norm", "CurvatureMethod", "ScanConfig", "parse_eps", "format_eps", "asdict"]
+__all__ = ["Attack", "Norm", "CurvatureMethod", "ScanConfig", "parse_eps", "format_eps"]

@@ -390,8 +390,23 @@ def _load_npz(
 ) -> Splits:
     """Read an npz archive without pickle; ``native_range`` overrides [lo, hi] as the range
     the float data is in (the shipped sample is in [0, 1] whatever the model's range)."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an .npz file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {_one_line(exc)}") from None
+    if magic == b"\x93NUMPY":
+        raise DataError(f"{path} is a single .npy array, not an .npz archive with x_train/y_train")
+    if not zipfile.is_zipfile(path):
+        # np.load would guess a pickle here and suggest loading it unsafely
+        raise DataError(
+            f"cannot read {path} as an .npz archive: not a zip file of .npy arrays "
+            "(write one with numpy.savez)"
+        )
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

@@ -98,4 +98,7 @@ def shard_from_env(backend: str | None = None) -> Shard:
 def leave(shard: Shard) -> None:
     """Tear the process group down at the end of a distributed command."""
     if shard.active and dist.is_initialized():
+        # leave together: a rank that exits while another still talks to the store
+        # (hosted by rank 0) can abort the other at shutdown
+        dist.barrier()
         dist.destroy_process_group()

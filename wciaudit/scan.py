@@ -46,6 +46,7 @@ from .result import (
     PacBayes,
     Timings,
 )
+from .retry import run_with_batch_retry
 
 #: progress(stage, advance, total): stage is "attack-train", "attack-test" or "curvature";
 #: total is None where it is not known in advance (Hutchinson probes).
@@ -150,6 +151,7 @@ def scan(
         n_test_total=splits.n_test_total,
     )
 
+    batches = _BatchSize(cfg.batch_size, notes)
     with eval_mode(net), no_tf32():
         _check_model_accepts(net, splits, device, dtype)
 
@@ -163,7 +165,12 @@ def scan(
             lo, hi = shard.bounds(x.shape[0])
             stage = f"attack-{split}"
             tick = None if progress is None else (lambda k, s=stage, n=hi - lo: progress(s, k, n))
-            adv[split] = attack_split(net, x[lo:hi], y[lo:hi], cfg, device, stream=stream, index_offset=lo, progress=tick)
+            adv[split] = batches.run(
+                lambda b, x=x, y=y, lo=lo, hi=hi, tick=tick, stream=stream: attack_split(
+                    net, x[lo:hi], y[lo:hi], cfg.with_(batch_size=b), device,
+                    stream=stream, index_offset=lo, progress=tick,
+                )
+            )
         attack_s = time.perf_counter() - t0
 
         # -- robust figures (per-example values gathered in index order) -------------
@@ -173,7 +180,9 @@ def scan(
             x, y = _split(splits, split)
             lo, hi = shard.bounds(x.shape[0])
             for kind, inputs in (("clean", x[lo:hi]), ("robust", adv[split])):
-                losses, correct = per_example(net, inputs, y[lo:hi], cfg.batch_size, device)
+                losses, correct = batches.run(
+                    lambda b, inputs=inputs, y=y, lo=lo, hi=hi: per_example(net, inputs, y[lo:hi], b, device)
+                )
                 figures[f"{kind}_{split}"] = split_figures(shard.gather_cat(losses), shard.gather_cat(correct))
         result.metrics = _metrics(figures)
         eval_s = time.perf_counter() - t0
@@ -197,16 +206,20 @@ def scan(
         h_lo, h_hi = shard.bounds(idx.shape[0])
         x_h, y_h = x_h_all[h_lo:h_hi], y_full[idx][h_lo:h_hi]
         result.dataset.hessian_samples = int(idx.shape[0])
-        h_losses = per_example(net, x_h, y_h, cfg.batch_size, device)[0]
+        h_losses = batches.run(lambda b: per_example(net, x_h, y_h, b, device))[0]
         result.metrics.hessian_loss = float(shard.all_reduce_sum(h_losses.sum().reshape(1))[0]) / idx.shape[0]
         if layers:
             tick = None if progress is None else (lambda kind, k: progress("curvature", k, None))
-            estimates = layer_traces(
-                net, x_h, y_h, [f"model.{layer.name}" for layer in layers],
-                method=cfg.curvature.value, tol=cfg.tol, max_probes=cfg.max_probes,
-                min_probes=cfg.min_probes, seed=cfg.seed, batch_size=cfg.batch_size,
-                device=device, progress=tick, n_total=int(idx.shape[0]),
-                reduce=shard.all_reduce_sum if shard.active else None,
+            # under torchrun a retry on one process would desynchronise the all-reduces
+            estimates = batches.run(
+                lambda b: layer_traces(
+                    net, x_h, y_h, [f"model.{layer.name}" for layer in layers],
+                    method=cfg.curvature.value, tol=cfg.tol, max_probes=cfg.max_probes,
+                    min_probes=cfg.min_probes, seed=cfg.seed, batch_size=b,
+                    device=device, progress=tick, n_total=int(idx.shape[0]),
+                    reduce=shard.all_reduce_sum if shard.active else None,
+                ),
+                retry=not shard.active,
             )
             for layer, est in zip(result.layers, estimates, strict=True):
                 _fill_layer(layer, est)
@@ -228,6 +241,7 @@ def scan(
     flagged = [la.name for la in result.layers if la.flag]
     if flagged:
         notes.append(f"{len(flagged)} layer(s) flagged (non-positive trace or not converged): " + ", ".join(flagged[:5]))
+    result.config["batch_size_used"] = batches.size
     result.timings = Timings(
         load_s=load_s, data_s=data_s, attack_s=attack_s, eval_s=eval_s, trace_s=trace_s,
         total_s=time.perf_counter() - t_start, started_at=started_at,
@@ -236,6 +250,27 @@ def scan(
 
 
 # ---------------------------------------------------------------------------------------
+class _BatchSize:
+    """The batch size of the batched stages, halved for good after an out-of-memory error.
+
+    Each retry is written to ``notes`` (SPEC: every setting is part of the report), and
+    the size finally used goes to ``config["batch_size_used"]``.
+    """
+
+    def __init__(self, size: int, notes: list[str]) -> None:
+        self.size = size
+        self._notes = notes
+
+    def run(self, fn: Callable[[int], Any], *, retry: bool = True) -> Any:
+        if not retry:
+            return fn(self.size)
+        result, self.size = run_with_batch_retry(fn, self.size, on_retry=self._note)
+        return result
+
+    def _note(self, failed: int, smaller: int, message: str) -> None:
+        self._notes.append(f"out of memory at batch size {failed}; retried with {smaller} ({message})")
+
+
 def _make_config(config: ScanConfig | None, settings: dict[str, Any]) -> ScanConfig:
     if config is not None and settings:
         return config.with_(**settings)

@@ -143,3 +143,10 @@ def test_help_lists_the_choices() -> None:
     text = " ".join(res.stdout.split())
     for word in ("pgd", "fgsm", "hutchinson", "--hessian-samples", "--max-probes", "--weights-only"):
         assert word in text
+
+
+def test_usage_errors_are_one_line_from_the_console_script(tmp_path: Path) -> None:
+    for args in (["scan", str(CNN), "--steps", "many"], ["scan", str(CNN), "--json", str(tmp_path)], ["nosuchcommand"]):
+        res = subprocess.run([sys.executable, "-m", "wciaudit", *args], capture_output=True, text=True, cwd=tmp_path)
+        assert res.returncode == 2, (args, res.stderr)
+        assert res.stderr.startswith("wciaudit: error:") and res.stderr.count("\n") == 1, res.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from .._version import __version__
+from . import gate as gate_cmd
+from . import report as report_cmd
 from . import scan as scan_cmd
 
 app = typer.Typer(
@@ -20,6 +22,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.command("scan", no_args_is_help=True)(scan_cmd.scan)
+app.command("gate", no_args_is_help=True)(gate_cmd.gate)
+app.command("report", no_args_is_help=True)(report_cmd.report)
+app.command("track", no_args_is_help=True)(__import__("wciaudit.cli.track", fromlist=["track"]).track)
 
 
 def _version(value: bool) -> None:
@@ -36,5 +41,20 @@ def main_options(
 
 
 def main() -> None:
-    """Console entry point."""
-    app()
+    """Console entry point: usage errors also end in one line and exit code 2."""
+    from .common import EXIT_INTERRUPTED, fail
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        fail("interrupted; no output was written", EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    except typer.exceptions.TyperException as exc:  # click's usage errors
+        code = getattr(exc, "exit_code", 2)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # the help text, as without arguments
+        else:
+            fail(exc.format_message() if hasattr(exc, "format_message") else str(exc), code)
+    raise SystemExit(code or 0)

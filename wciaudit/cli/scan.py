@@ -9,9 +9,26 @@ from typing import Annotated
 import typer
 
 from ..config import Attack, CurvatureMethod, Norm, ScanConfig, parse_eps
+from ..distributed import Shard, leave, shard_from_env
 from ..errors import ConfigError
-from ..scan import checkpoint_stem, scan as run_scan
+from ..scan import checkpoint_stem
+from ..scan import scan as run_scan
 from .common import HtmlOpt, JsonOpt, QuietOpt, handle_errors, out, progress_bars
+from .gate import (
+    BaselineOpt,
+    ConfigOpt,
+    GateSigmasOpt,
+    MaxBoundOpt,
+    MaxGapErrOpt,
+    MaxGapLossOpt,
+    MaxWciIncreaseOpt,
+    MaxWciOpt,
+    MinRobustAccOpt,
+    SummaryMdOpt,
+    check_output,
+    prepare_gates,
+    report_gates,
+)
 from .summary import print_summary
 
 _D = ScanConfig()
@@ -42,7 +59,7 @@ def scan(
     attack: Annotated[Attack, typer.Option(help="pgd: random start + K steps; fgsm: one step of size eps.")] = _D.attack,
     norm: Annotated[Norm, typer.Option(help="Threat-model norm.")] = _D.norm,
     steps: Annotated[int, typer.Option(help="PGD steps K.")] = _D.steps,
-    step_size: Annotated[float | None, typer.Option("--step-size", help="PGD step alpha [default: 2.5*eps/K].", show_default=False)] = None,
+    step_size: Annotated[float | None, typer.Option("--step-size", help="PGD step alpha (default: 2.5*eps/K).", show_default=False)] = None,
     restarts: Annotated[int, typer.Option(help="PGD restarts; each example keeps its worst loss.")] = _D.restarts,
     hessian_samples: Annotated[int, typer.Option("--hessian-samples", help="Train examples the Hessian is taken over (a seeded stratified subset).")] = _D.hessian_samples,
     tol: Annotated[float, typer.Option(help="Target relative standard error per layer trace.")] = _D.tol,
@@ -58,6 +75,17 @@ def scan(
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Weight norms and parameter inventory only; no data, no attack.")] = False,
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
+    max_wci: MaxWciOpt = None,
+    max_gap_loss: MaxGapLossOpt = None,
+    max_gap_err: MaxGapErrOpt = None,
+    min_robust_acc: MinRobustAccOpt = None,
+    max_bound: MaxBoundOpt = None,
+    baseline: BaselineOpt = None,
+    max_wci_increase: MaxWciIncreaseOpt = None,
+    gate_sigmas: GateSigmasOpt = None,
+    config_file: ConfigOpt = None,
+    summary_md: SummaryMdOpt = None,
+    distributed: Annotated[bool, typer.Option("--distributed", help="Run as one process of a torchrun group (NCCL on GPUs, gloo on CPU): each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
@@ -76,12 +104,29 @@ def scan(
         raise ConfigError(f"output folder does not exist: {target.parent}")
     if html is not None and not html.parent.is_dir():
         raise ConfigError(f"output folder does not exist: {html.parent}")
-    with progress_bars(not quiet) as progress:
-        result = run_scan(
-            str(checkpoint), data, config=config, arch=arch, arch_args=parsed_args,
-            num_classes=num_classes, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-            weights_only=weights_only, progress=progress,
-        )
+    check_output(summary_md)
+    # a bad gate config or baseline is a usage error: exit 2 before the expensive scan
+    gates = prepare_gates(
+        config_file=config_file, baseline=baseline, max_wci=max_wci, max_gap_loss=max_gap_loss,
+        max_gap_err=max_gap_err, min_robust_acc=min_robust_acc, max_bound=max_bound,
+        max_wci_increase=max_wci_increase, gate_sigmas=gate_sigmas,
+    )
+    shard = shard_from_env() if distributed else Shard()
+    try:
+        with progress_bars(not quiet and shard.is_main) as progress:
+            result = run_scan(
+                str(checkpoint), data, config=config, arch=arch, arch_args=parsed_args,
+                num_classes=num_classes, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                weights_only=weights_only, progress=progress, shard=shard,
+            )
+    finally:
+        leave(shard)
+    result.gate = gates.apply(result)
+    if not shard.is_main:
+        # every process holds the same figures, so the same gate verdict and exit code
+        if not result.gate.passed:
+            raise typer.Exit(1)
+        return
     written = [result.save(target)]
     if html is not None:
         from ..report import write_report
@@ -91,3 +136,6 @@ def scan(
         print_summary(result, out)
         for path in written:
             out.print(f"wrote {path}")
+    code = report_gates(result, gates, summary_md=summary_md, quiet=quiet)
+    if code:
+        raise typer.Exit(code)

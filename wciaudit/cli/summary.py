@@ -58,9 +58,6 @@ def print_summary(result: AuditResult, console: Console) -> None:
             f"conf {pb.confidence_term:.4g}) / 2m), c* = {pb.c:.3g}, m = {pb.m}",
             markup=False,
         )
-    if not result.gate.passed:
-        for line in result.gate.failures:
-            console.print(f"gate failed: {line}", markup=False)
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
     ti = result.timings

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .estimate import TraceEstimate, mean_and_se
-from .ggn import ggn_bytes_per_example, ggn_traces, residual_vanishes
+from .ggn import ggn_bytes_per_example, ggn_traces, hookable, residual_vanishes
 from .hutchinson import hutchinson_traces
 from .objective import Objective
 
@@ -66,6 +67,34 @@ def layer_traces(
     Returns:
         One estimate per layer, in the order of ``names``.
     """
+    # fused attention kernels (flash / memory-efficient SDPA) have no double backward;
+    # the math kernel computes the same attention and differentiates twice
+    with sdpa_kernel([SDPBackend.MATH]):
+        return _layer_traces(
+            model, x, y, names, method=method, tol=tol, max_probes=max_probes, min_probes=min_probes,
+            seed=seed, batch_size=batch_size, device=device, memory_bytes=memory_bytes,
+            progress=progress, n_total=n_total, reduce=reduce,
+        )
+
+
+def _layer_traces(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: list[str],
+    *,
+    method: str,
+    tol: float,
+    max_probes: int,
+    min_probes: int,
+    seed: int,
+    batch_size: int,
+    device: torch.device | None,
+    memory_bytes: int,
+    progress: Callable[[str, int], None] | None,
+    n_total: int | None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> list[TraceEstimate]:
     device = device or next(model.parameters()).device
     objective = Objective(model, x, y, list(names), batch_size, device, n_total=n_total)
     if reduce is not None:
@@ -75,11 +104,16 @@ def layer_traces(
     if method in ("auto", "ggn"):
         exact = residual_vanishes(objective, seed=seed)
         candidates = [n for n in names if exact[n]]
-        groups = _memory_groups(objective, candidates, memory_bytes)
+        fast = set(hookable(objective, candidates))
+        # Linear/Conv2d layers share one set of C + 1 backward passes; other layers need
+        # per-example Jacobians, grouped to fit the memory budget, C products per group
+        groups = ([[n for n in candidates if n in fast]] if fast else []) + _memory_groups(
+            objective, [n for n in candidates if n not in fast], memory_bytes
+        )
         classes = _num_classes(objective)
-        # cost in backward passes over the data: C vector-Jacobian products per group
-        # for the exact route, >= 2 * min_probes products per layer for Hutchinson
-        ggn_cost = classes * len(groups)
+        # cost in backward passes over the data: C (+1) per group for the exact route,
+        # >= 2 * min_probes Hessian-vector products per layer for Hutchinson
+        ggn_cost = (classes + 1) * len(groups)
         hutch_cost = 2 * min_probes * sum(len(g) for g in groups)
         if groups and (method == "ggn" or ggn_cost <= hutch_cost):
             for group in groups:

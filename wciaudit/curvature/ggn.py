@@ -140,9 +140,10 @@ def _ggn_by_backward(
     totals: dict[str, torch.Tensor | None],
     progress: Progress | None,
 ) -> None:
-    weights = objective.weights()
+    # differentiate with respect to the input, not the weights: the hooks read each
+    # layer's output gradient on the way, and no weight gradient is formed in vain
+    weights = objective.weights(requires_grad=False)
     names = list(modules)
-    wlist = [weights[n] for n in names]
     acts: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
@@ -160,6 +161,7 @@ def _ggn_by_backward(
     try:
         for xb, _, _ in objective.batches():
             calls.clear()
+            xb = xb.detach().requires_grad_(True)
             z = objective.logits(weights, xb)
             p = torch.softmax(z.detach(), dim=1)
             usable = [n for n in names if calls.get(n) == 1 and totals[n] is not None]
@@ -171,7 +173,7 @@ def _ggn_by_backward(
                     torch.full((z.shape[0],), c, device=z.device), p.shape[1]
                 ).to(z.dtype)
                 grads.clear()
-                torch.autograd.grad(z, wlist, grad_outputs=cot, retain_graph=True, allow_unused=True)
+                torch.autograd.grad(z, xb, grad_outputs=cot, retain_graph=True, allow_unused=True)
                 for n in usable:
                     sq = per_example_sq_norms(modules[n], acts[n], grads[n])
                     if c == p.shape[1]:
@@ -257,6 +259,11 @@ def _ggn_by_jacobians(
             del jac
             if progress is not None:
                 progress(xc.shape[0])
+
+
+def hookable(objective: Objective, names: list[str]) -> list[str]:
+    """Layers the backward route serves (Linear, zero-padded Conv2d)."""
+    return list(_hookable_modules(objective, names))
 
 
 def ggn_bytes_per_example(objective: Objective, names: list[str], classes: int) -> int:

@@ -45,7 +45,7 @@ from .estimate import TraceEstimate, mean_and_se
 from .objective import Objective
 
 Progress = Callable[[int], None]
-_PROBE_CHUNK = 32
+_PROBE_CHUNK = 16
 
 
 def rademacher(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -60,25 +60,41 @@ def _probes(seed: int, layer: int, round_: int, count: int, shape: tuple[int, ..
 
 
 class _BatchedHvp:
-    """H_kk v for a stack of probes through one double-backward graph."""
+    """v^T H_kk v for a stack of probes through one double-backward graph.
+
+    Two ways give the same values: all probes at once (``is_grads_batched``, a vmap
+    over the backward) or one product per probe. Batching pays for Linear weights and
+    on GPUs; on a CPU the batched convolution backward measured 2-3x slower than the
+    loop (benchmarks/trace_speed.py), so there convolutions loop. The rule depends on
+    the layer and device only, never on timings, so runs stay repeatable.
+    """
 
     def __init__(self) -> None:
         self.batched_ok = True
 
-    def __call__(self, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
-        """Returns v^T H_kk v for each probe v (shape (count,)), in float64."""
-        if self.batched_ok and probes.shape[0] > 1:
-            try:
-                (hv,) = torch.autograd.grad(
-                    grad_k, weight_k, grad_outputs=probes, is_grads_batched=True,
-                    retain_graph=True, allow_unused=True,
-                )
-                if hv is None:
-                    return torch.zeros(probes.shape[0], dtype=torch.float64)
-                return (hv * probes).flatten(1).sum(1).double().cpu()
-            except RuntimeError:
-                # an op without a vmap batching rule: fall back to one product per probe
-                self.batched_ok = False
+    def __call__(self, name: str, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+        batched = (
+            self.batched_ok and probes.shape[0] > 1 and (weight_k.dim() == 2 or weight_k.device.type == "cuda")
+        )
+        out = self._batched(grad_k, weight_k, probes) if batched else None
+        return out if out is not None else self._loop(grad_k, weight_k, probes)
+
+    def _batched(self, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor) -> torch.Tensor | None:
+        try:
+            (hv,) = torch.autograd.grad(
+                grad_k, weight_k, grad_outputs=probes, is_grads_batched=True,
+                retain_graph=True, allow_unused=True,
+            )
+        except RuntimeError:
+            # an op without a vmap batching rule: one product per probe from now on
+            self.batched_ok = False
+            return None
+        if hv is None:
+            return torch.zeros(probes.shape[0], dtype=torch.float64)
+        return (hv * probes).flatten(1).sum(1).double().cpu()
+
+    @staticmethod
+    def _loop(grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
         out = []
         for v in probes:
             (hv,) = torch.autograd.grad(grad_k, weight_k, grad_outputs=v, retain_graph=True, allow_unused=True)
@@ -138,7 +154,7 @@ def hutchinson_traces(
                 p = probes[n]
                 for c in range(0, p.shape[0], _PROBE_CHUNK):
                     chunk = p[c : c + _PROBE_CHUNK].to(objective.device, objective.dtype)
-                    sums[n][c : c + chunk.shape[0]] += hvp(grads[n], weights[n], chunk)
+                    sums[n][c : c + chunk.shape[0]] += hvp(n, grads[n], weights[n], chunk)
                     if progress is not None:
                         progress(chunk.shape[0])
             if not single_batch:

@@ -1,0 +1,116 @@
+"""Two gloo processes on the CPU give the figures of one process (SPEC scale: torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from wciaudit import Splits, scan
+from wciaudit.distributed import Shard
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = dict(eps=0.1, steps=3, seed=2, hessian_samples=45, dtype="float64", batch_size=16, max_probes=60)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 10), nn.GELU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _splits() -> Splits:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(70, 1, 4, 4, generator=g), torch.arange(70) % 3
+    return Splits(name="toy", x_train=x[:41], y_train=y[:41], x_test=x[41:], y_test=y[41:], num_classes=3,
+                  source="generated", n_train_total=41, n_test_total=29)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        result = scan(_model(), _splits(), shard=Shard(rank=rank, world=world), **SETTINGS)
+        if rank == 0:
+            Path(out).write_text(result.to_json())
+    finally:
+        dist.destroy_process_group()
+
+
+def _comparable(d: dict) -> dict:
+    d = dict(d)
+    d.pop("timings")
+    d["config"] = {k: v for k, v in d["config"].items() if k != "processes"}
+    return d
+
+
+def _close(a: object, b: object, path: str = "") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        # same examples and probes; only the order of float64 additions differs
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
+    single = json.loads(scan(_model(), _splits(), **SETTINGS).to_json())
+    out = tmp_path / "rank0.json"
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    double = json.loads(out.read_text())
+    assert double["config"]["processes"] == 2
+    assert {la["method"] for la in double["layers"]} == {"hutchinson", "exact-ggn"}
+    _close(_comparable(single), _comparable(double))
+
+
+def test_shard_bounds_cover_everything_once() -> None:
+    for n in (0, 1, 7, 100):
+        for world in (1, 2, 3, 8):
+            spans = [Shard(rank=r, world=world).bounds(n) for r in range(world)]
+            assert spans[0][0] == 0 and spans[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.slow
+def test_torchrun_cli(tmp_path: Path) -> None:
+    """The real launcher: torchrun with 2 CPU processes, only rank 0 writes."""
+    cnn = ROOT / "sample_models" / "digits_cnn.safetensors"
+    args = ["--arch", str(ROOT / "sample_models" / "digits_cnn.py"), "--data", "sample", "--train-samples", "60",
+            "--test-samples", "40", "--hessian-samples", "30", "--steps", "2", "--eps", "0.1", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "wciaudit", "scan", str(cnn), *args, "--json", "one.json"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(_free_port()), "-m", "wciaudit", "scan", str(cnn), *args,
+                          "--distributed", "--json", "two.json"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one.json").read_text())
+    b = json.loads((tmp_path / "two.json").read_text())
+    assert b["config"]["processes"] == 2
+    for key in ("robust_acc_train", "robust_acc_test", "clean_acc_test"):
+        assert a["metrics"][key] == b["metrics"][key]
+    for la, lb in zip(a["layers"], b["layers"], strict=True):
+        assert la["trace"] == pytest.approx(lb["trace"], rel=1e-4)  # float32 sums in another order
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]

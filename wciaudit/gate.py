@@ -1,0 +1,466 @@
+"""Gates: thresholds on a result's figures -> pass/fail with reasons (SPEC: exit codes).
+
+A gate compares one figure of an :class:`~wciaudit.result.AuditResult` with a threshold.
+Every figure is an estimate with a standard error (SE), so a gate must not flap on noise:
+
+    excess = value - threshold        (a "max" gate; threshold - value for a "min" gate)
+    fail         iff excess > sigmas * SE
+    within noise iff 0 < excess <= sigmas * SE   (passes, and the report says so)
+    pass         iff excess <= 0
+
+``sigmas`` is ``--gate-sigmas`` (default 2). A figure whose SE is unknown (the PAC-Bayes
+bound has none) is taken with SE 0, so any excess fails; the message says so. A figure
+that is null (not measured, e.g. no test split) fails its gate: CI asked for a check that
+cannot be made.
+
+The baseline gate ``max_wci_increase`` compares WCI with a baseline result's WCI:
+``limit = base * (1 + r)`` for a relative increase ``"10%"``, ``limit = base + a`` for an
+absolute one; the SE of ``value - limit`` is ``hypot(se, (1 + r) * base_se)`` (``r = 0``
+for an absolute increase), the two scans being independent.
+
+Thresholds come from ``[tool.wciaudit]`` in ``pyproject.toml`` or from a ``wciaudit.toml``
+(keys at the top level), found from a folder upward; command-line flags override them.
+
+Example:
+    >>> from wciaudit.result import AuditResult
+    >>> result = AuditResult(wci=12.3, wci_se=0.4)
+    >>> gate = apply_gates(result, GateConfig(max_wci=10.0))
+    >>> gate.passed, gate.failures[0]
+    (False, 'wci = 12.3 ± 0.4 exceeds --max-wci 10 by 5.8 SE (limit 2 SE)')
+    >>> apply_gates(AuditResult(wci=10.5, wci_se=0.4), GateConfig(max_wci=10.0)).checks[0]["status"]
+    'within-noise'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .result import AuditResult, Gate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
+
+DEFAULT_SIGMAS = 2.0
+
+#: config files looked for in each folder, first match wins
+CONFIG_FILES = ("wciaudit.toml", "pyproject.toml")
+
+#: threshold keys: (figure in the result, op, command-line option)
+THRESHOLDS: dict[str, tuple[str, str, str]] = {
+    "max_wci": ("wci", "<=", "--max-wci"),
+    "max_gap_loss": ("gap_loss", "<=", "--max-gap-loss"),
+    "max_gap_err": ("gap_err", "<=", "--max-gap-err"),
+    "min_robust_acc": ("robust_acc_test", ">=", "--min-robust-acc"),
+    "max_bound": ("bound", "<=", "--max-bound"),
+}
+#: every key a config file may hold
+CONFIG_KEYS = (*THRESHOLDS, "max_wci_increase", "gate_sigmas", "baseline")
+
+#: settings that must match for a baseline comparison to mean anything
+_COMPARABLE = ("eps", "norm", "attack", "steps", "restarts", "hessian_samples")
+
+_INCREASE = re.compile(r"^\s*([+]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*(%?)\s*$")
+
+
+@dataclass(frozen=True)
+class Increase:
+    """An allowed increase over the baseline: relative (``"10%"`` -> 0.10) or absolute."""
+
+    amount: float
+    relative: bool
+
+    def limit(self, base: float) -> float:
+        return base * (1.0 + self.amount) if self.relative else base + self.amount
+
+    def __str__(self) -> str:
+        return f"{self.amount * 100:g}%" if self.relative else f"{self.amount:g}"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Effective gate settings, and where each came from.
+
+    Attributes:
+        max_wci, max_gap_loss, max_gap_err, max_bound: upper limits (None: no gate).
+        min_robust_acc: lower limit on ``metrics.robust_acc_test``, a fraction in [0, 1].
+        max_wci_increase: allowed WCI increase over the baseline result.
+        gate_sigmas: how many SEs beyond a threshold a figure must be to fail.
+        baseline: path of the baseline result (config-file paths are resolved against
+            the file's folder).
+        sources: key -> ``"cli"`` or the config file's path; keys not set are absent.
+    """
+
+    max_wci: float | None = None
+    max_gap_loss: float | None = None
+    max_gap_err: float | None = None
+    min_robust_acc: float | None = None
+    max_bound: float | None = None
+    max_wci_increase: Increase | None = None
+    gate_sigmas: float = DEFAULT_SIGMAS
+    baseline: Path | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def has_gates(self) -> bool:
+        """True when at least one threshold is set."""
+        return self.max_wci_increase is not None or any(
+            getattr(self, key) is not None for key in THRESHOLDS
+        )
+
+    def source(self, key: str) -> str:
+        return self.sources.get(key, "default")
+
+    def updated(self, values: Mapping[str, Any], source: str) -> GateConfig:
+        """A copy with ``values`` (unvalidated: from a file or the command line) on top.
+
+        ``None`` values are skipped, so unset command-line flags leave the file's values.
+
+        Raises:
+            ConfigError: naming ``source`` and the key, for an unknown key or a bad value.
+        """
+        where = "" if source == "cli" else f"{source}: "
+        table = "[tool.wciaudit] " if Path(source).name == "pyproject.toml" else ""
+        changes: dict[str, Any] = {}
+        sources = dict(self.sources)
+        for key, raw in values.items():
+            if raw is None:
+                continue
+            label = _option(key) if source == "cli" else f"{table}key '{key}'"
+            if key not in CONFIG_KEYS:
+                raise ConfigError(
+                    f"{where}unknown {table}key '{key}'; allowed keys: {', '.join(CONFIG_KEYS)}"
+                )
+            if key == "max_wci_increase":
+                changes[key] = parse_increase(raw, f"{where}{label}")
+            elif key == "baseline":
+                if not isinstance(raw, (str, Path)) or not str(raw).strip():
+                    raise ConfigError(f"{where}{label} must be a path (a string), got {raw!r}")
+                path = Path(raw)
+                if source != "cli" and not path.is_absolute():
+                    path = Path(source).parent / path
+                changes[key] = path
+            else:
+                value = _number(raw, f"{where}{label}")
+                if key == "gate_sigmas" and value < 0:
+                    raise ConfigError(f"{where}{label} must be >= 0, got {raw!r}")
+                if key == "min_robust_acc" and not 0.0 <= value <= 1.0:
+                    raise ConfigError(
+                        f"{where}{label} is a fraction of the test split in [0, 1], got {raw!r}"
+                    )
+                changes[key] = value
+            sources[key] = source
+        return replace(self, **changes, sources=sources)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective thresholds with their sources, for the JSON ``gate`` block."""
+        out: dict[str, Any] = {}
+        for key in CONFIG_KEYS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, (Increase, Path)):
+                value = str(value)
+            out[key] = {"value": value, "source": self.source(key)}
+        return out
+
+
+def parse_increase(value: Any, where: str = "max_wci_increase") -> Increase:
+    """Parse ``"10%"`` (relative, 0.10) or ``0.5`` / ``"0.5"`` (absolute, WCI units).
+
+    Raises:
+        ConfigError: for anything else, or a negative or non-finite amount.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} must be a percentage like '10%' or a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        amount, relative = float(value), False
+    else:
+        match = _INCREASE.match(str(value)) if isinstance(value, str) else None
+        if not match:
+            raise ConfigError(
+                f"{where} must be a percentage like '10%' or a number like 0.5, got {value!r}"
+            )
+        amount, relative = float(match.group(1)), bool(match.group(2))
+        if relative:
+            amount /= 100.0
+    if not math.isfinite(amount) or amount < 0:
+        raise ConfigError(f"{where} must be a finite amount >= 0, got {value!r}")
+    return Increase(amount, relative)
+
+
+def find_config_file(start_dir: str | Path) -> Path | None:
+    """The first ``wciaudit.toml``, or ``pyproject.toml`` with a ``[tool.wciaudit]`` table,
+    in ``start_dir`` or a folder above it. In one folder ``wciaudit.toml`` wins."""
+    folder = Path(start_dir).resolve()
+    for candidate in (folder, *folder.parents):
+        for name in CONFIG_FILES:
+            path = candidate / name
+            if not path.is_file():
+                continue
+            if name == "wciaudit.toml" or _has_tool_table(path):
+                return path
+    return None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw gate settings of one config file (``[tool.wciaudit]`` of a
+    ``pyproject.toml``, the top level of any other file); ``{}`` when absent.
+
+    Raises:
+        ConfigError: naming the file for unreadable or invalid TOML.
+    """
+    p = Path(path)
+    data = _read_toml(p)
+    if p.name != "pyproject.toml":
+        return data
+    table = data.get("tool", {})
+    table = table.get("wciaudit", {}) if isinstance(table, dict) else {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"{p}: [tool.wciaudit] must be a table")
+    return table
+
+
+def load_gate_config(
+    start_dir: str | Path | None = None, *, path: str | Path | None = None
+) -> tuple[GateConfig, Path | None]:
+    """Gate settings from ``path``, or from the config file found from ``start_dir``
+    (default: the current folder) upward; ``(GateConfig(), None)`` when there is none.
+
+    Raises:
+        ConfigError: naming the file and the key, for invalid TOML, an unknown key or a
+            value of the wrong type.
+    """
+    if path is not None:
+        source: Path | None = Path(path)
+        if not source.is_file():
+            raise ConfigError(f"config file not found: {source}")
+    else:
+        source = find_config_file(Path.cwd() if start_dir is None else start_dir)
+    if source is None:
+        return GateConfig(), None
+    return GateConfig().updated(read_config_file(source), str(source)), source
+
+
+def load_baseline(config: GateConfig) -> AuditResult | None:
+    """The baseline result ``config.baseline`` names, or None.
+
+    Raises:
+        ConfigError: when the file cannot be read, or when ``max_wci_increase`` is set
+            without a baseline.
+    """
+    if config.baseline is None:
+        if config.max_wci_increase is not None:
+            raise ConfigError(
+                f"max_wci_increase (from {config.source('max_wci_increase')}) needs a "
+                "baseline result: --baseline old.json, or 'baseline' in the config file"
+            )
+        return None
+    try:
+        return AuditResult.load(config.baseline)
+    except ConfigError as exc:
+        raise ConfigError(f"baseline (from {config.source('baseline')}): {exc}") from None
+
+
+def noise_verdict(excess: float, se: float, sigmas: float) -> str:
+    """``"pass"``, ``"within-noise"`` or ``"fail"`` for a figure ``excess`` beyond its
+    threshold (positive: on the wrong side) with standard error ``se``.
+
+    Fails iff ``excess > sigmas * se``; a positive excess within that is noise.
+    """
+    if excess <= 0:
+        return "pass"
+    return "fail" if excess > sigmas * se else "within-noise"
+
+
+def figure_value(result: AuditResult, figure: str) -> tuple[float | None, float | None]:
+    """A gated figure of ``result`` and its SE (None where not reported)."""
+    m = result.metrics
+    if figure == "wci":
+        return result.wci, result.wci_se
+    if figure == "bound":
+        return result.pac_bayes.bound, None
+    if figure in ("gap_loss", "gap_err", "robust_acc_test"):
+        return getattr(m, figure), getattr(m, f"{figure}_se")
+    raise KeyError(figure)
+
+
+def apply_gates(
+    result: AuditResult, config: GateConfig, baseline: AuditResult | None = None
+) -> Gate:
+    """Check every threshold ``config`` sets against ``result`` (SPEC exit codes: a
+    failure means exit 1).
+
+    Returns:
+        A :class:`Gate` whose ``checks`` hold one dict per threshold (figure, op,
+        threshold, value, se, margin_sigmas, status, source, message, ...) and whose
+        ``failures`` hold one line per failed check.
+
+    Raises:
+        ConfigError: when ``max_wci_increase`` is set and ``baseline`` is None.
+    """
+    sigmas = config.gate_sigmas
+    checks: list[dict[str, Any]] = []
+    for key, (figure, op, option) in THRESHOLDS.items():
+        threshold = getattr(config, key)
+        if threshold is None:
+            continue
+        value, se = figure_value(result, figure)
+        check = _check(figure, op, option, threshold, value, se, sigmas, config.source(key))
+        if value is None:
+            check["message"] = f"{figure} is null ({_null_reason(result, figure)}): cannot check {option}"
+        checks.append(check)
+    if config.max_wci_increase is not None:
+        if baseline is None:
+            raise ConfigError("max_wci_increase needs a baseline result")
+        checks.append(_increase_check(result, baseline, config))
+    failures = [c["message"] for c in checks if c["status"] == "fail"]
+    return Gate(passed=not failures, failures=failures, checks=checks)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _check(
+    figure: str, op: str, option: str, threshold: float, value: float | None,
+    se: float | None, sigmas: float, source: str, *, se_test: float | None = None,
+    limit: float | None = None, threshold_text: str | None = None,
+) -> dict[str, Any]:
+    """One check. ``se`` is the figure's SE (shown); ``se_test`` the SE of the excess
+    (default ``se``; for a baseline gate, the SE of the difference)."""
+    limit = threshold if limit is None else limit
+    se_test = se if se_test is None else se_test
+    check: dict[str, Any] = {
+        "figure": figure, "op": op, "option": option, "threshold": threshold,
+        "value": value, "se": se, "margin_sigmas": None, "sigmas": sigmas,
+        "status": "fail", "source": source,
+    }
+    if value is None:
+        return check
+    excess = value - limit if op == "<=" else limit - value
+    se_used = se_test if se_test is not None and math.isfinite(se_test) else 0.0
+    status = noise_verdict(excess, se_used, sigmas)
+    margin = excess / se_used if se_used > 0 else None
+    check.update(status=status, margin_sigmas=margin, excess=excess)
+    shown = threshold_text or _g(threshold)
+    if source not in ("cli", "default"):
+        shown += f" (from {Path(source).name})"
+    figure_text = f"{figure} = {_pm(value, se)}"
+    if status == "pass":
+        check["message"] = f"{figure_text} within {option} {shown}"
+        return check
+    head = f"{figure_text} {'exceeds' if op == '<=' else 'is below'} {option} {shown}"
+    if margin is None:
+        why = "no SE, taken as 0" if se_test is None else "SE 0"
+        check["message"] = f"{head} by {_g(excess)} ({why}: any excess fails)"
+    elif status == "fail":
+        check["message"] = f"{head} by {_sig(margin)} SE (limit {sigmas:g} SE)"
+    else:
+        check["message"] = f"{head} by {_sig(margin)} SE: within noise (limit {sigmas:g} SE)"
+    return check
+
+
+def _increase_check(result: AuditResult, baseline: AuditResult, config: GateConfig) -> dict[str, Any]:
+    inc = config.max_wci_increase
+    assert inc is not None  # checked by the caller
+    option, source = "--max-wci-increase", config.source("max_wci_increase")
+    value, se = result.wci, result.wci_se
+    base, base_se = baseline.wci, baseline.wci_se
+    extra: dict[str, Any] = {
+        "baseline": str(config.baseline) if config.baseline else None,
+        "baseline_value": base, "baseline_se": base_se, "relative": inc.relative,
+        "threshold_text": str(inc), "warnings": _incomparable(result, baseline),
+    }
+    if value is None or base is None:
+        which = "wci" if value is None else "baseline wci"
+        reason = _null_reason(result if value is None else baseline, "wci")
+        check = _check("wci", "<=", option, inc.amount, None, se, config.gate_sigmas, source)
+        check.update(extra, message=f"{which} is null ({reason}): cannot check {option}")
+        return check
+    limit = inc.limit(base)
+    scale = (1.0 + inc.amount) if inc.relative else 1.0
+    se_diff = None if se is None and base_se is None else math.hypot(se or 0.0, scale * (base_se or 0.0))
+    check = _check(
+        "wci", "<=", option, inc.amount, value, se, config.gate_sigmas, source,
+        se_test=se_diff, limit=limit,
+        threshold_text=f"{inc} over baseline {_pm(base, base_se)} (limit {_g(limit)})",
+    )
+    check.update(extra, limit=limit, se_diff=se_diff)
+    return check
+
+
+def _incomparable(result: AuditResult, baseline: AuditResult) -> list[str]:
+    """Settings that differ between the two scans: their WCIs are not comparable."""
+    notes = []
+    for key in _COMPARABLE:
+        a, b = result.config.get(key), baseline.config.get(key)
+        if a is not None and b is not None and a != b:
+            notes.append(f"{key} differs from the baseline ({a!r} vs {b!r})")
+    if result.dataset.name and baseline.dataset.name and result.dataset.name != baseline.dataset.name:
+        notes.append(f"dataset differs from the baseline ({result.dataset.name!r} vs {baseline.dataset.name!r})")
+    return notes
+
+
+def _null_reason(result: AuditResult, figure: str) -> str:
+    ds = result.dataset
+    if not ds.n_train and not ds.n_test:
+        return "no data: weights-only scan"
+    if figure in ("gap_loss", "gap_err", "robust_acc_test") and not ds.n_test:
+        return "no test split"
+    if figure in ("gap_loss", "gap_err") and not ds.n_train:
+        return "no train split"
+    return "not measured"
+
+
+def _number(raw: Any, label: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise ConfigError(f"{label} must be a number, got {raw!r} ({type(raw).__name__})")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ConfigError(f"{label} must be a finite number, got {raw!r}")
+    return value
+
+
+def _option(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if tomllib is None:  # pragma: no cover - Python 3.10 without tomli
+        raise ConfigError(f"{path}: reading TOML needs Python >= 3.11 or the 'tomli' package")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _has_tool_table(path: Path) -> bool:
+    """Whether a pyproject.toml has [tool.wciaudit]; an invalid one is reported, not skipped."""
+    tool = _read_toml(path).get("tool")
+    return isinstance(tool, dict) and "wciaudit" in tool
+
+
+def _g(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _sig(margin: float) -> str:
+    return f"{margin:.1f}" if abs(margin) < 100 else f"{margin:.0f}"
+
+
+def _pm(value: float, se: float | None) -> str:
+    return f"{_g(value)} ± {se:.2g}" if se is not None else _g(value)
