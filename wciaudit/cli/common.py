@@ -71,12 +71,21 @@ def _one_line(message: str) -> str:
 
 
 @contextmanager
-def progress_bars(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
-    """Rich progress bars on stderr, one per stage, fed by the library's callback."""
+def progress_bars(
+    enabled: bool, restart_on: str | None = None
+) -> Iterator[Callable[[str, int, int | None], None] | None]:
+    """Rich progress bars on stderr, one per stage, fed by the library's callback.
+
+    Args:
+        enabled: False gives no bars (``--quiet``, or a process other than rank 0).
+        restart_on: a stage whose every advance starts the other bars again from zero
+            (``track``: each checkpoint's scan runs the same stages).
+    """
     if not enabled:
         yield None
         return
-    labels = {"attack-train": "PGD on train", "attack-test": "PGD on test", "curvature": "Hessian traces"}
+    labels = {"checkpoints": "Checkpoints", "attack-train": "PGD on train", "attack-test": "PGD on test",
+              "curvature": "Hessian traces"}
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err, transient=True, disable=not sys.stderr.isatty(),
@@ -87,5 +96,9 @@ def progress_bars(enabled: bool) -> Iterator[Callable[[str, int, int | None], No
             if stage not in tasks:
                 tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
             bar.update(tasks[stage], advance=advance)
+            if stage == restart_on:
+                for name, task in tasks.items():
+                    if name != restart_on:
+                        bar.reset(task)
 
         yield callback

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..config import Attack, CurvatureMethod, Norm, ScanConfig, parse_eps
 from ..distributed import Shard, leave, shard_from_env
-from ..errors import ConfigError
 from ..scan import checkpoint_stem
 from ..scan import scan as run_scan
 from .common import HtmlOpt, JsonOpt, QuietOpt, handle_errors, out, progress_bars
@@ -29,49 +26,63 @@ from .gate import (
     prepare_gates,
     report_gates,
 )
+from .scan_options import (
+    DEFAULTS,
+    ArchArgsOpt,
+    ArchOpt,
+    AttackOpt,
+    BatchSizeOpt,
+    CurvatureOpt,
+    DataOpt,
+    DeltaOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EpsOpt,
+    HessianSamplesOpt,
+    MaxProbesOpt,
+    MeanOpt,
+    NormOpt,
+    NumClassesOpt,
+    RestartsOpt,
+    SeedOpt,
+    StdOpt,
+    StepSizeOpt,
+    StepsOpt,
+    TestSamplesOpt,
+    TolOpt,
+    TrainSamplesOpt,
+    check_folder,
+    scan_settings,
+)
 from .summary import print_summary
-
-_D = ScanConfig()
-
-
-def _floats(text: str | None, name: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise ConfigError(f"{name} must be comma-separated numbers like 0.485,0.456,0.406, got {text!r}") from None
-    if not values:
-        raise ConfigError(f"{name} is empty")
-    return values
 
 
 @handle_errors
 def scan(
     checkpoint: Annotated[Path, typer.Argument(help="A .safetensors file, a timm checkpoint folder (config.json + model.safetensors), or a .pt/.pth/.bin state_dict.", show_default=False)],
-    data: Annotated[str | None, typer.Option("--data", "-d", help="sample | file.npz | DIR (ImageFolder: DIR/train, DIR/test or val) | cifar10:DIR | cifar100:DIR. Default: the dataset the checkpoint names, else the shipped sample if the model takes its shape.")] = None,
-    arch: Annotated[str | None, typer.Option(help="timm model name, or a custom class: models.py:ClassName, package.module:ClassName, or models.py (class from the metadata key 'arch').")] = None,
-    arch_args: Annotated[str | None, typer.Option("--arch-args", help="Constructor arguments as JSON, e.g. '{\"width\": 16}'.")] = None,
-    num_classes: Annotated[int | None, typer.Option("--num-classes", help="Number of classes (default: from the checkpoint).")] = None,
-    mean: Annotated[str | None, typer.Option(help="Input normalisation mean, comma-separated (default: from the checkpoint's config).")] = None,
-    std: Annotated[str | None, typer.Option(help="Input normalisation std, comma-separated.")] = None,
-    eps: Annotated[str, typer.Option(help="Attack radius in input units: 8/255, 0.03, ...")] = "8/255",
-    attack: Annotated[Attack, typer.Option(help="pgd: random start + K steps; fgsm: one step of size eps.")] = _D.attack,
-    norm: Annotated[Norm, typer.Option(help="Threat-model norm.")] = _D.norm,
-    steps: Annotated[int, typer.Option(help="PGD steps K.")] = _D.steps,
-    step_size: Annotated[float | None, typer.Option("--step-size", help="PGD step alpha (default: 2.5*eps/K).", show_default=False)] = None,
-    restarts: Annotated[int, typer.Option(help="PGD restarts; each example keeps its worst loss.")] = _D.restarts,
-    hessian_samples: Annotated[int, typer.Option("--hessian-samples", help="Train examples the Hessian is taken over (a seeded stratified subset).")] = _D.hessian_samples,
-    tol: Annotated[float, typer.Option(help="Target relative standard error per layer trace.")] = _D.tol,
-    max_probes: Annotated[int, typer.Option("--max-probes", help="Hutchinson probe cap per layer.")] = _D.max_probes,
-    curvature: Annotated[CurvatureMethod, typer.Option(help="auto: exact Gauss-Newton route where exact and cheaper, else Hutchinson.")] = _D.curvature,
-    delta: Annotated[float, typer.Option(help="PAC-Bayes confidence delta.")] = _D.delta,
-    seed: Annotated[int, typer.Option(help="Seed for attack starts, subsets and probes.")] = _D.seed,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = _D.device,
-    dtype: Annotated[str, typer.Option(help="float32 | float64 (small models).")] = _D.dtype,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per forward pass.")] = _D.batch_size,
-    train_samples: Annotated[int | None, typer.Option("--train-samples", help="Seeded stratified subset of the train split.")] = None,
-    test_samples: Annotated[int | None, typer.Option("--test-samples", help="Seeded stratified subset of the test split.")] = None,
+    data: DataOpt = None,
+    arch: ArchOpt = None,
+    arch_args: ArchArgsOpt = None,
+    num_classes: NumClassesOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    eps: EpsOpt = "8/255",
+    attack: AttackOpt = DEFAULTS.attack,
+    norm: NormOpt = DEFAULTS.norm,
+    steps: StepsOpt = DEFAULTS.steps,
+    step_size: StepSizeOpt = None,
+    restarts: RestartsOpt = DEFAULTS.restarts,
+    hessian_samples: HessianSamplesOpt = DEFAULTS.hessian_samples,
+    tol: TolOpt = DEFAULTS.tol,
+    max_probes: MaxProbesOpt = DEFAULTS.max_probes,
+    curvature: CurvatureOpt = DEFAULTS.curvature,
+    delta: DeltaOpt = DEFAULTS.delta,
+    seed: SeedOpt = DEFAULTS.seed,
+    device: DeviceOpt = DEFAULTS.device,
+    dtype: DtypeOpt = DEFAULTS.dtype,
+    batch_size: BatchSizeOpt = DEFAULTS.batch_size,
+    train_samples: TrainSamplesOpt = None,
+    test_samples: TestSamplesOpt = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Weight norms and parameter inventory only; no data, no attack.")] = False,
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
@@ -89,21 +100,14 @@ def scan(
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
-    try:
-        parsed_args = json.loads(arch_args) if arch_args is not None else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--arch-args is not valid JSON: {exc.msg}") from None
-    config = ScanConfig(
-        eps=parse_eps(eps), attack=attack, norm=norm, steps=steps, step_size=step_size,
-        restarts=restarts, hessian_samples=hessian_samples, tol=tol, max_probes=max_probes,
-        curvature=curvature, delta=delta, seed=seed, device=device, dtype=dtype,
-        batch_size=batch_size, train_samples=train_samples, test_samples=test_samples,
+    config, loading = scan_settings(
+        eps=eps, arch_args=arch_args, mean=mean, std=std, attack=attack, norm=norm, steps=steps,
+        step_size=step_size, restarts=restarts, hessian_samples=hessian_samples, tol=tol,
+        max_probes=max_probes, curvature=curvature, delta=delta, seed=seed, device=device,
+        dtype=dtype, batch_size=batch_size, train_samples=train_samples, test_samples=test_samples,
     )
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
-    if not target.parent.is_dir():
-        raise ConfigError(f"output folder does not exist: {target.parent}")
-    if html is not None and not html.parent.is_dir():
-        raise ConfigError(f"output folder does not exist: {html.parent}")
+    check_folder(target, html)
     check_output(summary_md)
     # a bad gate config or baseline is a usage error: exit 2 before the expensive scan
     gates = prepare_gates(
@@ -115,8 +119,8 @@ def scan(
     try:
         with progress_bars(not quiet and shard.is_main) as progress:
             result = run_scan(
-                str(checkpoint), data, config=config, arch=arch, arch_args=parsed_args,
-                num_classes=num_classes, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                str(checkpoint), data, config=config, arch=arch, arch_args=loading["arch_args"],
+                num_classes=num_classes, mean=loading["mean"], std=loading["std"],
                 weights_only=weights_only, progress=progress, shard=shard,
             )
     finally:
