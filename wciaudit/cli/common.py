@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -39,31 +42,54 @@ def handle_errors(func: F) -> F:
 
     WCIAuditError (bad checkpoint, data, setting) -> 2; Ctrl-C -> 130; anything else is
     a bug in wciaudit -> 3, still one line (set WCIAUDIT_DEBUG=1 for the traceback).
+    A Ctrl-C is recorded by a signal handler while the command runs, because inside a C
+    extension it can surface as another exception (torch turns it into a ValueError).
     """
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import os
-
+        interrupted: list[bool] = []
+        previous = _watch_sigint(interrupted)
         try:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except WCIAuditError as exc:
-            raise fail(str(exc), EXIT_USAGE) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted; no output was written", EXIT_INTERRUPTED) from None
-        except MemoryError:
-            raise fail("out of memory; try a smaller --batch-size or --hessian-samples", EXIT_USAGE) from None
-        except Exception as exc:  # the last line of defence: never a traceback
-            if os.environ.get("WCIAUDIT_DEBUG"):
-                raise
-            name = type(exc).__name__
-            if "OutOfMemoryError" in name:
-                raise fail("GPU out of memory; try a smaller --batch-size", EXIT_USAGE) from None
-            raise fail(f"internal error ({name}: {exc}); set WCIAUDIT_DEBUG=1 for a traceback", EXIT_INTERNAL) from None
+        except BaseException as exc:
+            if interrupted:
+                raise fail("interrupted; no output was written", EXIT_INTERRUPTED) from None
+            raise _exit_for(exc) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _watch_sigint(record: list[bool]) -> Any:
+    """Install a SIGINT handler that records the signal; returns the previous handler
+    (None where signals cannot be handled: not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        record.append(True)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, on_sigint)
+
+
+def _exit_for(exc: BaseException) -> typer.Exit:
+    """The one-line message and exit code for an exception that ended a command."""
+    if isinstance(exc, WCIAuditError):
+        return fail(str(exc), EXIT_USAGE)
+    if isinstance(exc, KeyboardInterrupt):
+        return fail("interrupted; no output was written", EXIT_INTERRUPTED)
+    if isinstance(exc, MemoryError) or "OutOfMemoryError" in type(exc).__name__:
+        return fail("out of memory; try a smaller --batch-size or --hessian-samples", EXIT_USAGE)
+    if os.environ.get("WCIAUDIT_DEBUG") or not isinstance(exc, Exception):
+        raise exc
+    name = type(exc).__name__
+    return fail(f"internal error ({name}: {exc}); set WCIAUDIT_DEBUG=1 for a traceback", EXIT_INTERNAL)
 
 
 def _one_line(message: str) -> str:
