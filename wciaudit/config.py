@@ -69,13 +69,20 @@ def parse_eps(text: str | float | int) -> float:
     return value
 
 
-def format_eps(eps: float, max_den: int = 1024) -> str:
-    """Show eps as a fraction like ``8/255`` where it is one (to 1e-9), else as a decimal."""
-    for den in (255, 1, 2, 4, 8, 10, 16, 32, 64, 100, 128, 256, 1000):
+def format_eps(eps: float) -> str:
+    """Show eps as ``8/255`` where it is a whole number of 255ths (to 1e-9), as a short
+    decimal where one is exact (``0.1``), else as a fraction of a power of two or ten."""
+    num = eps * 255
+    if round(num) % 255 != 0 and abs(num - round(num)) < 1e-9 * max(1.0, num):
+        return f"{round(num)}/255"
+    short = f"{eps:.6g}"
+    if float(short) == eps:
+        return short
+    for den in (2, 4, 8, 16, 32, 64, 128, 256, 1000):
         num = eps * den
-        if den <= max_den and abs(num - round(num)) < 1e-9 * max(1.0, num) and round(num) != 0:
-            return f"{round(num)}/{den}" if den != 1 else f"{round(num)}"
-    return f"{eps:.6g}"
+        if round(num) != 0 and abs(num - round(num)) < 1e-9 * max(1.0, num):
+            return f"{round(num)}/{den}"
+    return short
 
 
 @dataclass(frozen=True)
