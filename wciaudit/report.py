@@ -63,7 +63,6 @@ def render_report(results: Sequence[AuditResult]) -> str:
     results = list(results)
     if not results:
         raise ConfigError("the report needs at least one result")
-    import plotly.offline
 
     sections = [_section(i, r) for i, r in enumerate(results)]
     figures: dict[str, Any] = {}
@@ -72,13 +71,13 @@ def render_report(results: Sequence[AuditResult]) -> str:
     comparison = _comparison(results, sections) if len(results) > 1 else None
     if comparison is not None:
         figures.update(comparison.pop("figures"))
-    env = _environment()
+    env = template_environment()
     return env.get_template(_TEMPLATE).render(
         title=_page_title(results),
         sections=sections,
         comparison=comparison,
-        figures_json=_script_json(figures),
-        plotly_js=Markup(_script_safe_js(plotly.offline.get_plotlyjs())),
+        figures_json=script_json(figures),
+        plotly_js=inline_plotly(),
         tool_version=results[0].tool_version,
     )
 
@@ -107,7 +106,9 @@ def _load_template(name: str) -> tuple[str, str, Any] | None:
     return None
 
 
-def _environment() -> jinja2.Environment:
+def template_environment() -> jinja2.Environment:
+    """The jinja2 environment of every wciaudit page: the packaged templates, autoescape
+    on, and the number filters (``num``, ``pm``, ``pct``, ``secs``, ``int``, ``key``)."""
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(_load_template),
         autoescape=True,
@@ -195,7 +196,7 @@ _SCRIPT_ESCAPES = {
 }
 
 
-def _script_json(data: Any) -> Markup:
+def script_json(data: Any) -> Markup:
     """JSON that is safe inside ``<script type="application/json">``: no ``<``, ``>``, ``&``."""
     text = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     for char, escaped in _SCRIPT_ESCAPES.items():
@@ -203,12 +204,16 @@ def _script_json(data: Any) -> Markup:
     return Markup(text)
 
 
-def _script_safe_js(js: str) -> str:
+def inline_plotly() -> Markup:
+    """plotly.js for an inline ``<script>``, once per page (no network request)."""
+    import plotly.offline
+
     # plotly.js holds no "</script" today; guard anyway so an upgrade cannot end our tag
-    return js.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
+    js = plotly.offline.get_plotlyjs()
+    return Markup(js.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT"))
 
 
-def _svg_text(text: str) -> str:
+def svg_text(text: str) -> str:
     """Plotly draws labels as pseudo-HTML (``<b>``, ``<a href>``): hand it entities."""
     return _html.escape(str(text), quote=False)
 
@@ -433,7 +438,7 @@ def _layers_figure(result: AuditResult) -> dict[str, Any]:
 
     layers = result.layers
     x = list(range(len(layers)))
-    names = [_svg_text(la.name) for la in layers]
+    names = [svg_text(la.name) for la in layers]
     colours = [FLAG_COLOUR if la.flag else PALETTE[0] for la in layers]
     fig = make_subplots(
         rows=3,
@@ -588,7 +593,7 @@ def _convergence_figure(layers: list[LayerResult]) -> dict[str, Any]:
 
     cols = 2 if len(layers) > 1 else 1
     rows = math.ceil(len(layers) / cols)
-    titles = [_svg_text(_short(la.name)) for la in layers]
+    titles = [svg_text(_short(la.name)) for la in layers]
     fig = make_subplots(
         rows=rows,
         cols=cols,
@@ -667,11 +672,11 @@ def _comparison(results: list[AuditResult], sections: list[dict[str, Any]]) -> d
                 x=list(range(len(order))),
                 y=[terms[i].get(n) for n in order],
                 meta="names",
-                name=_svg_text(f"{i + 1}: {names[i]}"),
+                name=svg_text(f"{i + 1}: {names[i]}"),
                 marker_color=PALETTE[i % len(PALETTE)],
                 opacity=0.85,
                 hovertemplate="%{customdata}<br>WCI term %{y:.4g}<extra>"
-                + _svg_text(names[i][:40])
+                + svg_text(names[i][:40])
                 + "</extra>",
             )
         )
@@ -741,5 +746,5 @@ def _comparison(results: list[AuditResult], sections: list[dict[str, Any]]) -> d
         "diffs": diffs[:15],
         "n_layers": len(order),
         "missing": [d["name"] for d in diffs if d["missing"]],
-        "figures": {"cmp-terms": _figure_dict(fig, [_svg_text(n) for n in order])},
+        "figures": {"cmp-terms": _figure_dict(fig, [svg_text(n) for n in order])},
     }

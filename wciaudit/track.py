@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import html as _html
 import json
 import math
 import os
@@ -43,13 +42,13 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
 from .config import ScanConfig, format_eps
 from .errors import ConfigError
+from .report import fmt_num, inline_plotly, script_json, svg_text, template_environment
 from .result import SCHEMA_VERSION, AuditResult, write_atomic
 from .scan import scan
 
@@ -645,31 +644,18 @@ def _read_cache(path: Path) -> AuditResult | None:
 #: Okabe-Ito, as the single-scan report uses
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 _TEMPLATE = "track.html.j2"
-_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
 def render_track(result: TrackResult, title: str | None = None) -> str:
     """The run as one self-contained HTML page (plotly.js inline, no network request).
 
     Every string from a file name, metadata or the user is autoescaped by jinja2; the
     figure JSON has ``<``, ``>`` and ``&`` escaped so that it cannot end its ``<script>``.
     """
-    import jinja2
-    import plotly.offline
-    from markupsafe import Markup
-
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(_load_template), autoescape=True, trim_blocks=True, lstrip_blocks=True,
-    )
-    env.filters["num"] = _fmt_num
-    env.filters["pm"] = _fmt_pm
-    env.filters["pct"] = _fmt_pct
+    env = template_environment()
     env.filters["coef"] = lambda v: "–" if v is None else f"{v:+.3f}"
     env.filters["pval"] = lambda v: "–" if v is None else ("< 0.0001" if v < 1e-4 else f"{v:.2g}")
     series = result.series()
     markers = result.markers()
     run_name = _run_name(result)
-    plotly_js = plotly.offline.get_plotlyjs().replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
     return env.get_template(_TEMPLATE).render(
         title=title or f"WCI track: {run_name}",
         run=result,
@@ -680,8 +666,8 @@ def render_track(result: TrackResult, title: str | None = None) -> str:
         verdicts=_verdicts(result),
         tau_null_sd=tau_null_sd(len(result.entries)),
         settings=_settings_rows(result),
-        figures_json=Markup(_script_json(_figures(result, series, markers))),
-        plotly_js=Markup(plotly_js),
+        figures_json=script_json(_figures(result, series, markers)),
+        plotly_js=inline_plotly(),
         tool_version=result.tool_version,
         measures=MEASURES,
     )
@@ -692,62 +678,11 @@ def write_track_page(result: TrackResult, path: str | os.PathLike[str], title: s
     return write_atomic(path, render_track(result, title))
 
 
-def _load_template(name: str) -> tuple[str, str, Any] | None:
-    """Installed wheel first (``wciaudit/templates``), then the repo's ``templates/``."""
-    try:
-        packaged = resources.files("wciaudit").joinpath("templates", name)
-        if packaged.is_file():
-            return packaged.read_text(encoding="utf-8"), f"wciaudit/templates/{name}", lambda: True
-    except (FileNotFoundError, ModuleNotFoundError, NotADirectoryError):
-        pass
-    repo = Path(__file__).resolve().parent.parent / "templates" / name
-    if repo.is_file():
-        return repo.read_text(encoding="utf-8"), str(repo), lambda: True
-    return None
-
-
-def _script_json(data: Any) -> str:
-    text = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    for char, escaped in _SCRIPT_ESCAPES.items():
-        text = text.replace(char, escaped)
-    return text
-
-
-def _svg_text(text: str) -> str:
-    """Plotly reads labels as pseudo-HTML: hand it entities."""
-    return _html.escape(str(text), quote=False)
-
-
 def _run_name(result: TrackResult) -> str:
     if not result.entries:
         return "empty run"
     parents = {Path(e.path).parent.name for e in result.entries}
     return parents.pop() if len(parents) == 1 and "" not in parents else Path(result.entries[0].path).name
-
-
-def _fmt_num(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
-        return f"{int(value)}"
-    if value == 0:
-        return "0"
-    return f"{value:.{digits}g}" if 1e-4 <= abs(value) < 1e6 else f"{value:.{digits - 1}e}"
-
-
-def _fmt_pm(value: Any, se: Any) -> str:
-    if value is None:
-        return "–"
-    if se is None or not isinstance(se, (int, float)) or not math.isfinite(se) or se <= 0:
-        return _fmt_num(value)
-    decimals = max(0, 1 - math.floor(math.log10(se)))
-    return f"{value:.{min(decimals, 8)}f} ± {se:.{min(decimals, 8)}f}"
-
-
-def _fmt_pct(value: Any) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
 
 
 def _rows(result: TrackResult) -> list[dict[str, Any]]:
@@ -811,7 +746,7 @@ def _settings_rows(result: TrackResult) -> list[tuple[str, str]]:
         ("arch", str((s.get("arch") or {}).get("spec") or (s.get("arch") or {}).get("class")
                      or ("a models.py file" if s.get("arch") else "from the checkpoints"))),
         ("attack", f"{cfg.get('attack')} {cfg.get('norm')} eps={format_eps(cfg.get('eps', 0.0))}, "
-                   f"K={cfg.get('steps')}, alpha={_fmt_num(cfg.get('step_size'))}, restarts={cfg.get('restarts')}"),
+                   f"K={cfg.get('steps')}, alpha={fmt_num(cfg.get('step_size'))}, restarts={cfg.get('restarts')}"),
         ("samples", f"train {cfg.get('train_samples') or 'all'}, test {cfg.get('test_samples') or 'all'}, "
                     f"Hessian {cfg.get('hessian_samples')}"),
         ("curvature", f"{cfg.get('curvature')}, tol {cfg.get('tol')}, max probes {cfg.get('max_probes')}"),
@@ -825,7 +760,7 @@ def _settings_rows(result: TrackResult) -> list[tuple[str, str]]:
 
 def _figures(result: TrackResult, s: dict[str, list[Any]], markers: dict[str, Any]) -> dict[str, Any]:
     x = s["epoch"]
-    hover = [_svg_text(n) for n in s["checkpoint"]]
+    hover = [svg_text(n) for n in s["checkpoint"]]
     shapes, notes = [], []
     for key, label, colour in (("best_robust_test_loss", "lowest robust test loss", PALETTE[3]),
                                ("wci_peak", "WCI peak", PALETTE[4])):
@@ -890,7 +825,7 @@ def _figures(result: TrackResult, s: dict[str, list[Any]], markers: dict[str, An
     }
     names, rows = result.layer_terms()
     figs["layers"] = {
-        "data": [{"type": "heatmap", "x": x, "y": [_svg_text(n) for n in names], "z": rows,
+        "data": [{"type": "heatmap", "x": x, "y": [svg_text(n) for n in names], "z": rows,
                   "colorscale": "Viridis", "colorbar": {"title": {"text": "||W||·sqrt(Tr H)"}},
                   "hovertemplate": "epoch %{x}<br>%{y}<br>term %{z:.4g}<extra></extra>"}],
         "layout": {**layout("Per-layer WCI terms ||W_k||_F sqrt(Tr H_k)", "layer"),
