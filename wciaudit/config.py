@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -130,7 +130,6 @@ class ScanConfig:
     lo: float = 0.0
     hi: float = 1.0
     curvature: CurvatureMethod = CurvatureMethod.auto
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", parse_eps(self.eps))
@@ -195,19 +194,18 @@ class ScanConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON ``config`` block (SPEC keys first, extras after)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("attack", "norm", "curvature"):
             d[key] = d[key].value
         d["steps"] = self.effective_steps
         d["restarts"] = self.effective_restarts
         d["step_size"] = self.alpha
         d["eps_text"] = format_eps(self.eps)
-        d.update(self.extra)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScanConfig:
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         return cls(**kwargs)
 

@@ -279,7 +279,7 @@ def _make_config(config: ScanConfig | None, settings: dict[str, Any]) -> ScanCon
     known = {f.name for f in fields(ScanConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known - {'extra'}))}")
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return ScanConfig(**settings)
 
 
@@ -340,13 +340,13 @@ def _resolve_data(data: Any, loaded: LoadedCheckpoint, cfg: ScanConfig) -> tuple
 
 
 def _accepts(model: nn.Module, splits: Splits) -> bool:
-    x = splits.x_train if splits.has_train else splits.x_test
+    """Whether the bare model (CPU, float32) takes the data: the check below, as a bool."""
     try:
-        with eval_mode(model), torch.no_grad():
-            out = model(x[:2].float())
-    except Exception:  # any failure of the forward means "does not accept"
+        with eval_mode(model):
+            _check_model_accepts(model, splits, torch.device("cpu"), torch.float32)
+    except DataError:
         return False
-    return out.dim() == 2 and out.shape[0] == 2 and out.shape[1] >= splits.num_classes
+    return True
 
 
 def _check_model_accepts(net: nn.Module, splits: Splits, device: torch.device, dtype: torch.dtype) -> None:

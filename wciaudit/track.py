@@ -548,7 +548,7 @@ def track(
     if config is not None and settings:
         config = config.with_(**settings)
     elif config is None:
-        known = {f.name for f in fields(ScanConfig)} - {"extra"}
+        known = {f.name for f in fields(ScanConfig)}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

@@ -105,12 +105,12 @@ def _layer_traces(
         exact = residual_vanishes(objective, seed=seed)
         candidates = [n for n in names if exact[n]]
         fast = set(hookable(objective, candidates))
+        classes = _num_classes(objective)
         # Linear/Conv2d layers share one set of C + 1 backward passes; other layers need
         # per-example Jacobians, grouped to fit the memory budget, C products per group
         groups = ([[n for n in candidates if n in fast]] if fast else []) + _memory_groups(
-            objective, [n for n in candidates if n not in fast], memory_bytes
+            objective, [n for n in candidates if n not in fast], classes, memory_bytes
         )
-        classes = _num_classes(objective)
         # cost in backward passes over the data: C (+1) per group for the exact route,
         # >= 2 * min_probes Hessian-vector products per layer for Hutchinson
         ggn_cost = (classes + 1) * len(groups)
@@ -139,10 +139,9 @@ def _num_classes(objective: Objective) -> int:
         return int(objective.model(xb).shape[1])
 
 
-def _memory_groups(objective: Objective, names: list[str], memory_bytes: int) -> list[list[str]]:
+def _memory_groups(objective: Objective, names: list[str], classes: int, memory_bytes: int) -> list[list[str]]:
     """Split layers into groups whose per-example Jacobian fits ``memory_bytes``;
     a layer that alone does not fit is left to Hutchinson."""
-    classes = _num_classes(objective)
     groups: list[list[str]] = []
     current: list[str] = []
     for n in names:

@@ -159,7 +159,7 @@ def _ggn_by_backward(
 
     handles = [m.register_forward_hook(forward_hook(n)) for n, m in modules.items()]
     try:
-        for xb, _, _ in objective.batches():
+        for xb, _ in objective.batches():
             calls.clear()
             xb = xb.detach().requires_grad_(True)
             z = objective.logits(weights, xb)
@@ -242,7 +242,7 @@ def _ggn_by_jacobians(
         return functional_call(model, w, (xi.unsqueeze(0),)).squeeze(0)
 
     jac_fn = vmap(jacrev(logits_one), in_dims=(None, 0))
-    for xb, _, _ in objective.batches():
+    for xb, _ in objective.batches():
         with torch.no_grad():
             p_all = torch.softmax(objective.logits(weights, xb), dim=1)
         bytes_per_example = p_all.shape[1] * per_example_numbers * xb.element_size()

@@ -142,7 +142,7 @@ def hutchinson_traces(
             n: _probes(seed, index[n], round_, k, tuple(weights[n].shape)) for n, k in want.items()
         }
         sums = {n: torch.zeros(k, dtype=torch.float64) for n, k in want.items()}
-        for xb, yb, _ in _graph_batches(objective, single_batch, cached_graph):
+        for xb, yb in _graph_batches(objective, single_batch, cached_graph):
             if cached_graph is not None:
                 grads = cached_graph
             else:
@@ -193,6 +193,6 @@ def hutchinson_traces(
 
 def _graph_batches(objective: Objective, single_batch: bool, cached: tuple | None):
     if single_batch and cached is not None:
-        yield None, None, 1.0
+        yield None, None
         return
     yield from objective.batches()

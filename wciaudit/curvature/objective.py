@@ -60,12 +60,12 @@ class Objective:
         params = dict(self.model.named_parameters())
         return {n: params[n].detach().requires_grad_(requires_grad) for n in self.names}
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
-        """(x, y, weight) per batch; weight = batch size / N so batch sums give the mean."""
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) per batch of this process's examples, on the model's device."""
         for i in range(0, self.n_local, self.batch_size):
             xb = self.x[i : i + self.batch_size].to(self.device, self.dtype)
             yb = self.y[i : i + self.batch_size].to(self.device)
-            yield xb, yb, xb.shape[0] / self.n
+            yield xb, yb
 
     def logits(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, weights, (x,))
