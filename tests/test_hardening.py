@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -19,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import invoke_in
 from corpus.make_corpus import CNN, CNN_ARCH, PREEXISTING, TINY, Case, build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from wciaudit import checkpoints, retry
-from wciaudit.cli.app import app
 from wciaudit.config import ScanConfig, parse_eps
 from wciaudit.errors import ConfigError
 from wciaudit.gate import load_gate_config
@@ -57,13 +56,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def _invoke(args: list[str], cwd: Path) -> tuple[int, str, str]:
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        res = runner.invoke(app, args)
-    finally:
-        os.chdir(old)
-    return res.exit_code, res.stdout, res.stderr
+    return invoke_in(cwd, args)
 
 
 def _problems(case: Case, code: int, stderr: str, before: dict, after: dict) -> list[str]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import invoke_in
 from typer.testing import CliRunner
 
 from wciaudit.cli.app import app
@@ -24,13 +24,7 @@ runner = CliRunner()
 
 
 def _run(args: list[str], cwd: Path) -> tuple[int, str, str]:
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        res = runner.invoke(app, args)
-    finally:
-        os.chdir(old)
-    return res.exit_code, res.stdout, res.stderr
+    return invoke_in(cwd, args)
 
 
 def test_scan_writes_schema_v1_json_named_after_the_checkpoint(tmp_path: Path) -> None:
