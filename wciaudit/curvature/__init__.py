@@ -48,6 +48,7 @@ def layer_traces(
     progress: Callable[[str, int], None] | None = None,
     n_total: int | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    n_population: int | None = None,
 ) -> list[TraceEstimate]:
     """Tr(d^2 L / dW_k^2) for each named layer, L = mean CE of ``model`` on (x, y).
 
@@ -63,6 +64,8 @@ def layer_traces(
             ``"probes"``.
         n_total, reduce: under torch.distributed, (x, y) is this process's shard of
             ``n_total`` examples and ``reduce`` sums a tensor over processes.
+        n_population: size of the split (x, y) was sampled from; the SE then covers
+            the choice of subset, with the finite-population factor.
 
     Returns:
         One estimate per layer, in the order of ``names``.
@@ -73,7 +76,7 @@ def layer_traces(
         return _layer_traces(
             model, x, y, names, method=method, tol=tol, max_probes=max_probes, min_probes=min_probes,
             seed=seed, batch_size=batch_size, device=device, memory_bytes=memory_bytes,
-            progress=progress, n_total=n_total, reduce=reduce,
+            progress=progress, n_total=n_total, reduce=reduce, n_population=n_population,
         )
 
 
@@ -94,9 +97,12 @@ def _layer_traces(
     progress: Callable[[str, int], None] | None,
     n_total: int | None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None,
+    n_population: int | None = None,
 ) -> list[TraceEstimate]:
     device = device or next(model.parameters()).device
-    objective = Objective(model, x, y, list(names), batch_size, device, n_total=n_total)
+    objective = Objective(
+        model, x, y, list(names), batch_size, device, n_total=n_total, n_population=n_population
+    )
     if reduce is not None:
         objective.reduce = reduce
     estimates: dict[str, TraceEstimate] = {}

@@ -19,6 +19,12 @@ class TraceEstimate:
         converged: relative SE <= tol (or exact).
         stop_reason: ``exact``, ``tol`` or ``cap``.
         history: [probes, running mean, running SE] after each round.
+        probe_se: the part of ``se`` from random probes or sampled labels.
+        sample_se: the part of ``se`` from drawing the Hessian subset out of the split
+            (finite-population factor applied; 0 when the subset is the whole split).
+        se_covers: the sources of variation ``se`` covers, e.g. ``("probes",
+            "hessian-subset")``.
+        route_reason: why this layer took its route.
     """
 
     name: str
@@ -29,6 +35,10 @@ class TraceEstimate:
     converged: bool
     stop_reason: str
     history: list[list[float]] = field(default_factory=list)
+    probe_se: float = 0.0
+    sample_se: float = 0.0
+    se_covers: tuple[str, ...] = ()
+    route_reason: str = ""
 
     @property
     def rel_se(self) -> float | None:

@@ -31,6 +31,8 @@ class Objective:
         n_total: examples over all processes (default: this process's, ``len(x)``);
             the loss is the mean over all of them.
         reduce: sums a CPU tensor over processes (identity in one process).
+        n_population: size N of the split the examples were sampled from (None: the
+            examples are the whole split, so subset sampling adds no error).
     """
 
     model: nn.Module
@@ -41,6 +43,7 @@ class Objective:
     device: torch.device
     n_total: int | None = None
     reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    n_population: int | None = None
 
     @property
     def n(self) -> int:

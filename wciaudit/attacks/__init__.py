@@ -1,0 +1,1 @@
+"""Adversarial attacks: PGD/FGSM, APGD, FAB, Square, AutoAttack, gradient-masking checks."""
