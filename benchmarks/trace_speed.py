@@ -46,7 +46,7 @@ from torch import nn
 from torch.func import functional_call
 
 import wciaudit
-from wciaudit.attack import attack_split
+from wciaudit.attacks.pgd import attack_split
 from wciaudit.config import ScanConfig
 from wciaudit.curvature import layer_traces, residual_vanishes
 from wciaudit.curvature.objective import Objective

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import wciaudit
-from wciaudit.attack import perturb
+from wciaudit.attacks.pgd import perturb
 from wciaudit.config import ScanConfig
 from wciaudit.monitor import WCILRAdjuster
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import wciaudit
-from wciaudit.attack import perturb
+from wciaudit.attacks.pgd import perturb
 from wciaudit.config import ScanConfig
 
 HERE = Path(__file__).resolve().parent

@@ -12,7 +12,7 @@ from reference import dense_traces
 from torch import nn
 
 from wciaudit import ScanConfig, Splits, scan
-from wciaudit.attack import attack_split
+from wciaudit.attacks.pgd import attack_split
 from wciaudit.bounds import pac_bayes_terms
 from wciaudit.data import stratified_subset
 from wciaudit.model import AuditedModel

@@ -2,7 +2,7 @@
 
 :class:`WCIMonitor` measures the Weight-Curvature Index (SPEC: "Weight-Curvature
 Index") on one held batch every ``every`` calls: PGD examples of the batch at the
-current weights (:func:`wciaudit.attack.perturb`), then per-layer traces of the
+current weights (:func:`wciaudit.attacks.pgd.perturb`), then per-layer traces of the
 adversarial-loss Hessian (:func:`wciaudit.curvature.layer_traces`, the exact
 Gauss-Newton route where it applies, else Hutchinson with few probes), with its
 standard error. It only observes: the model's train/eval flags, its parameters and
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import bounds
-from .attack import perturb
+from .attacks.pgd import perturb
 from .config import ScanConfig
 from .curvature import layer_traces
 from .errors import ConfigError

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import bounds
-from .attack import attack_split
+from .attacks.pgd import attack_split
 from .checkpoints import LoadedCheckpoint, load_checkpoint
 from .config import ScanConfig
 from .curvature import layer_traces

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wciaudit.attack import attack_split, perturb, random_start_noise
+from wciaudit.attacks.pgd import (
+    _descend,
+    _start,
+    attack_split,
+    perturb,
+    pgd_attack,
+    random_start_noise,
+)
 from wciaudit.config import ScanConfig
 
 
@@ -85,3 +92,52 @@ def test_restarts_keep_the_worst_loss_per_example() -> None:
         l4 = F.cross_entropy(net(many), y, reduction="none")
     # restart 0 is shared, so each example's kept loss can only grow
     assert (l4 >= l1 - 1e-6).all()
+
+
+def test_an_example_broken_by_any_restart_counts_as_broken() -> None:
+    net, (x, _) = _net(), _data(256)
+    with torch.no_grad():
+        y = net(x).argmax(1)  # clean accuracy 1, so every break is the attack's
+    cfg = ScanConfig(eps=0.1, steps=2, restarts=4, seed=5)
+    out = pgd_attack(net, x, y, cfg)
+    finals = []  # each restart alone: its start depends on (seed, stream, restart, index)
+    for r in range(4):
+        x_r = _descend(net, x, y, _start(x, cfg, 0, 0, r), cfg)
+        with torch.no_grad():
+            finals.append(net(x_r).argmax(1) == y)
+    assert torch.equal(out.correct, torch.stack(finals).all(0))
+    with torch.no_grad():
+        adv_correct = net(out.x_adv).argmax(1) == y
+        loss_at_x_loss = F.cross_entropy(net(out.x_loss), y, reduction="none")
+        worst_loss_correct = net(out.x_loss).argmax(1) == y
+    # x_adv shows the break; x_loss carries the worst loss over the restarts
+    assert torch.equal(adv_correct, out.correct)
+    assert torch.allclose(loss_at_x_loss, out.loss, atol=1e-6)
+    # worst-loss selection would call some broken examples robust: the rule matters here
+    assert (worst_loss_correct & ~out.correct).any()
+
+
+def test_one_restart_needs_no_extra_forward_pass() -> None:
+    net, (x, y) = _net(), _data(32)
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    perturb(net, x, y, ScanConfig(eps=0.1, steps=5, restarts=1))
+    assert len(calls) == 5
+    calls.clear()
+    out = pgd_attack(net, x, y, ScanConfig(eps=0.1, steps=5, restarts=1))
+    assert len(calls) == 6 and out.loss is not None  # the sixth is the evaluation itself
+
+
+def test_starts_do_not_depend_on_how_the_split_is_sharded() -> None:
+    net, (x, y) = _net(), _data(90)
+    cfg = ScanConfig(eps=0.1, steps=3, seed=2, restarts=2, batch_size=16)
+    whole = pgd_attack(net, x, y, cfg, stream=1)
+    # two "processes", each with its shard and its global offset
+    a = pgd_attack(net, x[:40], y[:40], cfg, start=0, stream=1)
+    b = pgd_attack(net, x[40:], y[40:], cfg, start=40, stream=1)
+    assert torch.allclose(torch.cat([a.x_loss, b.x_loss]), whole.x_loss, atol=1e-6)
+    assert torch.equal(torch.cat([a.correct, b.correct]), whole.correct)
+    # restarts and streams draw different starts
+    r0 = random_start_noise((5, 3), 0, seed=1, stream=0, restart=0)
+    assert not torch.equal(r0, random_start_noise((5, 3), 0, seed=1, stream=0, restart=1))
+    assert not torch.equal(r0, random_start_noise((5, 3), 0, seed=1, stream=1, restart=0))

@@ -1,0 +1,85 @@
+"""Per-example random draws: example i's draw depends only on (key, global index i).
+
+Every random start of every attack is drawn from a CPU generator seeded by a hash of
+the attack's key (seed, stream, restart, ...) and the example's global index in its
+split. So the same seed gives the same starts whatever the batch size, the device, the
+subset of examples still being attacked, or the number of processes under torchrun.
+
+The hash is SplitMix64 (Steele, Lea, Flood 2014) applied in a chain, which maps distinct
+integer tuples to well-spread 63-bit seeds (a linear mix such as ``a * p + b`` would
+collide: restart 1 of example 0 against restart 0 of example p).
+
+Example:
+    >>> a = per_example_uniform((4, 3), range(10, 14), key=(0, 1, 2))
+    >>> b = per_example_uniform((2, 3), [11, 13], key=(0, 1, 2))
+    >>> torch.equal(a[[1, 3]], b)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+_MASK = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def mix(*values: int) -> int:
+    """A 63-bit seed from a tuple of non-negative integers (order matters)."""
+    h = 0
+    for v in values:
+        h = _splitmix64(h ^ (int(v) & _MASK))
+    return h >> 1
+
+
+def _indices(indices: Iterable[int] | torch.Tensor) -> list[int]:
+    if isinstance(indices, torch.Tensor):
+        return [int(i) for i in indices.reshape(-1).tolist()]
+    return [int(i) for i in indices]
+
+
+def _draw(
+    shape: Sequence[int], indices: Iterable[int] | torch.Tensor, key: Sequence[int], normal: bool
+) -> torch.Tensor:
+    idx = _indices(indices)
+    if len(idx) != shape[0]:
+        raise ValueError(f"{len(idx)} indices for {shape[0]} examples")
+    rest = tuple(int(s) for s in shape[1:])
+    out = torch.empty((len(idx), *rest))
+    g = torch.Generator(device="cpu")
+    base = mix(*key)
+    for row, i in enumerate(idx):
+        g.manual_seed(mix(base, i))
+        if normal:
+            torch.randn(rest, generator=g, out=out[row])
+        else:
+            torch.rand(rest, generator=g, out=out[row])
+    return out
+
+
+def per_example_uniform(
+    shape: Sequence[int], indices: Iterable[int] | torch.Tensor, key: Sequence[int]
+) -> torch.Tensor:
+    """Uniform [0, 1) draws, float32 on the CPU, one row per global example index.
+
+    Args:
+        shape: (N, ...) the shape of the draw.
+        indices: the N global indices of the rows.
+        key: integers naming the draw (attack tag, seed, stream, restart, ...).
+    """
+    return _draw(shape, indices, key, normal=False)
+
+
+def per_example_normal(
+    shape: Sequence[int], indices: Iterable[int] | torch.Tensor, key: Sequence[int]
+) -> torch.Tensor:
+    """Standard normal draws, float32 on the CPU, one row per global example index."""
+    return _draw(shape, indices, key, normal=True)
