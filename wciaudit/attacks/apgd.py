@@ -58,7 +58,7 @@ class APGDBatch:
         x_loss: each example's highest-loss iterate (the attack's own loss).
         loss: that loss, shape (N,).
         broken: True where some iterate was misclassified, shape (N,) bool.
-        x_adv: a misclassified iterate where one was found, else ``x_loss``.
+        x_adv: the first misclassified iterate where one was found, else ``x_loss``.
     """
 
     x_loss: torch.Tensor
@@ -166,7 +166,9 @@ def apgd_run(
             x_prev, x_cur = x_cur, x_next
         loss, grad, miss = evaluate(x_cur)
         with torch.no_grad():
-            x_found[miss] = x_cur[miss]
+            # the first misclassified iterate, so that stopping early changes nothing
+            newly = miss & ~broken
+            x_found[newly] = x_cur[newly]
             broken |= miss
             rises += (loss > loss_prev).to(rises.dtype)
             loss_prev = loss

@@ -1,0 +1,290 @@
+"""AutoAttack (Croce & Hein 2020, version "standard") and the attack a scan runs.
+
+AutoAttack: APGD-CE -> APGD-T -> FAB-T -> Square (5000 queries), each stage run only on
+the examples every earlier stage left robust (examples misclassified clean count as
+broken by "clean" and are not attacked), with the original settings: 100 APGD
+iterations, 9 target classes (at most C - 1), one restart each. Robust accuracy is the
+fraction never broken.
+
+:func:`run_attack` runs the attack chosen for robust accuracy and, from the same or a
+separate run, a loss-maximising attack (PGD or APGD-CE) whose points carry the robust
+loss and the Hessian (SPEC: L_adv). Where the chosen attack starts with the loss
+attack (``pgd`` with ``pgd``, ``apgd-ce`` or ``autoattack`` with ``apgd-ce``) the one run
+serves both: APGD-CE then also runs on the examples misclassified clean, for their loss.
+:class:`AttackOutcome` records which attack produced which figure.
+
+Example:
+    >>> import torch
+    >>> from wciaudit.config import ScanConfig
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    >>> x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    >>> out = run_attack(net, x, y, ScanConfig(eps=0.1), attack="apgd-ce", apgd_steps=5)
+    >>> out.attack, out.loss_attack, len(out.broken_by)
+    ('apgd-ce', 'apgd-ce', 6)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import ScanConfig
+from ..errors import ConfigError
+from .apgd import apgd_ce, apgd_targeted
+from .pgd import pgd_attack
+from .seeding import mix
+
+Progress = Callable[[int], None]
+
+#: attacks for robust accuracy; each example's ``broken_by`` names one of STAGES or None
+ATTACKS = ("pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack")
+#: attacks whose points give the robust loss and the Hessian
+LOSS_ATTACKS = ("pgd", "fgsm", "apgd-ce")
+STAGES = ("clean", "pgd", "fgsm", "apgd-ce", "apgd-t", "fab-t", "square")
+#: the stages of AutoAttack "standard", in order
+AUTOATTACK_STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+@dataclass
+class AttackOutcome:
+    """What the attacks found on a split (tensors on the CPU, in the split's order).
+
+    Attributes:
+        x_loss: points for the robust loss and the Hessian, from ``loss_attack``.
+        loss: cross-entropy at ``x_loss`` per example, shape (N,).
+        correct: True where ``attack`` left the example correctly classified, (N,) bool.
+        broken_code: index into :data:`STAGES` of the stage that first broke each
+            example, -1 where none did; shape (N,) int64 (gathers like any tensor).
+        x_adv: the chosen attack's points: the misclassified one where found.
+        attack: the attack robust accuracy comes from.
+        loss_attack: the attack the robust loss and the Hessian points come from.
+        stages: the stages ``attack`` ran, in order.
+    """
+
+    x_loss: torch.Tensor
+    loss: torch.Tensor
+    correct: torch.Tensor
+    broken_code: torch.Tensor
+    x_adv: torch.Tensor
+    attack: str
+    loss_attack: str
+    stages: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def broken_by(self) -> list[str | None]:
+        """Per example, the stage that first broke it, or None."""
+        return [None if c < 0 else STAGES[c] for c in self.broken_code.tolist()]
+
+    def broken_counts(self) -> dict[str, int]:
+        """How many examples each stage broke first (stages that ran, plus "clean")."""
+        names = ("clean", *self.stages) if "clean" not in self.stages else self.stages
+        return {s: int((self.broken_code == STAGES.index(s)).sum()) for s in names}
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.correct.float().mean()) if self.correct.numel() else float("nan")
+
+
+def _stages(attack: str) -> tuple[str, ...]:
+    if attack == "autoattack":
+        return ("clean", *AUTOATTACK_STAGES)
+    if attack in ("apgd-ce", "apgd-t"):
+        return ("clean", attack)
+    return (attack,)
+
+
+def _check_names(attack: str, loss_attack: str) -> None:
+    if attack not in ATTACKS:
+        raise ConfigError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
+    if loss_attack not in LOSS_ATTACKS:
+        raise ConfigError(f"loss attack must be one of {', '.join(LOSS_ATTACKS)}, got {loss_attack!r}")
+
+
+def _default_loss_attack(attack: str) -> str:
+    return attack if attack in ("pgd", "fgsm") else "apgd-ce"
+
+
+def _seeded_call(fn: Callable[..., torch.Tensor], *args, indices: torch.Tensor, **kwargs) -> torch.Tensor:
+    # per-example seeding needs each example's global index; an implementation that takes
+    # only the first one (index_offset) seeds by position within the examples passed
+    if "indices" in inspect.signature(fn).parameters:
+        return fn(*args, indices=indices, **kwargs)
+    return fn(*args, index_offset=int(indices[0]) if indices.numel() else 0, **kwargs)
+
+
+def _import_stage(name: str) -> Callable[..., torch.Tensor]:
+    if name == "fab-t":
+        from .fab import fab_targeted
+
+        return fab_targeted
+    from .square import square_attack
+
+    return square_attack
+
+
+def autoattack_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    seed: int = 0,
+    stream: int = 0,
+    indices: torch.Tensor | None = None,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    apgd_steps: int = 100,
+    n_target_classes: int = 9,
+    n_queries: int = 5000,
+    stages: tuple[str, ...] = AUTOATTACK_STAGES,
+) -> dict[str, torch.Tensor]:
+    """AutoAttack's stages on one batch (see the module docstring).
+
+    Returns:
+        ``x_adv``, ``broken_code`` (index into :data:`STAGES`, -1 robust), and from the
+        APGD-CE stage (run on every example) ``x_loss`` and ``loss`` (cross-entropy),
+        both None when APGD-CE is not among ``stages``.
+    """
+    x, y = x.detach(), y.detach()
+    idx = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(indices).cpu()
+    with torch.no_grad():
+        clean_logits = model(x)
+    code = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+    code[clean_logits.argmax(1) != y] = STAGES.index("clean")
+    x_adv = x.clone()
+    out: dict[str, torch.Tensor | None] = {"x_loss": None, "loss": None}
+    common = {"eps": eps, "norm": norm, "seed": seed, "lo": lo, "hi": hi}
+    for stage in stages:
+        robust = code < 0
+        if stage == "apgd-ce":
+            # every example, so that the clean-misclassified ones get a loss point too
+            run = apgd_ce(model, x, y, steps=apgd_steps, stream=stream, indices=idx, **common)
+            out["x_loss"], out["loss"] = run.x_loss, run.loss
+            newly = robust & run.broken
+            x_adv[newly] = run.x_adv[newly]
+        else:
+            todo = robust.nonzero().flatten()
+            if todo.numel() == 0:
+                break
+            xs, ys = x[todo], y[todo]
+            if stage == "apgd-t":
+                xs_adv, _ = apgd_targeted(
+                    model, xs, ys, steps=apgd_steps, n_target_classes=n_target_classes,
+                    stream=stream, indices=idx[todo.cpu()], clean_logits=clean_logits[todo],
+                    **common,
+                )
+            elif stage in ("fab-t", "square"):
+                extra = {"n_target_classes": n_target_classes} if stage == "fab-t" else {
+                    "n_queries": n_queries}
+                # these take no stream: fold it into the seed so train and test differ
+                xs_adv = _seeded_call(_import_stage(stage), model, xs, ys, indices=idx[todo.cpu()],
+                                      **{**common, "seed": mix(seed, stream)}, **extra)
+            else:
+                raise ConfigError(f"unknown AutoAttack stage {stage!r}")
+            with torch.no_grad():
+                hit = model(xs_adv).argmax(1) != ys
+            newly = torch.zeros_like(robust)
+            newly[todo[hit]] = True
+            x_adv[newly] = xs_adv[hit]
+        code[newly] = STAGES.index(stage)
+    out["x_adv"], out["broken_code"] = x_adv, code
+    return out
+
+
+def _attack_batch(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ScanConfig, attack: str,
+    loss_attack: str, start: int, stream: int, apgd_steps: int, n_target_classes: int,
+    n_queries: int,
+) -> dict[str, torch.Tensor]:
+    idx = torch.arange(start, start + x.shape[0])
+    out: dict[str, torch.Tensor | None] = {"x_loss": None, "loss": None}
+    if attack in ("pgd", "fgsm"):
+        res = pgd_attack(model, x, y, cfg.with_(attack=attack), start=start, stream=stream)
+        code = torch.where(res.correct, -1, STAGES.index(attack))
+        out.update(x_adv=res.x_adv, broken_code=code)
+        if loss_attack == attack:
+            out.update(x_loss=res.x_loss, loss=res.loss)
+    else:
+        stages = AUTOATTACK_STAGES if attack == "autoattack" else (attack,)
+        out.update(autoattack_batch(
+            model, x, y, eps=cfg.eps, norm=cfg.norm.value, seed=cfg.seed, stream=stream,
+            indices=idx, lo=cfg.lo, hi=cfg.hi, apgd_steps=apgd_steps,
+            n_target_classes=n_target_classes, n_queries=n_queries, stages=stages,
+        ))
+        if loss_attack != "apgd-ce":
+            out.update(x_loss=None, loss=None)
+    if out["x_loss"] is None:
+        if loss_attack == "apgd-ce":
+            run = apgd_ce(model, x, y, eps=cfg.eps, norm=cfg.norm, steps=apgd_steps, seed=cfg.seed,
+                          stream=stream, indices=idx, lo=cfg.lo, hi=cfg.hi)
+            out.update(x_loss=run.x_loss, loss=run.loss)
+        else:
+            res = pgd_attack(model, x, y, cfg.with_(attack=loss_attack), start=start, stream=stream)
+            out.update(x_loss=res.x_loss, loss=res.loss)
+    return out
+
+
+def run_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ScanConfig,
+    device: torch.device | str = "cpu",
+    *,
+    attack: str | None = None,
+    loss_attack: str | None = None,
+    stream: int = 0,
+    index_offset: int = 0,
+    progress: Progress | None = None,
+    apgd_steps: int = 100,
+    n_target_classes: int = 9,
+    n_queries: int = 5000,
+) -> AttackOutcome:
+    """Attack a split batch by batch: robust accuracy from ``attack``, the robust-loss
+    points from ``loss_attack``.
+
+    Args:
+        model: classifier in eval mode, on ``device``.
+        x, y: the split (or a shard of it), on any device; results come back on the CPU.
+        cfg: eps, norm, lo/hi, seed, dtype, batch_size; steps/restarts/alpha for PGD.
+        attack: one of :data:`ATTACKS` (default ``cfg.attack``).
+        loss_attack: ``pgd``, ``fgsm`` or ``apgd-ce`` (default: ``attack`` for PGD/FGSM,
+            else ``apgd-ce``).
+        stream: 0 for the train split, 1 for test (different starts).
+        index_offset: global index of x[0] (a shard's first example under torchrun).
+        progress: called with the number of examples done after each batch.
+        apgd_steps, n_target_classes, n_queries: AutoAttack's settings (original:
+            100, 9, 5000).
+
+    Raises:
+        ConfigError: an unknown attack name.
+        ImportError: AutoAttack's FAB-T or Square stage is not available.
+    """
+    attack = cfg.attack.value if attack is None else str(attack)
+    loss_attack = _default_loss_attack(attack) if loss_attack is None else str(loss_attack)
+    _check_names(attack, loss_attack)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    device = torch.device(device)
+    n = x.shape[0]
+    x_loss = torch.empty_like(x, dtype=dtype)
+    x_adv = torch.empty_like(x, dtype=dtype)
+    loss = torch.empty(n, dtype=dtype)
+    code = torch.empty(n, dtype=torch.long)
+    for i in range(0, n, cfg.batch_size):
+        xb = x[i : i + cfg.batch_size].to(device, dtype)
+        yb = y[i : i + cfg.batch_size].to(device)
+        part = _attack_batch(model, xb, yb, cfg, attack, loss_attack, index_offset + i, stream,
+                             apgd_steps, n_target_classes, n_queries)
+        j = i + xb.shape[0]
+        x_loss[i:j], x_adv[i:j] = part["x_loss"].cpu(), part["x_adv"].cpu()
+        loss[i:j], code[i:j] = part["loss"].cpu(), part["broken_code"].cpu()
+        if progress is not None:
+            progress(xb.shape[0])
+    return AttackOutcome(x_loss=x_loss, loss=loss, correct=code < 0, broken_code=code, x_adv=x_adv,
+                         attack=attack, loss_attack=loss_attack, stages=_stages(attack))
+
