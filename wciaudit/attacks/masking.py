@@ -1,0 +1,183 @@
+"""Gradient-masking checks (Athalye, Carlini & Wagner 2018; Carlini et al. 2019, "On
+Evaluating Adversarial Robustness", section 5), cheap versions on a subset.
+
+On a stratified seeded subset (64 examples by default), with the scan's eps and norm:
+
+(a) ``more-steps``: PGD-4K with 2 restarts must not leave robust examples that PGD-K broke
+    more often than the reverse.
+(b) ``fgsm-vs-pgd``: FGSM must not break examples that white-box PGD (K and 4K, any
+    run) leaves robust more often than the reverse.
+(c) ``square-vs-whitebox``: the black-box Square attack likewise (skipped where Square
+    is not available).
+(d) ``large-eps``: PGD from x (no random start, which alone could break a masked model
+    by chance) at eps = half the data range (L-inf; L2: half the range times sqrt(d))
+    must bring accuracy down to chance, 1/C, or below.
+
+(a)-(c) compare the same examples, so they are paired: with b examples only the weaker
+attack breaks and c only the stronger one does, the check fails when the exact one-sided
+sign test P(Binomial(b + c, 1/2) >= b) is below ``alpha`` (default 0.001; a masked model
+fails by many examples, a normal one passes with near certainty). (d) fails when
+P(Binomial(n, 1/C) >= k) < alpha for k examples still correct.
+
+Example:
+    >>> round(sign_test_p(10, 0), 6), sign_test_p(0, 5)
+    (0.000977, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Attack, Norm, ScanConfig
+from ..data import stratified_subset
+from .pgd import _descend, pgd_attack
+
+
+@dataclass
+class MaskingCheck:
+    """One check: ``passed`` is None when it was skipped (``detail`` says why)."""
+
+    name: str
+    passed: bool | None
+    detail: str
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MaskingReport:
+    """The checks, the subset they ran on, and whether any failed."""
+
+    checks: list[MaskingCheck]
+    n: int
+    alpha: float
+
+    @property
+    def flagged(self) -> bool:
+        return any(c.passed is False for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flagged": self.flagged, "n": self.n, "alpha": self.alpha,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), exact."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return min(1.0, sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+
+def sign_test_p(b: int, c: int) -> float:
+    """One-sided exact sign test on paired outcomes: P(B >= b), B ~ Binomial(b + c, 1/2)."""
+    return binomial_tail(b, b + c, 0.5)
+
+
+def _paired(name: str, weak_broken: torch.Tensor, strong_broken: torch.Tensor, weak: str,
+            strong: str, alpha: float) -> MaskingCheck:
+    b = int((weak_broken & ~strong_broken).sum())
+    c = int((strong_broken & ~weak_broken).sum())
+    p = sign_test_p(b, c)
+    n = weak_broken.numel()
+    acc_weak, acc_strong = 1 - float(weak_broken.float().mean()), 1 - float(strong_broken.float().mean())
+    passed = p >= alpha
+    detail = (f"{weak} robust accuracy {acc_weak:.3f} vs {strong} {acc_strong:.3f} on {n}: "
+              f"{b} broken by {weak} only, {c} by {strong} only (one-sided p = {p:.2g})")
+    if not passed:
+        detail += f"; {weak} beats {strong}: gradients look masked"
+    return MaskingCheck(name, passed, detail, {
+        f"acc_{weak}": acc_weak, f"acc_{strong}": acc_strong, "only_weak": b, "only_strong": c, "p": p,
+    })
+
+
+def masking_checks(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ScanConfig,
+    device: torch.device | str = "cpu",
+    *,
+    n: int = 64,
+    alpha: float = 1e-3,
+    stream: int = 1,
+    square: bool = True,
+    square_queries: int = 1000,
+) -> MaskingReport:
+    """Run checks (a)-(d) of the module docstring on a subset of (x, y).
+
+    Args:
+        model: classifier in eval mode, on ``device``.
+        x, y: a split (the test split by default); a stratified subset of ``n`` examples,
+            seeded with ``cfg.seed``, is used.
+        cfg: eps, norm, steps K, lo/hi, seed, dtype.
+        alpha: significance level of each check.
+        stream: seeds the starts apart from the scan's own (default: the test stream).
+        square: run check (c) when the Square attack is available.
+        square_queries: Square's query budget here (the full AutoAttack uses 5000).
+
+    Cost on n examples: 9K + 21 forward-backward passes (K = cfg.steps, at least 20 for
+    (d)), plus Square's queries.
+    """
+    device = torch.device(device)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    idx = stratified_subset(y, n, cfg.seed) if y.shape[0] > n else torch.arange(y.shape[0])
+    xs, ys = x[idx].to(device, dtype), y[idx].to(device)
+    base = cfg.with_(attack=Attack.pgd, restarts=1, step_size=None)
+    with torch.no_grad():
+        n_classes = int(model(xs[:1]).shape[1])
+    start = 0  # the subset's own indices: the checks' starts differ from the scan's by stream
+
+    pgd_k = pgd_attack(model, xs, ys, base, start=start, stream=stream + 2)
+    pgd_more = pgd_attack(model, xs, ys, base.with_(steps=4 * cfg.steps, restarts=2), start=start,
+                          stream=stream + 4)
+    fgsm = pgd_attack(model, xs, ys, base.with_(attack=Attack.fgsm), start=start, stream=stream + 2)
+    white = ~pgd_k.correct | ~pgd_more.correct
+    checks = [
+        _paired("more-steps", ~pgd_k.correct, ~pgd_more.correct, f"pgd-{cfg.steps}",
+                f"pgd-{4 * cfg.steps}x2", alpha),
+        _paired("fgsm-vs-pgd", ~fgsm.correct, white, "fgsm", "pgd", alpha),
+    ]
+
+    if square:
+        checks.append(_square_check(model, xs, ys, cfg, white, alpha, square_queries, stream))
+
+    # (d): large eps, from x itself
+    big = 0.5 * (cfg.hi - cfg.lo)
+    if cfg.norm is Norm.l2:
+        big *= math.sqrt(xs[0].numel())
+    steps = max(20, cfg.steps)
+    big_cfg = base.with_(eps=big, steps=steps)
+    x_big = _descend(model, xs, ys, xs.clone(), big_cfg)
+    with torch.no_grad():
+        k = int((model(x_big).argmax(1) == ys).sum())
+    p = binomial_tail(k, xs.shape[0], 1 / n_classes)
+    acc = k / xs.shape[0]
+    detail = (f"PGD-{steps} from x at eps {big:.3g} ({cfg.norm.value}) leaves accuracy {acc:.3f} "
+              f"on {xs.shape[0]}, chance 1/{n_classes} = {1 / n_classes:.3f} (one-sided p = {p:.2g})")
+    passed = p >= alpha
+    if not passed:
+        detail += "; an unbounded-looking attack fails: gradients look masked"
+    checks.append(MaskingCheck("large-eps", passed, detail,
+                               {"eps": big, "acc": acc, "chance": 1 / n_classes, "p": p}))
+    return MaskingReport(checks, int(xs.shape[0]), alpha)
+
+
+def _square_check(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, cfg: ScanConfig,
+                  white: torch.Tensor, alpha: float, queries: int, stream: int) -> MaskingCheck:
+    try:
+        from .square import square_attack
+    except ImportError:
+        return MaskingCheck("square-vs-whitebox", None, "skipped: the Square attack is not available")
+    from .seeding import mix
+
+    x_sq = square_attack(model, xs, ys, eps=cfg.eps, norm=cfg.norm.value, n_queries=queries,
+                         seed=mix(cfg.seed, stream + 6), lo=cfg.lo, hi=cfg.hi)
+    with torch.no_grad():
+        sq_broken = model(x_sq).argmax(1) != ys
+    return _paired("square-vs-whitebox", sq_broken, white, "square", "whitebox", alpha)
