@@ -1,0 +1,101 @@
+"""AutoAttack's composition and run_attack: which attack broke what, and which gave the loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wciaudit.attacks.apgd import apgd_ce, apgd_targeted
+from wciaudit.attacks.autoattack import STAGES, autoattack_batch, run_attack
+from wciaudit.config import ScanConfig
+from wciaudit.errors import ConfigError
+
+
+def _correct(net, x, y):
+    with torch.no_grad():
+        return net(x).argmax(1) == y
+
+
+def test_apgd_stages_compose_on_the_still_robust(digits_cnn, digits_test) -> None:
+    x, y = digits_test
+    out = autoattack_batch(digits_cnn, x, y, eps=0.1, stages=("apgd-ce", "apgd-t"),
+                           n_target_classes=3, apgd_steps=50)
+    code = out["broken_code"]
+    clean = _correct(digits_cnn, x, y)
+    assert torch.equal(code == STAGES.index("clean"), ~clean)
+    # APGD-CE alone, same seeds and indices: its breaks are exactly the "apgd-ce" ones
+    ce = apgd_ce(digits_cnn, x, y, eps=0.1, steps=50)
+    assert torch.equal(code == STAGES.index("apgd-ce"), clean & ce.broken)
+    # APGD-T adds breaks only among the examples APGD-CE left robust
+    t = code == STAGES.index("apgd-t")
+    assert not (t & (ce.broken | ~clean)).any()
+    # robust examples keep x itself; broken ones carry a misclassified point in the ball
+    assert torch.equal(_correct(digits_cnn, out["x_adv"], y), code < 0)
+    assert ((out["x_adv"] - x).abs() <= 0.1 + 1e-6).all()
+    # the loss points are APGD-CE's on every example, clean-misclassified included
+    assert torch.allclose(out["loss"], ce.loss) and torch.equal(out["x_loss"], ce.x_loss)
+
+
+def test_run_attack_records_which_attack_gave_what(digits_cnn, digits_test) -> None:
+    x, y = digits_test
+    cfg = ScanConfig(eps=0.1, steps=10, batch_size=40)
+    out = run_attack(digits_cnn, x, y, cfg, attack="apgd-t", apgd_steps=20, n_target_classes=2)
+    assert (out.attack, out.loss_attack, out.stages) == ("apgd-t", "apgd-ce", ("clean", "apgd-t"))
+    assert set(out.broken_by) <= {None, "clean", "apgd-t"}
+    assert out.robust_accuracy == pytest.approx(float(out.correct.float().mean()))
+    with torch.no_grad():
+        assert torch.allclose(F.cross_entropy(digits_cnn(out.x_loss), y, reduction="none"), out.loss,
+                              atol=1e-5)
+    counts = out.broken_counts()
+    assert sum(counts.values()) + int(out.correct.sum()) == x.shape[0]
+    pgd = run_attack(digits_cnn, x, y, cfg)  # cfg.attack: pgd serves both figures
+    assert (pgd.attack, pgd.loss_attack) == ("pgd", "pgd")
+    assert set(pgd.broken_by) <= {None, "pgd"}
+    with pytest.raises(ConfigError):
+        run_attack(digits_cnn, x, y, cfg, attack="cw")
+
+
+def test_run_attack_does_not_depend_on_the_batch_size(digits_cnn, digits_test) -> None:
+    x, y = digits_test
+    cfg = ScanConfig(eps=0.1, batch_size=96, dtype="float64")
+    net = digits_cnn.double()
+    try:
+        a = run_attack(net, x, y, cfg, attack="apgd-ce", apgd_steps=20)
+        b = run_attack(net, x, y, cfg.with_(batch_size=17), attack="apgd-ce", apgd_steps=20)
+    finally:
+        digits_cnn.float()
+    assert torch.equal(a.broken_code, b.broken_code)
+    assert torch.allclose(a.x_loss, b.x_loss, atol=1e-9)
+
+
+def test_full_autoattack_matches_torchattacks(digits_cnn, digits_test) -> None:
+    pytest.importorskip("wciaudit.attacks.fab")
+    pytest.importorskip("wciaudit.attacks.square")
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = digits_test
+    x, y = x[:64], y[:64]
+    out = run_attack(digits_cnn, x, y, ScanConfig(eps=0.1, batch_size=64), attack="autoattack",
+                     n_target_classes=3, n_queries=500)
+    ref = torchattacks.AutoAttack(digits_cnn, norm="Linf", eps=0.1, version="standard",
+                                  n_classes=4, seed=0)
+    theirs = _correct(digits_cnn, ref(x, y), y)
+    ours = out.correct
+    b, c = int((~ours & theirs).sum()), int((ours & ~theirs).sum())
+    assert abs(b - c) <= 3 * math.sqrt(max(b + c, 1))
+    assert set(out.broken_by) <= {None, "clean", "apgd-ce", "apgd-t", "fab-t", "square"}
+
+
+def test_apgd_targeted_caps_the_targets_at_c_minus_1() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x = torch.rand(8, 1, 2, 2)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    apgd_targeted(net, x, y, eps=1e-4, steps=4, n_target_classes=9)
+    # one clean forward, then (4 + 1) per target: two targets with 3 classes, if none break
+    assert len(calls) == 1 + 2 * 5
