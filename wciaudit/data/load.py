@@ -13,7 +13,7 @@ from ..errors import ConfigError, DataError
 from .arrays import arrays_from_mapping, splits_from_arrays
 from .cifar import load_cifar
 from .image_folder import load_image_folder
-from .npz import load_npz
+from .npz import read_npz
 from .splits import LoadOptions, Splits
 
 SAMPLE_NAMES = ("sample", "digits")
@@ -113,9 +113,13 @@ def load_data(
     if isinstance(spec, Mapping):
         arrays = arrays_from_mapping(spec, _IN_MEMORY)
         return splits_from_arrays(
-            arrays, opts, where=_IN_MEMORY, name="arrays", origin="arrays given in memory",
+            arrays,
+            opts,
+            where=_IN_MEMORY,
+            name="arrays",
+            origin="arrays given in memory",
             input_size=input_size,
-        )  # fmt: skip
+        )
     return _load_named(str(os.fspath(spec)).strip(), data_config, opts)
 
 
@@ -128,9 +132,11 @@ def _load_named(text: str, data_config: dict[str, Any] | None, opts: LoadOptions
     if lowered in SAMPLE_NAMES:
         resource = importlib.resources.files("wciaudit") / "samples" / "digits.npz"
         with importlib.resources.as_file(resource) as path:
-            return load_npz(
-                Path(path),
+            # the sample is in [0, 1] whatever the model's range, and already (N, 1, 8, 8)
+            return splits_from_arrays(
+                read_npz(Path(path), opts),
                 opts,
+                where=str(path),
                 name="digits",
                 origin="shipped sample (UCI digits, 8x8)",
                 native_range=(0.0, 1.0),
@@ -140,8 +146,14 @@ def _load_named(text: str, data_config: dict[str, Any] | None, opts: LoadOptions
             return load_cifar(cifar_name, text[len(prefix) :], opts)
     path = Path(text).expanduser()
     if lowered.endswith(".npz"):
-        return load_npz(
-            path, opts, name=f"npz:{text}", origin=f"npz file {text}", input_size=input_size
+        arrays = read_npz(path, opts)
+        return splits_from_arrays(
+            arrays,
+            opts,
+            where=str(path),
+            name=f"npz:{text}",
+            origin=f"npz file {text}",
+            input_size=input_size,
         )
     if path.is_dir():
         return load_image_folder(path, data_config, opts, name=f"imagefolder:{text}")

@@ -1,22 +1,22 @@
 """``.npz`` archives (and the shipped sample, which is one): read without pickle, sizes
 checked from the array headers before anything large is read.
 
-The layout is described in :mod:`wciaudit.data.arrays` and docs/data.md.
+The arrays are then checked and converted by :mod:`wciaudit.data.arrays`, which describes
+the layout (as does docs/data.md).
 """
 
 from __future__ import annotations
 
 import math
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
-from .arrays import check_size, gib, one_line, present_splits, splits_from_arrays
-from .splits import LoadOptions, Splits
+from .arrays import check_size, gib, one_line, present_splits
+from .splits import LoadOptions
 
 
 def _npz_header(npz: Any, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
@@ -112,26 +112,3 @@ def read_npz(path: Path, opts: LoadOptions) -> dict[str, np.ndarray]:
         wanted = [f"{c}_{s}" for s in present for c in ("x", "y")]
         wanted += ["classes"] if "classes" in keys else []
         return {key: _read_array(npz, key, path) for key in wanted}
-
-
-def load_npz(
-    path: Path,
-    opts: LoadOptions,
-    *,
-    name: str,
-    origin: str,
-    native_range: tuple[float, float] | None = None,
-    input_size: Sequence[int] | None = None,
-) -> Splits:
-    """Read an npz archive into :class:`Splits`; ``native_range`` overrides [lo, hi] as the
-    range the float data is in (the shipped sample is in [0, 1] whatever the model's range)."""
-    arrays = read_npz(path, opts)
-    return splits_from_arrays(
-        arrays,
-        opts,
-        where=str(path),
-        name=name,
-        origin=origin,
-        native_range=native_range,
-        input_size=input_size,
-    )
