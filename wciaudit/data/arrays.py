@@ -133,7 +133,8 @@ def _checked_splits(
         if x.shape[0] == 0:
             raise DataError(f"{where}: the {split} split is empty ({xk} has 0 examples)")
         labels[split] = check_labels(arrays[yk], yk, x.shape[0], where)
-        change = layout_change(x.shape[1:], input_size)
+        # without the model's input size the stored layout is kept (see data.layout)
+        change = None if input_size is None else layout_change(x.shape[1:], input_size)
         if change is not None:
             note = layout_note(change, x.shape[1:])
             notes += [] if note in notes else [note]
