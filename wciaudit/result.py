@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -261,25 +262,56 @@ class AuditResult:
 def write_atomic(path: str | os.PathLike[str], text: str | bytes) -> Path:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename.
 
-    A failure leaves no file behind and an existing file untouched.
+    A failure leaves no file behind and an existing file untouched. The file gets the
+    mode an ordinary ``open(path, "w")`` would give it: an existing file keeps its mode,
+    a new one gets ``0o666 & ~umask`` (``mkstemp`` alone would make every output 0600,
+    unreadable to the colleague or web server it is written for).
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ConfigError(f"output folder does not exist: {folder}")
     data = text.encode("utf-8") if isinstance(text, str) else text
+    mode = _output_mode(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return target
+
+
+def _output_mode(target: Path) -> int:
+    """Permission bits for ``target``: the existing file's, else ``0o666 & ~umask``."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows.
+
+    Linux reports it in /proc/self/status; elsewhere the only way is to set and restore
+    it, which another thread could observe for an instant, so that is the fallback.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def _build(cls: type, d: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Tests of wciaudit.data: every source, subsetting, validation errors, fit_to_model."""
+"""Tests of the data sources (wciaudit.data.load, npz, image_folder, cifar): the shipped
+sample, .npz files, ImageFolder trees, CIFAR batches, and their one-line errors."""
 
 from __future__ import annotations
 
@@ -8,51 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from data_files import arrays, both_splits, data_error, npz_file
 
-from wciaudit.data import (
-    SAMPLE_NAMES,
-    Splits,
-    fit_to_model,
-    load_data,
-    stratified_subset,
-)
-from wciaudit.errors import ConfigError, DataError
-
-# ---------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------
-
-
-def _arrays(n: int, shape=(1, 4, 4), classes: int = 3, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, *shape), dtype=np.float32)
-    y = np.arange(n, dtype=np.int64) % classes
-    return x, y
-
-
-def _npz(tmp_path: Path, name: str = "d.npz", **arrays) -> Path:
-    path = tmp_path / name
-    np.savez(path, **arrays)
-    return path
-
-
-def _both(tmp_path: Path, **overrides) -> Path:
-    x_train, y_train = _arrays(30)
-    x_test, y_test = _arrays(12, seed=1)
-    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    arrays.update(overrides)
-    return _npz(tmp_path, **{k: v for k, v in arrays.items() if v is not None})
-
-
-def _data_error(spec, **kwargs) -> str:
-    with pytest.raises(DataError) as info:
-        load_data(str(spec), **kwargs)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
+from wciaudit.data import SAMPLE_NAMES, load_data
+from wciaudit.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------
 # the shipped sample
@@ -94,7 +54,7 @@ def test_bad_range_and_sample_counts_are_config_errors():
 
 
 def test_npz_both_splits(tmp_path):
-    s = load_data(str(_both(tmp_path)))
+    s = load_data(str(both_splits(tmp_path)))
     assert s.name.startswith("npz:")
     assert (len(s.y_train), len(s.y_test)) == (30, 12)
     assert s.input_shape == [1, 4, 4]
@@ -103,27 +63,27 @@ def test_npz_both_splits(tmp_path):
 
 
 def test_npz_train_only(tmp_path):
-    s = load_data(str(_both(tmp_path, x_test=None, y_test=None)))
+    s = load_data(str(both_splits(tmp_path, x_test=None, y_test=None)))
     assert s.has_train and not s.has_test
     assert s.n_test_total is None and s.y_test is None
 
 
 def test_npz_test_only(tmp_path):
-    s = load_data(str(_both(tmp_path, x_train=None, y_train=None)))
+    s = load_data(str(both_splits(tmp_path, x_train=None, y_train=None)))
     assert s.has_test and not s.has_train
     assert s.input_shape == [1, 4, 4]
     assert s.n_train_total is None
 
 
 def test_npz_non_image_shape(tmp_path):
-    x, y = _arrays(20, shape=(7,))
-    s = load_data(str(_npz(tmp_path, x_train=x, y_train=y)))
+    x, y = arrays(20, shape=(7,))
+    s = load_data(str(npz_file(tmp_path, x_train=x, y_train=y)))
     assert s.input_shape == [7]
 
 
 def test_npz_classes_array_sets_num_classes(tmp_path):
-    x, y = _arrays(20)
-    path = _npz(tmp_path, x_train=x, y_train=y, classes=np.array(list("abcde")))
+    x, y = arrays(20)
+    path = npz_file(tmp_path, x_train=x, y_train=y, classes=np.array(list("abcde")))
     assert load_data(str(path)).num_classes == 5
 
 
@@ -131,73 +91,16 @@ def test_npz_uint8_is_scaled(tmp_path):
     x = np.full((6, 1, 2, 2), 255, dtype=np.uint8)
     x[0] = 0
     y = np.arange(6) % 2
-    s = load_data(str(_npz(tmp_path, x_train=x, y_train=y)))
+    s = load_data(str(npz_file(tmp_path, x_train=x, y_train=y)))
     assert float(s.x_train.min()) == 0.0 and float(s.x_train.max()) == 1.0
     assert "1/255" in s.source
 
 
 def test_npz_integral_float_labels_are_accepted(tmp_path):
-    x, y = _arrays(9)
-    s = load_data(str(_npz(tmp_path, x_train=x, y_train=y.astype(np.float32))))
+    x, y = arrays(9)
+    s = load_data(str(npz_file(tmp_path, x_train=x, y_train=y.astype(np.float32))))
     assert s.y_train.dtype == torch.int64
     assert s.y_train.tolist() == y.tolist()
-
-
-# ---------------------------------------------------------------------------------------
-# subsets
-# ---------------------------------------------------------------------------------------
-
-
-def test_subsets_are_stratified_seeded_and_reported():
-    a = load_data("sample", train_samples=100, test_samples=40, seed=3)
-    b = load_data("sample", train_samples=100, test_samples=40, seed=3)
-    c = load_data("sample", train_samples=100, test_samples=40, seed=4)
-    assert (len(a.y_train), len(a.y_test)) == (100, 40)
-    assert (a.n_train_total, a.n_test_total) == (1000, 797)
-    assert "100 of 1000" in a.source
-    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
-    assert not torch.equal(a.x_train, c.x_train)
-
-    full = load_data("sample")
-    share = torch.bincount(full.y_train, minlength=10).double() * 100 / 1000
-    counts = torch.bincount(a.y_train, minlength=10).double()
-    assert torch.all((counts - share).abs() < 1)
-
-
-def test_subset_larger_than_split_keeps_all():
-    s = load_data("sample", train_samples=5000)
-    assert len(s.y_train) == 1000 and s.n_train_total == 1000
-
-
-def test_stratified_subset_example():
-    y = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)
-    idx = stratified_subset(y, 5, seed=0)
-    assert torch.bincount(y[idx], minlength=3).tolist() == [3, 2, 0]
-    assert torch.equal(idx, torch.sort(idx).values)
-    assert not torch.equal(stratified_subset(torch.arange(100) % 2, 10, 0),
-                           stratified_subset(torch.arange(100) % 2, 10, 1))  # fmt: skip
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    labels=st.lists(st.integers(0, 6), min_size=1, max_size=80),
-    frac=st.floats(0.0, 1.2),
-    seed=st.integers(0, 2**31 - 1),
-)
-def test_stratified_subset_properties(labels, frac, seed):
-    y = torch.tensor(labels, dtype=torch.int64)
-    n = int(frac * len(labels))
-    idx = stratified_subset(y, n, seed)
-    assert idx.dtype == torch.int64
-    assert idx.numel() == min(n, len(labels))
-    assert len(set(idx.tolist())) == idx.numel()
-    assert all(0 <= i < len(labels) for i in idx.tolist())
-    assert torch.equal(idx, torch.sort(idx).values)
-    assert torch.equal(idx, stratified_subset(y, n, seed))
-    if n < len(labels):
-        counts = torch.bincount(y, minlength=7).double()
-        got = torch.bincount(y[idx], minlength=7).double()
-        assert torch.all((got - counts * n / len(labels)).abs() < 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,107 +109,107 @@ def test_stratified_subset_properties(labels, frac, seed):
 
 
 def test_missing_file(tmp_path):
-    message = _data_error(tmp_path / "nope.npz")
+    message = data_error(tmp_path / "nope.npz")
     assert "not found" in message and "nope.npz" in message
 
 
 def test_not_an_archive(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_text("not a zip")
-    assert "junk.npz" in _data_error(path)
+    assert "junk.npz" in data_error(path)
 
 
 def test_wrong_keys(tmp_path):
-    message = _data_error(_npz(tmp_path, images=np.zeros((2, 3)), labels=np.zeros(2)))
+    message = data_error(npz_file(tmp_path, images=np.zeros((2, 3)), labels=np.zeros(2)))
     assert "x_train" in message and "images" in message
 
 
 def test_x_without_y(tmp_path):
-    x, _ = _arrays(4)
-    assert "no y_train" in _data_error(_npz(tmp_path, x_train=x))
+    x, _ = arrays(4)
+    assert "no y_train" in data_error(npz_file(tmp_path, x_train=x))
 
 
 def test_nan(tmp_path):
-    x, y = _arrays(8)
+    x, y = arrays(8)
     x[3, 0, 0, 0] = np.nan
-    assert "NaN" in _data_error(_npz(tmp_path, x_train=x, y_train=y))
+    assert "NaN" in data_error(npz_file(tmp_path, x_train=x, y_train=y))
 
 
 def test_out_of_range_shows_min_and_max(tmp_path):
-    x, y = _arrays(8)
+    x, y = arrays(8)
     x[0, 0, 0, 0] = -0.5
     x[1, 0, 0, 0] = 2.5
-    message = _data_error(_npz(tmp_path, x_train=x, y_train=y))
+    message = data_error(npz_file(tmp_path, x_train=x, y_train=y))
     assert "-0.5" in message and "2.5" in message and "x_train" in message
 
 
 def test_out_of_range_accepted_with_matching_lo_hi(tmp_path):
-    x, y = _arrays(8)
+    x, y = arrays(8)
     x[0, 0, 0, 0] = -0.5
-    s = load_data(str(_npz(tmp_path, x_train=x, y_train=y)), lo=-1.0, hi=1.0)
+    s = load_data(str(npz_file(tmp_path, x_train=x, y_train=y)), lo=-1.0, hi=1.0)
     assert (s.lo, s.hi) == (-1.0, 1.0)
 
 
 def test_length_mismatch(tmp_path):
-    x, y = _arrays(8)
-    message = _data_error(_npz(tmp_path, x_train=x, y_train=y[:5]))
+    x, y = arrays(8)
+    message = data_error(npz_file(tmp_path, x_train=x, y_train=y[:5]))
     assert "8" in message and "5" in message
 
 
 def test_float_non_integer_labels(tmp_path):
-    x, y = _arrays(8)
-    message = _data_error(_npz(tmp_path, x_train=x, y_train=y + 0.5))
+    x, y = arrays(8)
+    message = data_error(npz_file(tmp_path, x_train=x, y_train=y + 0.5))
     assert "non-integer" in message
 
 
 def test_negative_labels(tmp_path):
-    x, y = _arrays(8)
+    x, y = arrays(8)
     y[2] = -1
-    assert "negative" in _data_error(_npz(tmp_path, x_train=x, y_train=y))
+    assert "negative" in data_error(npz_file(tmp_path, x_train=x, y_train=y))
 
 
 def test_empty_split(tmp_path):
-    x, y = _arrays(8)
-    path = _both(tmp_path, x_test=x[:0], y_test=y[:0])
-    assert "empty" in _data_error(path)
+    x, y = arrays(8)
+    path = both_splits(tmp_path, x_test=x[:0], y_test=y[:0])
+    assert "empty" in data_error(path)
 
 
 def test_mismatched_shapes_across_splits(tmp_path):
-    x, y = _arrays(8, shape=(1, 5, 5))
-    message = _data_error(_both(tmp_path, x_test=x, y_test=y))
+    x, y = arrays(8, shape=(1, 5, 5))
+    message = data_error(both_splits(tmp_path, x_test=x, y_test=y))
     assert "[1, 4, 4]" in message and "[1, 5, 5]" in message
 
 
 def test_integer_inputs_other_than_uint8(tmp_path):
     x = np.zeros((4, 2), dtype=np.int32)
-    assert "int32" in _data_error(_npz(tmp_path, x_train=x, y_train=np.arange(4)))
+    assert "int32" in data_error(npz_file(tmp_path, x_train=x, y_train=np.arange(4)))
 
 
 def test_object_arrays_are_never_unpickled(tmp_path):
     x = np.empty(2, dtype=object)
     x[:] = [{"a": 1}, {"b": 2}]
-    path = _npz(tmp_path, x_train=x, y_train=np.arange(2))
-    assert "x_train" in _data_error(path)
+    path = npz_file(tmp_path, x_train=x, y_train=np.arange(2))
+    assert "x_train" in data_error(path)
 
 
 def test_unknown_spec_lists_forms(tmp_path):
-    message = _data_error("imagenet")
+    message = data_error("imagenet")
     for form in ("sample", "file.npz", "DIR", "cifar10:DIR", "cifar100:DIR"):
         assert form in message
     other = tmp_path / "data.csv"
     other.write_text("1,2")
-    assert "cifar10:DIR" in _data_error(other)
+    assert "cifar10:DIR" in data_error(other)
 
 
 def test_too_large_for_max_bytes(tmp_path):
     # float32: (30 + 12) examples * 16 values * 4 bytes = 2688 bytes; x_train stored: 1920
-    path = _both(tmp_path)
-    message = _data_error(path, max_bytes=2000)
+    path = both_splits(tmp_path)
+    message = data_error(path, max_bytes=2000)
     assert "GiB" in message and "--train-samples" in message and "d.npz" in message
     s = load_data(str(path), max_bytes=2000, train_samples=2, test_samples=2)
     assert len(s.y_train) == 2
     # a subset does not help when the stored array itself is over the limit
-    assert "stored" in _data_error(path, max_bytes=1000, train_samples=2, test_samples=2)
+    assert "stored" in data_error(path, max_bytes=1000, train_samples=2, test_samples=2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,12 +269,12 @@ def test_image_folder_subset_and_size_check(tmp_path):
     s = load_data(str(root), train_samples=4, test_samples=2)
     assert torch.bincount(s.y_train).tolist() == [2, 2]
     assert (s.n_train_total, s.n_test_total) == (8, 4)
-    assert "GiB" in _data_error(root, max_bytes=100)
+    assert "GiB" in data_error(root, max_bytes=100)
 
 
 def test_image_folder_class_mismatch(tmp_path):
     root = _image_folder(tmp_path, {"train": {"a": 1, "b": 1}, "test": {"a": 1, "zebra": 1}})
-    message = _data_error(root)
+    message = data_error(root)
     assert "zebra" in message
 
 
@@ -379,12 +282,12 @@ def test_image_folder_unequal_sizes_without_input_size(tmp_path):
     root = _image_folder(tmp_path, {"train": {"a": 1}})
     _image_folder(tmp_path / "more", {"train": {"a": 1}}, size=(9, 9))
     (tmp_path / "more" / "train" / "a" / "0.png").rename(root / "train" / "a" / "1.png")
-    assert "same size" in _data_error(root)
+    assert "same size" in data_error(root)
 
 
 def test_image_folder_without_splits(tmp_path):
     (tmp_path / "images").mkdir()
-    assert "train/" in _data_error(tmp_path)
+    assert "train/" in data_error(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -393,9 +296,9 @@ def test_image_folder_without_splits(tmp_path):
 
 
 def test_cifar_missing_files(tmp_path):
-    message = _data_error(f"cifar10:{tmp_path}")
+    message = data_error(f"cifar10:{tmp_path}")
     assert "not found" in message and "never downloads" in message
-    assert "never downloads" in _data_error(f"cifar100:{tmp_path}")
+    assert "never downloads" in data_error(f"cifar100:{tmp_path}")
 
 
 def test_cifar10_fake_batches(tmp_path, monkeypatch):
@@ -423,52 +326,3 @@ def test_cifar10_fake_batches(tmp_path, monkeypatch):
     assert float(s.x_train.min()) >= 0.0 and float(s.x_train.max()) <= 1.0
     # the batches folder itself is accepted too
     assert load_data(f"cifar10:{folder}").n_test_total == 4
-
-
-# ---------------------------------------------------------------------------------------
-# fit_to_model
-# ---------------------------------------------------------------------------------------
-
-
-def _splits(x: torch.Tensor) -> Splits:
-    y = torch.zeros(len(x), dtype=torch.int64)
-    return Splits("t", x, y, None, None, 1, "test", len(x), None)
-
-
-def test_fit_to_model_grey_resize():
-    s = load_data("sample", train_samples=20, test_samples=10)
-    fitted, note = fit_to_model(s, (3, 32, 32))
-    assert fitted.input_shape == [3, 32, 32]
-    assert note == "resized 1x8x8 -> 3x32x32 to the model's input size"
-    assert fitted.x_train.shape == (20, 3, 32, 32) and fitted.x_test.shape == (10, 3, 32, 32)
-    assert float(fitted.x_train.min()) >= 0.0 and float(fitted.x_train.max()) <= 1.0
-    assert torch.equal(fitted.x_train[:, 0], fitted.x_train[:, 2])
-    assert s.input_shape == [1, 8, 8]  # the input is left alone
-
-
-def test_fit_to_model_rgb_to_grey_same_size():
-    x = torch.rand(4, 3, 5, 5)
-    fitted, note = fit_to_model(_splits(x), (1, 5, 5))
-    torch.testing.assert_close(fitted.x_train, x.mean(dim=1, keepdim=True))
-    assert note.startswith("converted 3x5x5 -> 1x5x5")
-
-
-def test_fit_to_model_constant_image_stays_constant():
-    x = torch.full((2, 1, 4, 4), 0.25)
-    fitted, _ = fit_to_model(_splits(x), (1, 9, 7))
-    torch.testing.assert_close(fitted.x_train, torch.full((2, 1, 9, 7), 0.25))
-
-
-@pytest.mark.parametrize(
-    "x, size",
-    [
-        (torch.rand(3, 1, 8, 8), (1, 8, 8)),  # already fits
-        (torch.rand(3, 1, 8, 8), None),  # model size unknown
-        (torch.rand(3, 7), (3, 8, 8)),  # not image-shaped
-        (torch.rand(3, 2, 8, 8), (3, 8, 8)),  # channels cannot be converted
-    ],
-)
-def test_fit_to_model_unchanged(x, size):
-    s = _splits(x)
-    fitted, note = fit_to_model(s, size)
-    assert fitted is s and note is None
