@@ -47,7 +47,9 @@ class CurvatureMethod(str, Enum):
     ggn = "ggn"
 
 
-_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
+_FRACTION = re.compile(
+    r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$"
+)
 
 
 def parse_eps(text: str | float | int) -> float:
@@ -188,7 +190,9 @@ class ScanConfig:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, 1_000_000_000)
         if self.step_size is not None and (
-            not math.isfinite(self.step_size) or self.step_size < 0 or (self.step_size == 0 and self.eps > 0)
+            not math.isfinite(self.step_size)
+            or self.step_size < 0
+            or (self.step_size == 0 and self.eps > 0)
         ):
             raise ConfigError(f"step_size must be > 0, got {self.step_size!r}")
         if not (0 < self.tol < 1):

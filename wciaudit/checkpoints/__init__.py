@@ -42,7 +42,7 @@ One module per concern, data flowing one way:
 
 from __future__ import annotations
 
-from .loader import LoadedCheckpoint, load_checkpoint
+from .loader import LoadedCheckpoint, load_checkpoint, loaded_from_module
 from .memory import MAX_CHECKPOINT_BYTES, available_memory
 from .precedence import Resolved, resolve
 from .readers import (
@@ -58,6 +58,7 @@ from .record import ArchSpec, CheckpointRecord
 __all__ = [
     "LoadedCheckpoint",
     "load_checkpoint",
+    "loaded_from_module",
     "CheckpointRecord",
     "ArchSpec",
     "read_checkpoint",

@@ -77,7 +77,11 @@ def _timm_config(
         pass
     size = tuple(int(x) for x in input_size)
     channels = size[0]
-    return size, fit_channels(resolved.get("mean"), channels), fit_channels(resolved.get("std"), channels)
+    return (
+        size,
+        fit_channels(resolved.get("mean"), channels),
+        fit_channels(resolved.get("std"), channels),
+    )
 
 
 def fit_channels(values: Any, channels: int) -> tuple[float, ...] | None:

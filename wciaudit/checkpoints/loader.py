@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from ._text import one_line
 from .arch import arch_from_metadata, parse_arch, same_arch
 from .build import Built, build_custom, build_timm, build_timm_folder
 from .data_config import data_config
+from .precedence import DEFAULT, FLAG
 from .readers import read_checkpoint
 from .record import ArchSpec, CheckpointRecord
 from .strict import load_strict, strip_wrapper_prefix
@@ -164,5 +167,34 @@ def _build(
         return build_timm_folder(record, user_args, options.num_classes)
     spec = user_arch or arch_from_metadata(record, path)
     if spec.kind == "timm":
-        return build_timm(spec.target, record, meta_args, state_dict, user_args, options.num_classes)
+        return build_timm(
+            spec.target, record, meta_args, state_dict, user_args, options.num_classes
+        )
     return build_custom(spec, record, meta_args, user_args, options.num_classes)
+
+
+def loaded_from_module(module: nn.Module, options: LoadOptions) -> LoadedCheckpoint:
+    """A copy of an in-memory module, hashed by its state_dict; only mean, std and
+    input size of the options apply (the module is already built)."""
+    model = copy.deepcopy(module).float().cpu().eval()
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    info = CheckpointInfo(
+        path="<in-memory module>",
+        sha256=digest.hexdigest(),
+        format="module",
+        arch=type(module).__name__,
+        num_params=sum(p.numel() for p in model.parameters()),
+        mean=list(options.mean) if options.mean is not None else None,
+        std=list(options.std) if options.std is not None else None,
+        input_size=list(options.input_size) if options.input_size is not None else None,
+    )
+    source = {
+        key: FLAG if getattr(options, key) is not None else DEFAULT
+        for key in ("input_size", "mean", "std")
+    }
+    return LoadedCheckpoint(
+        model=model, info=info, data_config={"input_size": options.input_size}, sources=source
+    )

@@ -55,7 +55,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[CheckpointRecord, Sta
         return _record(path, path, "safetensors", raw, state_dict, fields), state_dict
     if suffix in PYTORCH_SUFFIXES:
         raw, state_dict = _read_pytorch(path)
-        return _record(path, path, "pytorch", raw, state_dict, _pytorch_fields(raw, path)), state_dict
+        return _record(
+            path, path, "pytorch", raw, state_dict, _pytorch_fields(raw, path)
+        ), state_dict
     raise CheckpointError(
         f"unsupported checkpoint type {suffix or '(no extension)'!r} for {path}; supported: "
         f"{SAFETENSORS_SUFFIX}, {', '.join(PYTORCH_SUFFIXES)}, or a timm folder with "

@@ -35,7 +35,9 @@ def load_strict(model: nn.Module, state_dict: StateDict, arch: str) -> None:
             parts.append(f"missing keys {list_keys(missing)}")
         if unexpected:
             parts.append(f"unexpected keys {list_keys(unexpected)}")
-        raise CheckpointError(one_line(f"state_dict does not fit arch {arch!r}: {'; '.join(parts)}"))
+        raise CheckpointError(
+            one_line(f"state_dict does not fit arch {arch!r}: {'; '.join(parts)}")
+        )
     # model order, not file order (safetensors sorts its keys): the first named is the first layer
     order = [k for k in expected if k in state_dict]
     mismatched = [k for k in order if tuple(state_dict[k].shape) != tuple(expected[k].shape)]
