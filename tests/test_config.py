@@ -53,3 +53,60 @@ def test_config_dict_round_trip() -> None:
     assert d["eps_text"] == "8/255" and d["step_size"] == pytest.approx(2.5 * (8 / 255) / 7)
     # the file records the effective step size; reading it back gives the same settings
     assert ScanConfig.from_dict(d).to_dict() == d
+
+
+def test_memory_bytes_is_a_setting_in_the_json() -> None:
+    from wciaudit.config import DEFAULT_MEMORY_BYTES
+
+    assert ScanConfig().memory_bytes == DEFAULT_MEMORY_BYTES == 512 * 2**20
+    assert ScanConfig(memory_bytes=2**20).to_dict()["memory_bytes"] == 2**20
+    with pytest.raises(ConfigError, match="memory_bytes"):
+        ScanConfig(memory_bytes=0)
+
+
+@pytest.mark.parametrize(("text", "norm"), [("linf", "linf"), ("Linf", "linf"), ("L_inf", "linf"), ("inf", "linf"), ("l2", "l2"), ("L2", "l2")])
+def test_parse_norm(text: str, norm: str) -> None:
+    from wciaudit.config import parse_norm
+
+    assert parse_norm(text).value == norm
+
+
+def test_parse_norm_rejects() -> None:
+    from wciaudit.config import parse_norm
+
+    with pytest.raises(ConfigError, match="linf, l2"):
+        parse_norm("l1")
+
+
+def test_load_options_are_frozen_and_normalised() -> None:
+    import dataclasses
+
+    from wciaudit.config import LoadOptions
+
+    opts = LoadOptions(arch_args='{"in_chans": 1}', mean=[0.5], std=[0.25], input_size=[1, 8, 8])
+    assert opts.arch_args == {"in_chans": 1} and opts.mean == (0.5,) and opts.std == (0.25,)
+    assert opts.input_size == (1, 8, 8) and opts.weights_only is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.arch = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"arch_args": "{in_chans: 1"}, "not valid JSON"),
+        ({"arch_args": "[1]"}, "JSON object"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"mean": [0.5]}, "both mean and std"),
+        ({"mean": [0.5, 0.5], "std": [0.5]}, "one per channel"),
+        ({"mean": [0.5], "std": [0.0]}, "std must be positive"),
+        ({"input_size": [8, 8]}, "(C, H, W)"),
+        ({"input_size": [1, 0, 8]}, "(C, H, W)"),
+        ({"arch": ""}, "arch"),
+    ],
+)
+def test_load_options_refuse_malformed_values(kwargs: dict, words: str) -> None:
+    from wciaudit.config import LoadOptions
+
+    with pytest.raises(ConfigError) as info:
+        LoadOptions(**kwargs)
+    assert words in str(info.value) and "\n" not in str(info.value)

@@ -129,7 +129,7 @@ def test_bad_input_as_a_real_subprocess(corpus: tuple[Path, list[Case]], name: s
 def test_checkpoint_larger_than_memory_is_refused_with_its_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(checkpoints, "available_memory", lambda: 50_000)
+    monkeypatch.setattr(checkpoints.memory, "available_memory", lambda: 50_000)
     case = Case(
         "memory",
         [
@@ -148,8 +148,8 @@ def test_checkpoint_larger_than_memory_is_refused_with_its_size(
     code, _, stderr = _invoke(case.argv(cwd), cwd)
     assert _problems(case, code, stderr, before, _snapshot(cwd)) == []
     assert "94.4 KiB" in stderr or "MiB" in stderr  # the file's size is named
-    monkeypatch.setattr(checkpoints, "MAX_CHECKPOINT_BYTES", 1000)
-    monkeypatch.setattr(checkpoints, "available_memory", lambda: None)
+    monkeypatch.setattr(checkpoints.memory, "MAX_CHECKPOINT_BYTES", 1000)
+    monkeypatch.setattr(checkpoints.memory, "available_memory", lambda: None)
     code, _, stderr = _invoke(case.argv(cwd), cwd)
     assert code == 2 and "over the limit" in stderr
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import math
+from pathlib import Path
 
 import pytest
+import safetensors.torch
+import timm
 import torch
 import torch.nn.functional as F
 from reference import dense_traces
@@ -14,7 +19,9 @@ from torch import nn
 from wciaudit import ScanConfig, Splits, scan
 from wciaudit.attacks.pgd import attack_split
 from wciaudit.bounds import pac_bayes_terms
+from wciaudit.config import LoadOptions
 from wciaudit.data import stratified_subset
+from wciaudit.errors import CheckpointError, ConfigError
 from wciaudit.model import AuditedModel
 
 
@@ -147,3 +154,69 @@ def test_schema_v1_keys_are_all_present() -> None:
         assert key in d["gate"]
     for key in ("load_s", "attack_s", "trace_s", "total_s"):
         assert key in d["timings"]
+
+
+# --- the threat model, the loading options and what the stages pass on -----------------
+SAMPLE = Path(__file__).parents[1] / "sample_models" / "digits_resnet_pgd.safetensors"
+
+
+def test_threat_model_from_checkpoint_metadata_unless_flagged() -> None:
+    meta = scan(SAMPLE, weights_only=True).config  # the sample says eps 0.1, no norm
+    assert meta["eps"] == pytest.approx(0.1) and meta["norm"] == "linf"
+    assert meta["threat_model_source"] == {"eps": "checkpoint metadata", "norm": "default"}
+    flag = scan(SAMPLE, weights_only=True, eps="8/255", norm="l2").config
+    assert flag["eps"] == pytest.approx(8 / 255) and flag["norm"] == "l2"
+    assert flag["threat_model_source"] == {"eps": "flag", "norm": "flag"}
+    unset = scan(SAMPLE, weights_only=True, config=ScanConfig(eps=0.2), eps=None).config
+    assert unset["eps"] == pytest.approx(0.1) and unset["threat_model_source"]["eps"] == "checkpoint metadata"
+    module = scan(_tiny(), weights_only=True).config
+    assert module["eps"] == pytest.approx(8 / 255)
+    assert module["threat_model_source"] == {"eps": "default", "norm": "default"}
+
+
+def test_threat_model_norm_from_metadata_and_bad_metadata(tmp_path: Path) -> None:
+    net = timm.create_model("test_resnet", num_classes=10, in_chans=1)
+    path = tmp_path / "m.safetensors"
+    safetensors.torch.save_file(net.state_dict(), str(path), {"arch": "test_resnet", "norm": "L2", "eps": "0.5"})
+    config = scan(path, weights_only=True).config
+    assert config["norm"] == "l2" and config["eps"] == pytest.approx(0.5)
+    bad = tmp_path / "bad.safetensors"
+    safetensors.torch.save_file(net.state_dict(), str(bad), {"arch": "test_resnet", "eps": "big"})
+    with pytest.raises(CheckpointError, match="'eps'.*--eps"):
+        scan(bad, weights_only=True)
+    assert scan(bad, weights_only=True, eps=0.1).config["threat_model_source"]["eps"] == "flag"
+
+
+def test_load_options_as_one_object_or_keywords_not_both() -> None:
+    opts = LoadOptions(mean=[0.5], std=[0.25], weights_only=True)
+    a = scan(_tiny(), options=opts).to_dict()
+    b = scan(_tiny(), mean=[0.5], std=[0.25], weights_only=True).to_dict()
+    for d in (a, b):
+        d.pop("timings")
+    assert a == b and a["checkpoint"]["mean"] == [0.5]
+    with pytest.raises(ConfigError, match="not both"):
+        scan(_tiny(), options=opts, mean=[0.5])
+
+
+def test_curvature_gets_the_population_and_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    scan_module = importlib.import_module("wciaudit.scan")  # the package exports the function
+
+    seen: dict = {}
+    real = scan_module.layer_traces
+
+    def traces(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scan_module, "layer_traces", traces)
+    result = scan(_tiny(), _splits(), memory_bytes=2**22, **CFG)
+    assert seen["n_population"] == 60 and seen["n_total"] == 40 and seen["memory_bytes"] == 2**22
+    assert result.config["memory_bytes"] == 2**22
+
+
+def test_scan_has_no_default_argument_lambdas() -> None:
+    scan_module = importlib.import_module("wciaudit.scan")  # the package exports the function
+
+    tree = ast.parse(Path(scan_module.__file__).read_text())
+    lambdas = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+    assert all(not (n.args.defaults or n.args.kw_defaults) for n in lambdas)

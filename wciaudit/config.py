@@ -8,13 +8,20 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
 from .errors import ConfigError
+
+#: the threat model when neither a flag nor the checkpoint's metadata gives one
+DEFAULT_EPS = 8 / 255
+#: budget for one chunk of per-example Jacobians in the exact curvature route (bytes)
+DEFAULT_MEMORY_BYTES = 512 * 2**20
 
 
 class Attack(str, Enum):
@@ -40,7 +47,9 @@ class CurvatureMethod(str, Enum):
     ggn = "ggn"
 
 
-_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
+_FRACTION = re.compile(
+    r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$"
+)
 
 
 def parse_eps(text: str | float | int) -> float:
@@ -67,6 +76,21 @@ def parse_eps(text: str | float | int) -> float:
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"eps must be finite and >= 0, got {text!r}")
     return value
+
+
+def parse_norm(text: str | Norm) -> Norm:
+    """``linf`` / ``l2`` (case-insensitive; ``inf``, ``Linf``, ``L_inf``, ``2`` accepted).
+
+    Raises:
+        ConfigError: for any other value.
+    """
+    if isinstance(text, Norm):
+        return text
+    key = str(text).strip().lower().replace("_", "").replace("-", "")
+    aliases = {"linf": Norm.linf, "inf": Norm.linf, "l2": Norm.l2, "2": Norm.l2}
+    if key not in aliases:
+        raise ConfigError(f"norm must be one of linf, l2, got {text!r}")
+    return aliases[key]
 
 
 def format_eps(eps: float) -> str:
@@ -108,9 +132,15 @@ class ScanConfig:
         train_samples / test_samples: seeded stratified subsets (None = all).
         lo / hi: valid input range.
         curvature: ``auto``, ``hutchinson`` or ``ggn``.
+        memory_bytes: budget for one chunk of per-example Jacobians; it decides which
+            layers take the exact Gauss-Newton route (bytes).
+
+    ``eps`` and ``norm`` here are always set: :func:`wciaudit.scan` resolves an unset
+    threat model (``eps=None`` / ``norm=None``) from the checkpoint's metadata before it
+    builds this config.
     """
 
-    eps: float = 8 / 255
+    eps: float = DEFAULT_EPS
     attack: Attack = Attack.pgd
     norm: Norm = Norm.linf
     steps: int = 10
@@ -130,6 +160,7 @@ class ScanConfig:
     lo: float = 0.0
     hi: float = 1.0
     curvature: CurvatureMethod = CurvatureMethod.auto
+    memory_bytes: int = DEFAULT_MEMORY_BYTES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", parse_eps(self.eps))
@@ -154,11 +185,14 @@ class ScanConfig:
         _check_int("min_probes", self.min_probes, 2, 1_000_000)
         _check_int("hessian_samples", self.hessian_samples, 1, 100_000_000)
         _check_int("batch_size", self.batch_size, 1, 1_000_000)
+        _check_int("memory_bytes", self.memory_bytes, 1, 2**60)
         for name in ("train_samples", "test_samples"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, 1_000_000_000)
         if self.step_size is not None and (
-            not math.isfinite(self.step_size) or self.step_size < 0 or (self.step_size == 0 and self.eps > 0)
+            not math.isfinite(self.step_size)
+            or self.step_size < 0
+            or (self.step_size == 0 and self.eps > 0)
         ):
             raise ConfigError(f"step_size must be > 0, got {self.step_size!r}")
         if not (0 < self.tol < 1):
@@ -215,4 +249,116 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
         raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
-__all__ = ["Attack", "Norm", "CurvatureMethod", "ScanConfig", "parse_eps", "format_eps"]
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to read a checkpoint; every field ``None`` means "from the checkpoint".
+
+    Precedence for each value: this option > the checkpoint's metadata > timm's config
+    > the default (:func:`wciaudit.checkpoints.resolve`).
+
+    Attributes:
+        arch: a timm model name, ``models.py:ClassName``, ``package.module:ClassName``
+            or ``models.py``.
+        arch_args: constructor keyword arguments, a dict or a JSON object string
+            (stored as a dict).
+        num_classes: the number of classes.
+        mean, std: per-channel input normalisation in raw input units (tuples).
+        input_size: the model's input ``(C, H, W)``; overrides timm's config.
+        weights_only: report weight norms and the parameter inventory alone.
+
+    Raises:
+        ConfigError: a malformed option, with what is allowed.
+    """
+
+    arch: str | None = None
+    arch_args: Mapping[str, Any] | str | None = None
+    num_classes: int | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    input_size: Sequence[int] | None = None
+    weights_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arch is not None and (not isinstance(self.arch, str) or not self.arch.strip()):
+            raise ConfigError("arch must be a timm model name or models.py:ClassName")
+        object.__setattr__(self, "arch_args", _parse_arch_args(self.arch_args))
+        if self.num_classes is not None:
+            _check_int("num_classes", self.num_classes, 1, 10**9)
+        mean = None if self.mean is None else _check_stats(self.mean, "mean")
+        std = None if self.std is None else _check_stats(self.std, "std")
+        if (mean is None) != (std is None):
+            raise ConfigError("give both mean and std, or neither")
+        if mean is not None and std is not None and len(mean) != len(std):
+            raise ConfigError(
+                f"mean has {len(mean)} values but std has {len(std)}; give one per channel"
+            )
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        if self.input_size is not None:
+            object.__setattr__(self, "input_size", _check_input_size(self.input_size))
+        if not isinstance(self.weights_only, bool):
+            raise ConfigError(f"weights_only must be True or False, got {self.weights_only!r}")
+
+
+def _parse_arch_args(arch_args: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
+    if arch_args is None:
+        return None
+    if isinstance(arch_args, Mapping):
+        return dict(arch_args)
+    if isinstance(arch_args, str):
+        try:
+            value = json.loads(arch_args)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"--arch-args is not valid JSON ({exc.msg} at character {exc.pos}); "
+                """expected an object such as '{"in_chans": 1}'"""
+            ) from None
+        if not isinstance(value, dict):
+            raise ConfigError(
+                """--arch-args must be a JSON object such as '{"in_chans": 1}', """
+                f"got a {type(value).__name__}"
+            )
+        return value
+    raise ConfigError(
+        f"arch_args must be a dict or a JSON object string, got {type(arch_args).__name__}"
+    )
+
+
+def _check_stats(values: Any, name: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{name} must be a list of numbers, one per channel, got {values!r}"
+        ) from None
+    if not out or not all(math.isfinite(v) for v in out):
+        raise ConfigError(f"{name} must be finite numbers, one per channel, got {list(out)}")
+    if name == "std" and any(v <= 0 for v in out):
+        raise ConfigError(f"std must be positive, got {list(out)}")
+    return out
+
+
+def _check_input_size(values: Any) -> tuple[int, int, int]:
+    try:
+        size = tuple(values)
+    except TypeError:
+        size = ()
+    if len(size) != 3 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+    ):
+        raise ConfigError(f"input_size must be three positive integers (C, H, W), got {values!r}")
+    return (size[0], size[1], size[2])
+
+
+__all__ = [
+    "Attack",
+    "Norm",
+    "CurvatureMethod",
+    "ScanConfig",
+    "LoadOptions",
+    "DEFAULT_EPS",
+    "DEFAULT_MEMORY_BYTES",
+    "parse_eps",
+    "parse_norm",
+    "format_eps",
+]

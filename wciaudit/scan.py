@@ -1,6 +1,8 @@
-"""One audit, start to end: load -> data -> attack -> measure -> bound -> result.
+"""One audit, start to end: load -> data -> attack -> figures -> curvature -> bound.
 
-:func:`scan` is the public entry point; the command line is a thin layer over it.
+:func:`scan` is the public entry point; the command line is a thin layer over it. Each
+stage is a function of what the stages before it produced; a small :class:`_Run` carries
+the settings every stage shares (config, device, dtype, shard, batch size, notes).
 
 Example:
     >>> from wciaudit import scan
@@ -10,15 +12,14 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
-import hashlib
 import math
 import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,14 @@ from torch import nn
 
 from . import bounds
 from .attacks.pgd import attack_split
-from .checkpoints import LoadedCheckpoint, load_checkpoint
-from .config import ScanConfig
+from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
+from .checkpoints.precedence import FLAG
+from .config import DEFAULT_EPS, LoadOptions, Norm, ScanConfig, parse_eps, parse_norm
 from .curvature import layer_traces
-from .data import SAMPLE_NAMES, Splits, fit_to_model, load_data, stratified_subset
+from .data import Splits, stratified_subset
+from .data_choice import check_model_accepts, choose_data
 from .distributed import Shard
-from .errors import ConfigError, DataError
+from .errors import CheckpointError, ConfigError
 from .metrics import per_example, robust_gap, split_figures
 from .model import AuditedModel, eval_mode, no_tf32, other_parameters, resolve_device, weight_layers
 from .result import (
@@ -52,19 +55,19 @@ from .retry import run_with_batch_retry
 #: total is None where it is not known in advance (Hutchinson probes).
 ProgressCallback = Callable[[str, int, "int | None"], None]
 
-DATA_FORMS = "--data sample | file.npz | DIR (ImageFolder with train/ and test/ or val/) | cifar10:DIR | cifar100:DIR"
-
 
 def scan(
     checkpoint: str | os.PathLike[str] | LoadedCheckpoint | nn.Module,
     data: str | os.PathLike[str] | Splits | None = None,
     *,
     config: ScanConfig | None = None,
+    options: LoadOptions | None = None,
     arch: str | None = None,
     arch_args: dict[str, Any] | str | None = None,
     num_classes: int | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    input_size: tuple[int, int, int] | None = None,
     weights_only: bool = False,
     progress: ProgressCallback | None = None,
     shard: Shard | None = None,
@@ -79,8 +82,13 @@ def scan(
             ``"cifar10:DIR"``), a :class:`Splits`, or ``None`` to use the dataset the
             checkpoint names or the shipped sample (SPEC: the bare command).
         config: all settings; or pass them as keyword ``settings`` (``eps="8/255"``...).
-        arch, arch_args, num_classes, mean, std: checkpoint loading options.
-        weights_only: report weight norms and the parameter inventory alone.
+            The threat model is "unset" when ``eps`` / ``norm`` is passed as ``None``,
+            or when neither ``config`` nor a keyword gives it: it then comes from the
+            checkpoint's metadata (keys ``eps``, ``norm``), else the default (8/255,
+            linf); ``config["threat_model_source"]`` says which.
+        options: the checkpoint-loading options as one :class:`LoadOptions`; or the
+            keywords ``arch, arch_args, num_classes, mean, std, input_size,
+            weights_only`` (not both).
         progress: optional callback ``progress(stage, advance, total)``.
         shard: this process's place under torchrun (see :mod:`wciaudit.distributed`);
             default: a single process.
@@ -93,160 +101,328 @@ def scan(
     """
     t_start = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    cfg = _make_config(config, settings)
-    shard = shard or Shard()
-    device = shard.device if shard.active and shard.device.type == "cuda" else resolve_device(cfg.device)
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    notes: list[str] = []
-
-    # -- load ---------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    loaded = _load(checkpoint, arch=arch, arch_args=arch_args, num_classes=num_classes, mean=mean, std=std)
-    load_s = time.perf_counter() - t0
-
-    # -- data ---------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    splits, data_reason = (None, "weights only: no data asked for") if weights_only else _resolve_data(data, loaded, cfg)
-    data_s = time.perf_counter() - t0
-
-    net = AuditedModel(loaded.model, loaded.info.mean, loaded.info.std).to(device=device, dtype=dtype)
-    layers = weight_layers(loaded.model)
-    result = AuditResult(
-        checkpoint=CheckpointInfo(**{f.name: getattr(loaded.info, f.name) for f in fields(CheckpointInfo)}),
-        config=cfg.to_dict(),
-        environment=_environment(device, cfg.dtype),
-        notes=notes,
+    cfg, unset = _make_config(config, settings)
+    options = _load_options(
+        options, arch, arch_args, num_classes, mean, std, input_size, weights_only
     )
-    result.config["device"] = str(device)
-    result.config["processes"] = shard.world
+    timings: dict[str, float] = {}
+
+    with _timed(timings, "load_s"):
+        loaded = _load(checkpoint, options)
+    cfg, threat_sources = _threat_model(cfg, unset, loaded)
+    run = _Run.create(cfg, shard or Shard(), progress)
+    with _timed(timings, "data_s"):
+        splits, data_reason = (
+            (None, "weights only: no data asked for")
+            if options.weights_only
+            else choose_data(data, loaded, cfg, run.notes)
+        )
+    result = _new_result(loaded, run, threat_sources)
+    if splits is None:
+        result.dataset = DatasetInfo(name="none", reason=data_reason, lo=cfg.lo, hi=cfg.hi)
+        run.notes.append("no data: every data-dependent figure is null")
+    else:
+        result.dataset = _dataset_info(splits, data_reason, cfg)
+        _measure(run, loaded, splits, result, timings)
+        _bound(result, cfg, splits)
+    flagged = [la.name for la in result.layers if la.flag]
+    if flagged:
+        run.notes.append(
+            f"{len(flagged)} layer(s) flagged (non-positive trace or not converged): "
+            + ", ".join(flagged[:5])
+        )
+    result.config["batch_size_used"] = run.batches.size
+    result.timings = Timings(
+        **timings, total_s=time.perf_counter() - t_start, started_at=started_at
+    )
+    return result
+
+
+# -- the stages ---------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What every stage of one scan shares: settings, where it runs, the notes it writes."""
+
+    cfg: ScanConfig
+    device: torch.device
+    dtype: torch.dtype
+    shard: Shard
+    batches: _BatchSize
+    notes: list[str]
+    progress: ProgressCallback | None
+
+    @classmethod
+    def create(cls, cfg: ScanConfig, shard: Shard, progress: ProgressCallback | None) -> _Run:
+        on_gpu = shard.active and shard.device.type == "cuda"
+        device = shard.device if on_gpu else resolve_device(cfg.device)
+        dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        notes: list[str] = []
+        return cls(cfg, device, dtype, shard, _BatchSize(cfg.batch_size, notes), notes, progress)
+
+    def ticker(self, stage: str, total: int | None) -> Callable[..., None] | None:
+        """``progress(stage, k, total)`` as the one- or two-argument callback a stage takes."""
+        if self.progress is None:
+            return None
+        report = self.progress
+
+        def tick(*args: Any) -> None:
+            report(stage, args[-1], total)
+
+        return tick
+
+
+class _timed:
+    """``with _timed(timings, "attack_s"):`` records the block's wall time in seconds."""
+
+    def __init__(self, timings: dict[str, float], key: str) -> None:
+        self._timings, self._key = timings, key
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._timings[self._key] = time.perf_counter() - self._t0
+
+
+def _measure(
+    run: _Run,
+    loaded: LoadedCheckpoint,
+    splits: Splits,
+    result: AuditResult,
+    timings: dict[str, float],
+) -> None:
+    """attack -> robust figures -> Hessian subset -> curvature, filling ``result``."""
+    net = AuditedModel(loaded.model, loaded.info.mean, loaded.info.std)
+    net = net.to(device=run.device, dtype=run.dtype)
+    layers = weight_layers(loaded.model)
+    with eval_mode(net), no_tf32():
+        class_note = check_model_accepts(net, splits, run.device, run.dtype)
+        if class_note:
+            run.notes.append(class_note)
+        with _timed(timings, "attack_s"):
+            adv = _attack(run, net, splits)
+        with _timed(timings, "eval_s"):
+            result.metrics = _robust_figures(run, net, splits, adv)
+        with _timed(timings, "trace_s"):
+            subset = _hessian_subset(run, splits, adv)
+            result.dataset.hessian_samples = subset.n
+            result.metrics.hessian_loss = _hessian_loss(run, net, subset)
+            if layers:
+                names = [f"model.{layer.name}" for layer in layers]
+                estimates = _curvature(run, net, names, subset)
+                for layer, est in zip(result.layers, estimates, strict=True):
+                    _fill_layer(layer, est)
+
+
+def _attack_shard(
+    batch_size: int,
+    *,
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    run: _Run,
+    stream: int,
+    offset: int,
+    progress: Callable[..., None] | None,
+) -> torch.Tensor:
+    cfg = run.cfg.with_(batch_size=batch_size)
+    return attack_split(
+        net, x, y, cfg, run.device, stream=stream, index_offset=offset, progress=progress
+    )
+
+
+def _attack(run: _Run, net: nn.Module, splits: Splits) -> dict[str, torch.Tensor]:
+    """Adversarial examples of this process's shard of each split; starts are seeded by
+    the global example index, so they do not depend on the shard or the batch size."""
+    adv: dict[str, torch.Tensor] = {}
+    for split, stream in (("train", 0), ("test", 1)):
+        x, y = _split(splits, split)
+        if x is None or y is None:
+            continue
+        lo, hi = run.shard.bounds(x.shape[0])
+        job = partial(
+            _attack_shard,
+            net=net,
+            x=x[lo:hi],
+            y=y[lo:hi],
+            run=run,
+            stream=stream,
+            offset=lo,
+            progress=run.ticker(f"attack-{split}", hi - lo),
+        )
+        adv[split] = run.batches.run(job)
+    return adv
+
+
+def _per_example(
+    batch_size: int, *, net: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return per_example(net, x, y, batch_size, device)
+
+
+def _robust_figures(
+    run: _Run, net: nn.Module, splits: Splits, adv: dict[str, torch.Tensor]
+) -> Metrics:
+    """Clean and robust loss and accuracy per split (per-example values gathered in
+    index order over processes), and the robust gap."""
+    figures = {}
+    for split, x_adv in adv.items():
+        x, y = _split(splits, split)
+        lo, hi = run.shard.bounds(x.shape[0])
+        for kind, inputs in (("clean", x[lo:hi]), ("robust", x_adv)):
+            job = partial(_per_example, net=net, x=inputs, y=y[lo:hi], device=run.device)
+            losses, correct = run.batches.run(job)
+            gathered = run.shard.gather_cat(losses), run.shard.gather_cat(correct)
+            figures[f"{kind}_{split}"] = split_figures(*gathered)
+    return _metrics(figures)
+
+
+@dataclass(frozen=True)
+class _Subset:
+    """The examples the Hessian is taken over: this process's rows, the subset's size
+    ``n`` over all processes, and the size of the split it was drawn from."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    n: int
+    n_population: int
+
+
+def _hessian_subset(run: _Run, splits: Splits, adv: dict[str, torch.Tensor]) -> _Subset:
+    """A stratified subset of the adversarial train examples (test without a train split)."""
+    cfg, shard = run.cfg, run.shard
+    split = "train" if "train" in adv else "test"
+    if split == "test":
+        run.notes.append(
+            "no train split: curvature is measured on the test split, the gap and the bound are null"
+        )
+    y_full = _split(splits, split)[1]
+    n_population = int(y_full.shape[0])
+    idx = torch.arange(n_population)
+    if n_population > cfg.hessian_samples:
+        idx = stratified_subset(y_full, cfg.hessian_samples, cfg.seed)
+    if idx.shape[0] < shard.world:
+        raise ConfigError(
+            f"--hessian-samples {idx.shape[0]} is smaller than the {shard.world} processes"
+        )
+    # the subset's rows that this process attacked, gathered so that every process
+    # holds the subset in index order, then sharded again for the products
+    lo, hi = shard.bounds(n_population)
+    mine = idx[(idx >= lo) & (idx < hi)] - lo
+    x_all = shard.gather_cat(adv[split][mine])
+    h_lo, h_hi = shard.bounds(idx.shape[0])
+    return _Subset(x_all[h_lo:h_hi], y_full[idx][h_lo:h_hi], int(idx.shape[0]), n_population)
+
+
+def _hessian_loss(run: _Run, net: nn.Module, subset: _Subset) -> float:
+    job = partial(_per_example, net=net, x=subset.x, y=subset.y, device=run.device)
+    losses = run.batches.run(job)[0]
+    return float(run.shard.all_reduce_sum(losses.sum().reshape(1))[0]) / subset.n
+
+
+def _traces(
+    batch_size: int, *, net: nn.Module, names: list[str], subset: _Subset, run: _Run
+) -> list[Any]:
+    cfg, shard = run.cfg, run.shard
+    return layer_traces(
+        net,
+        subset.x,
+        subset.y,
+        names,
+        method=cfg.curvature.value,
+        tol=cfg.tol,
+        max_probes=cfg.max_probes,
+        min_probes=cfg.min_probes,
+        seed=cfg.seed,
+        batch_size=batch_size,
+        device=run.device,
+        memory_bytes=cfg.memory_bytes,
+        progress=run.ticker("curvature", None),
+        n_total=subset.n,
+        n_population=subset.n_population,
+        reduce=shard.all_reduce_sum if shard.active else None,
+    )
+
+
+def _curvature(run: _Run, net: nn.Module, names: list[str], subset: _Subset) -> list[Any]:
+    """Per-layer Hessian traces on the subset, with SEs that cover the subset's draw."""
+    job = partial(_traces, net=net, names=names, subset=subset, run=run)
+    # under torchrun a retry on one process would desynchronise the all-reduces
+    return run.batches.run(job, retry=not run.shard.active)
+
+
+def _bound(result: AuditResult, cfg: ScanConfig, splits: Splits) -> None:
+    """WCI from the layers, and the PAC-Bayes terms where there is a robust train loss."""
+    if not result.layers:
+        return
+    wci, wci_se = bounds.weight_curvature_index(
+        [la.frob_norm for la in result.layers],
+        [la.trace for la in result.layers],
+        [la.trace_se for la in result.layers],
+    )
+    result.wci, result.wci_se = wci, wci_se
+    if result.metrics.robust_loss_train is not None and splits.x_train is not None:
+        terms = bounds.pac_bayes_terms(
+            result.metrics.robust_loss_train, wci, int(splits.x_train.shape[0]), cfg.delta
+        )
+        result.pac_bayes = PacBayes(
+            **{f.name: getattr(terms, f.name) for f in fields(bounds.PacBayesTerms)}
+        )
+    else:
+        result.pac_bayes = PacBayes(delta=cfg.delta)
+
+
+# -- setting up ---------------------------------------------------------------------------
+def _new_result(loaded: LoadedCheckpoint, run: _Run, threat_sources: dict[str, str]) -> AuditResult:
+    """The result before any measurement: checkpoint, config, environment, inventory."""
+    info = CheckpointInfo(**{f.name: getattr(loaded.info, f.name) for f in fields(CheckpointInfo)})
+    result = AuditResult(
+        checkpoint=info,
+        config=run.cfg.to_dict(),
+        environment=_environment(run.device, run.cfg.dtype),
+        notes=run.notes,
+    )
+    result.config["device"] = str(run.device)
+    result.config["processes"] = run.shard.world
+    result.config["threat_model_source"] = threat_sources
+    result.config["preprocessing_source"] = dict(loaded.sources)
     result.other_parameters = [
         OtherParameter(name=n, shape=list(p.shape), numel=p.numel(), frob_norm=_frob(p), kind=kind)
         for n, p, kind in other_parameters(loaded.model)
     ]
     result.layers = [
-        LayerResult(name=layer.name, shape=layer.shape, numel=layer.numel, frob_norm=_frob(layer.param),
-                    trace=None, trace_se=None, probes=0, method="none", converged=None)
-        for layer in layers
+        LayerResult(
+            name=layer.name,
+            shape=layer.shape,
+            numel=layer.numel,
+            frob_norm=_frob(layer.param),
+            trace=None,
+            trace_se=None,
+            probes=0,
+            method="none",
+            converged=None,
+        )
+        for layer in weight_layers(loaded.model)
     ]
-    if not layers:
-        notes.append("the model has no parameter named *.weight with dim >= 2: no WCI layers")
+    if not result.layers:
+        run.notes.append("the model has no parameter named *.weight with dim >= 2: no WCI layers")
+    return result
 
-    if splits is None:
-        result.dataset = DatasetInfo(name="none", reason=data_reason, lo=cfg.lo, hi=cfg.hi)
-        result.timings = Timings(load_s=load_s, data_s=data_s, total_s=time.perf_counter() - t_start, started_at=started_at)
-        notes.append("no data: every data-dependent figure is null")
-        return result
 
-    result.dataset = DatasetInfo(
+def _dataset_info(splits: Splits, reason: str, cfg: ScanConfig) -> DatasetInfo:
+    return DatasetInfo(
         name=splits.name,
         n_train=splits.x_train.shape[0] if splits.has_train else None,
         n_test=splits.x_test.shape[0] if splits.has_test else None,
         input_shape=splits.input_shape,
         num_classes=splits.num_classes,
         source=splits.source,
-        reason=data_reason,
+        reason=reason,
         lo=cfg.lo,
         hi=cfg.hi,
         n_train_total=splits.n_train_total,
         n_test_total=splits.n_test_total,
     )
-
-    batches = _BatchSize(cfg.batch_size, notes)
-    with eval_mode(net), no_tf32():
-        _check_model_accepts(net, splits, device, dtype)
-
-        # -- attack (each process its shard; starts seeded by global index) ------------
-        t0 = time.perf_counter()
-        adv: dict[str, torch.Tensor] = {}
-        for split, stream in (("train", 0), ("test", 1)):
-            x, y = _split(splits, split)
-            if x is None:
-                continue
-            lo, hi = shard.bounds(x.shape[0])
-            stage = f"attack-{split}"
-            tick = None if progress is None else (lambda k, s=stage, n=hi - lo: progress(s, k, n))
-            adv[split] = batches.run(
-                lambda b, x=x, y=y, lo=lo, hi=hi, tick=tick, stream=stream: attack_split(
-                    net, x[lo:hi], y[lo:hi], cfg.with_(batch_size=b), device,
-                    stream=stream, index_offset=lo, progress=tick,
-                )
-            )
-        attack_s = time.perf_counter() - t0
-
-        # -- robust figures (per-example values gathered in index order) -------------
-        t0 = time.perf_counter()
-        figures = {}
-        for split in adv:
-            x, y = _split(splits, split)
-            lo, hi = shard.bounds(x.shape[0])
-            for kind, inputs in (("clean", x[lo:hi]), ("robust", adv[split])):
-                losses, correct = batches.run(
-                    lambda b, inputs=inputs, y=y, lo=lo, hi=hi: per_example(net, inputs, y[lo:hi], b, device)
-                )
-                figures[f"{kind}_{split}"] = split_figures(shard.gather_cat(losses), shard.gather_cat(correct))
-        result.metrics = _metrics(figures)
-        eval_s = time.perf_counter() - t0
-
-        # -- curvature ----------------------------------------------------------------
-        t0 = time.perf_counter()
-        hessian_split = "train" if "train" in adv else "test"
-        if hessian_split == "test":
-            notes.append("no train split: curvature is measured on the test split, the gap and the bound are null")
-        y_full = _split(splits, hessian_split)[1]
-        idx = torch.arange(y_full.shape[0])
-        if y_full.shape[0] > cfg.hessian_samples:
-            idx = stratified_subset(y_full, cfg.hessian_samples, cfg.seed)
-        if idx.shape[0] < shard.world:
-            raise ConfigError(f"--hessian-samples {idx.shape[0]} is smaller than the {shard.world} processes")
-        # the subset's rows that this process attacked, gathered so that every process
-        # holds the subset in index order, then sharded again for the products
-        lo, hi = shard.bounds(y_full.shape[0])
-        mine = idx[(idx >= lo) & (idx < hi)] - lo
-        x_h_all = shard.gather_cat(adv[hessian_split][mine])
-        h_lo, h_hi = shard.bounds(idx.shape[0])
-        x_h, y_h = x_h_all[h_lo:h_hi], y_full[idx][h_lo:h_hi]
-        result.dataset.hessian_samples = int(idx.shape[0])
-        h_losses = batches.run(lambda b: per_example(net, x_h, y_h, b, device))[0]
-        result.metrics.hessian_loss = float(shard.all_reduce_sum(h_losses.sum().reshape(1))[0]) / idx.shape[0]
-        if layers:
-            tick = None if progress is None else (lambda kind, k: progress("curvature", k, None))
-            # under torchrun a retry on one process would desynchronise the all-reduces
-            estimates = batches.run(
-                lambda b: layer_traces(
-                    net, x_h, y_h, [f"model.{layer.name}" for layer in layers],
-                    method=cfg.curvature.value, tol=cfg.tol, max_probes=cfg.max_probes,
-                    min_probes=cfg.min_probes, seed=cfg.seed, batch_size=b,
-                    device=device, progress=tick, n_total=int(idx.shape[0]),
-                    reduce=shard.all_reduce_sum if shard.active else None,
-                ),
-                retry=not shard.active,
-            )
-            for layer, est in zip(result.layers, estimates, strict=True):
-                _fill_layer(layer, est)
-        trace_s = time.perf_counter() - t0
-
-    # -- WCI and bound ------------------------------------------------------------------
-    if layers:
-        wci, wci_se = bounds.weight_curvature_index(
-            [la.frob_norm for la in result.layers],
-            [la.trace for la in result.layers],
-            [la.trace_se for la in result.layers],
-        )
-        result.wci, result.wci_se = wci, wci_se
-        if result.metrics.robust_loss_train is not None:
-            terms = bounds.pac_bayes_terms(result.metrics.robust_loss_train, wci, int(splits.x_train.shape[0]), cfg.delta)
-            result.pac_bayes = PacBayes(**{f.name: getattr(terms, f.name) for f in fields(bounds.PacBayesTerms)})
-        else:
-            result.pac_bayes = PacBayes(delta=cfg.delta)
-    flagged = [la.name for la in result.layers if la.flag]
-    if flagged:
-        notes.append(f"{len(flagged)} layer(s) flagged (non-positive trace or not converged): " + ", ".join(flagged[:5]))
-    result.config["batch_size_used"] = batches.size
-    result.timings = Timings(
-        load_s=load_s, data_s=data_s, attack_s=attack_s, eval_s=eval_s, trace_s=trace_s,
-        total_s=time.perf_counter() - t_start, started_at=started_at,
-    )
-    return result
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,101 +444,79 @@ class _BatchSize:
         return result
 
     def _note(self, failed: int, smaller: int, message: str) -> None:
-        self._notes.append(f"out of memory at batch size {failed}; retried with {smaller} ({message})")
+        self._notes.append(
+            f"out of memory at batch size {failed}; retried with {smaller} ({message})"
+        )
 
 
-def _make_config(config: ScanConfig | None, settings: dict[str, Any]) -> ScanConfig:
-    if config is not None and settings:
-        return config.with_(**settings)
+_THREAT_MODEL = ("eps", "norm")
+
+
+def _make_config(
+    config: ScanConfig | None, settings: dict[str, Any]
+) -> tuple[ScanConfig, set[str]]:
+    """The config, and which of ``eps`` / ``norm`` are unset (None, or given nowhere)."""
+    unset = {k for k in _THREAT_MODEL if k in settings and settings[k] is None}
+    settings = {k: v for k, v in settings.items() if k not in unset}
     if config is not None:
-        return config
+        return (config.with_(**settings) if settings else config), unset
     known = {f.name for f in fields(ScanConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return ScanConfig(**settings)
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    unset |= {k for k in _THREAT_MODEL if k not in settings}
+    return ScanConfig(**settings), unset
 
 
-def _load(checkpoint: Any, **options: Any) -> LoadedCheckpoint:
+def _load_options(options: LoadOptions | None, *keywords: Any) -> LoadOptions:
+    """One :class:`LoadOptions` from ``options`` or from scan()'s loading keywords."""
+    names = ("arch", "arch_args", "num_classes", "mean", "std", "input_size", "weights_only")
+    given = dict(zip(names, keywords, strict=True))
+    if options is None:
+        return LoadOptions(**given)
+    extra = [k for k, v in given.items() if v not in (None, False)]
+    if extra:
+        raise ConfigError(
+            f"pass the loading options in options= or as keywords, not both ({', '.join(extra)})"
+        )
+    return options
+
+
+def _threat_model(
+    cfg: ScanConfig, unset: set[str], loaded: LoadedCheckpoint
+) -> tuple[ScanConfig, dict[str, str]]:
+    """eps and norm: the flag > the checkpoint's metadata > the default (8/255, linf)."""
+    record = loaded.record
+    where = loaded.info.path
+    meta_eps = meta_norm = None
+    if record is not None and "eps" in unset and record.eps is not None:
+        meta_eps = _from_metadata(parse_eps, record.eps, "eps", where)
+    if record is not None and "norm" in unset and record.norm is not None:
+        meta_norm = _from_metadata(parse_norm, record.norm, "norm", where)
+    eps = resolve("eps", None if "eps" in unset else cfg.eps, meta_eps, None, DEFAULT_EPS)
+    norm = resolve("norm", None if "norm" in unset else cfg.norm, meta_norm, None, Norm.linf)
+    if eps.source != FLAG or norm.source != FLAG:
+        cfg = cfg.with_(eps=eps.value, norm=norm.value)
+    return cfg, {"eps": eps.source, "norm": norm.source}
+
+
+def _from_metadata(parse: Callable[[str], Any], text: str, key: str, where: str) -> Any:
+    try:
+        return parse(text)
+    except ConfigError:
+        raise CheckpointError(
+            f"metadata key {key!r} in {where} ({text[:40]!r}) is not a valid {key}; pass --{key}"
+        ) from None
+
+
+def _load(checkpoint: Any, options: LoadOptions) -> LoadedCheckpoint:
     if isinstance(checkpoint, LoadedCheckpoint):
         return checkpoint
     if isinstance(checkpoint, nn.Module):
-        model = copy.deepcopy(checkpoint).float().cpu().eval()
-        digest = hashlib.sha256()
-        for name, tensor in model.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
-        info = CheckpointInfo(
-            path="<in-memory module>", sha256=digest.hexdigest(), format="module",
-            arch=type(checkpoint).__name__, num_params=sum(p.numel() for p in model.parameters()),
-            mean=list(options["mean"]) if options.get("mean") is not None else None,
-            std=list(options["std"]) if options.get("std") is not None else None,
-        )
-        return LoadedCheckpoint(model=model, info=info, data_config={"input_size": None}, dataset_hint=None)
-    return load_checkpoint(checkpoint, **options)
-
-
-def _resolve_data(data: Any, loaded: LoadedCheckpoint, cfg: ScanConfig) -> tuple[Splits, str]:
-    kwargs = dict(
-        data_config=loaded.data_config, lo=cfg.lo, hi=cfg.hi,
-        train_samples=cfg.train_samples, test_samples=cfg.test_samples, seed=cfg.seed,
-    )
-    input_size = loaded.data_config.get("input_size") if loaded.data_config else None
-    if isinstance(data, Splits):
-        splits, reason = data, "given as tensors"
-    elif data is not None:
-        splits, reason = load_data(str(data), **kwargs), f"--data {data}"
-    else:
-        hint = loaded.dataset_hint
-        if hint is not None and hint.lower() in SAMPLE_NAMES:
-            splits = load_data("sample", **kwargs)
-            reason = f"no --data given; the checkpoint's metadata names dataset {hint!r}, which wciaudit ships"
-        else:
-            splits = load_data("sample", **kwargs)
-            fitted, _ = fit_to_model(splits, input_size)
-            if not _accepts(loaded.model, fitted):
-                named = f" (its metadata names dataset {hint!r}, which wciaudit does not ship)" if hint else ""
-                raise DataError(
-                    f"no usable data for this model{named}: pass {DATA_FORMS}, or --weights-only"
-                )
-            reason = "no --data given; the model accepts the shipped sample dataset's input shape"
-            if hint:
-                reason += f" (its metadata names dataset {hint!r}, which wciaudit does not ship)"
-    if splits.name == "digits":
-        # only the shipped sample is adapted to the model's input size; a user's own
-        # data must fit the model as it is (ImageFolder data is already transformed)
-        splits, note = fit_to_model(splits, input_size)
-        if note:
-            reason += f"; {note}"
-    if not (splits.has_train or splits.has_test):
-        raise DataError("the dataset has neither a train nor a test split")
-    return splits, reason
-
-
-def _accepts(model: nn.Module, splits: Splits) -> bool:
-    """Whether the bare model (CPU, float32) takes the data: the check below, as a bool."""
-    try:
-        with eval_mode(model):
-            _check_model_accepts(model, splits, torch.device("cpu"), torch.float32)
-    except DataError:
-        return False
-    return True
-
-
-def _check_model_accepts(net: nn.Module, splits: Splits, device: torch.device, dtype: torch.dtype) -> None:
-    x = splits.x_train if splits.has_train else splits.x_test
-    try:
-        with torch.no_grad():
-            out = net(x[:2].to(device, dtype))
-    except Exception as exc:  # a user model may raise anything on a wrong shape
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"the model does not accept inputs of shape {list(x.shape[1:])}: {msg}") from None
-    if out.dim() != 2 or out.shape[0] != 2:
-        raise DataError(f"the model must return logits of shape (N, classes); it returned {list(out.shape)}")
-    if out.shape[1] < splits.num_classes:
-        raise DataError(
-            f"the data has labels up to {splits.num_classes - 1} but the model has {out.shape[1]} outputs"
-        )
+        return loaded_from_module(checkpoint, options)
+    return load_checkpoint(checkpoint, options=options)
 
 
 def _split(splits: Splits, split: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -407,7 +561,11 @@ def _frob(p: torch.Tensor) -> float:
 def _environment(device: torch.device, dtype: str) -> Environment:
     import timm
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
     return Environment(
         python=platform.python_version(),
         torch=torch.__version__,

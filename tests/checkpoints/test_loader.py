@@ -1,4 +1,4 @@
-"""Checkpoint formats -> model + provenance, and the refusals (wciaudit.checkpoints)."""
+"""Checkpoint formats -> model + provenance, and the refusals (wciaudit.checkpoints.loader)."""
 
 from __future__ import annotations
 

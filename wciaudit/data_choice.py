@@ -1,0 +1,154 @@
+"""Which data a scan runs on, and how it is fitted to the model (SPEC: the bare command).
+
+Without ``--data`` the scan uses the dataset the checkpoint names, or the shipped sample
+when the model takes its input shape as it is; a model that needs another shape is an
+error, not a silent resize. Resizing and normalisation are written to the notes, with
+the input size, mean and std and where each came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoints import LoadedCheckpoint
+from .config import ScanConfig
+from .data import SAMPLE_NAMES, Splits, class_count_note, fit_to_model, load_data, to_channels_first
+from .errors import DataError
+from .model import eval_mode
+
+__all__ = ["DATA_FORMS", "choose_data", "check_model_accepts"]
+
+DATA_FORMS = "--data sample | file.npz | DIR (ImageFolder with train/ and test/ or val/) | cifar10:DIR | cifar100:DIR"
+
+
+def choose_data(
+    data: Any, loaded: LoadedCheckpoint, cfg: ScanConfig, notes: list[str]
+) -> tuple[Splits, str]:
+    """The data to audit on, and why it was chosen (SPEC: the bare command).
+
+    Only the shipped sample is adapted to the model's input size, and only when asked
+    for (``--data sample``, or the checkpoint names it); without ``--data``, a model
+    that needs another input shape is an error rather than a silent resize.
+    """
+    kwargs = dict(
+        data_config=loaded.data_config,
+        lo=cfg.lo,
+        hi=cfg.hi,
+        train_samples=cfg.train_samples,
+        test_samples=cfg.test_samples,
+        seed=cfg.seed,
+    )
+    input_size = loaded.data_config.get("input_size") if loaded.data_config else None
+    if isinstance(data, Splits):
+        splits, reason = data, "given as tensors"
+    elif isinstance(data, Mapping):
+        splits, reason = load_data(data, **kwargs), "given as arrays"
+    elif data is not None:
+        splits, reason = load_data(str(data), **kwargs), f"--data {data}"
+    else:
+        splits, reason = _default_data(loaded, input_size, kwargs)
+    if input_size is None and not _accepts(loaded.model, splits):
+        # the model's input size is unknown (a .pt or an in-memory module): try the
+        # channels-first reading of (N, H, W) or channels-last data before refusing it
+        fitted, _ = to_channels_first(splits)
+        if fitted is not splits and _accepts(loaded.model, fitted):
+            splits = fitted
+    notes.extend(n for n in splits.notes if n not in notes)
+    if splits.name == "digits":
+        # a user's own data must fit the model as it is (ImageFolder data is already
+        # transformed to the model's input size by the loader)
+        splits, note = fit_to_model(splits, input_size)
+        if note:
+            reason += f"; {note}"
+            notes.append(f"{note} ({_size_words(loaded)})")
+    if input_size is not None and splits.name.startswith("imagefolder:"):
+        notes.append(f"images resized and cropped to {_shape(input_size)} ({_size_words(loaded)})")
+    if loaded.info.mean is not None and loaded.info.std is not None:
+        source = loaded.sources.get("mean", "given")
+        notes.append(
+            f"inputs normalised inside the model with mean {loaded.info.mean} and std "
+            f"{loaded.info.std} (from {source}); eps is in raw input units"
+        )
+    if not (splits.has_train or splits.has_test):
+        raise DataError("the dataset has neither a train nor a test split")
+    return splits, reason
+
+
+
+def _default_data(
+    loaded: LoadedCheckpoint, input_size: Any, kwargs: dict[str, Any]
+) -> tuple[Splits, str]:
+    """No ``--data``: the shipped sample, if the checkpoint names it or the model takes
+    its input shape as it is."""
+    hint = loaded.dataset_hint
+    splits = load_data("sample", **kwargs)
+    if hint is not None and hint.lower() in SAMPLE_NAMES:
+        return (
+            splits,
+            f"no --data given; the checkpoint's metadata names dataset {hint!r}, which wciaudit ships",
+        )
+    named = f" (its metadata names dataset {hint!r}, which wciaudit does not ship)" if hint else ""
+    have = splits.input_shape
+    if input_size is not None and list(input_size) != list(have):
+        raise DataError(
+            f"no --data given and the model takes {_shape(input_size)} inputs "
+            f"({_size_words(loaded)}), not the shipped sample's {_shape(have)}{named}: pass "
+            f"{DATA_FORMS}, --data sample to resize the sample, or --weights-only"
+        )
+    if not _accepts(loaded.model, splits):
+        raise DataError(
+            f"no usable data for this model{named}: pass {DATA_FORMS}, or --weights-only"
+        )
+    return (
+        splits,
+        "no --data given; the model accepts the shipped sample dataset's input shape" + named,
+    )
+
+
+def _shape(size: Any) -> str:
+    return "x".join(str(int(s)) for s in size)
+
+
+def _size_words(loaded: LoadedCheckpoint) -> str:
+    size = loaded.data_config.get("input_size") if loaded.data_config else None
+    source = loaded.sources.get("input_size", "given")
+    return f"input size {_shape(size)} from {source}" if size is not None else "input size unknown"
+
+
+def _accepts(model: nn.Module, splits: Splits) -> bool:
+    """Whether the bare model (CPU, float32) takes the data: the check below, as a bool."""
+    try:
+        with eval_mode(model):
+            check_model_accepts(model, splits, torch.device("cpu"), torch.float32)
+    except DataError:
+        return False
+    return True
+
+
+def check_model_accepts(
+    net: nn.Module, splits: Splits, device: torch.device, dtype: torch.dtype
+) -> str | None:
+    """Raise DataError unless ``net`` takes the data and returns (N, C >= classes)
+    logits; return a note when it has more outputs than the labels use."""
+    x = splits.x_train if splits.has_train else splits.x_test
+    try:
+        with torch.no_grad():
+            out = net(x[:2].to(device, dtype))
+    except Exception as exc:  # a user model may raise anything on a wrong shape
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"the model does not accept inputs of shape {list(x.shape[1:])}: {msg}"
+        ) from None
+    if out.dim() != 2 or out.shape[0] != 2:
+        raise DataError(
+            f"the model must return logits of shape (N, classes); it returned {list(out.shape)}"
+        )
+    if out.shape[1] < splits.num_classes:
+        raise DataError(
+            f"the data has labels up to {splits.num_classes - 1} but the model has {out.shape[1]} outputs"
+        )
+    return class_count_note(int(out.shape[1]), splits.num_classes)
