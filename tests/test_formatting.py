@@ -30,8 +30,12 @@ def test_missing_figures_read_the_same_everywhere():
 
 @pytest.mark.parametrize(
     ("value", "se", "text"),
-    [(12.3, 0.4, "12.3 ± 0.4"), (10.01, 0.0, "10.01 ± 0"), (7.14, None, "7.14"),
-     (123456.0, 12.0, "1.235e+05 ± 12")],
+    [
+        (12.3, 0.4, "12.3 ± 0.4"),
+        (10.01, 0.0, "10.01 ± 0"),
+        (7.14, None, "7.14"),
+        (123456.0, 12.0, "1.235e+05 ± 12"),
+    ],
 )
 def test_estimate_is_four_digits_and_a_two_digit_se(value, se, text):
     assert fmt_estimate(value, se) == text

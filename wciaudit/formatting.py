@@ -6,7 +6,7 @@ One module, so that a figure reads the same everywhere it is shown:
   the pages' figures (``–`` where nothing was measured; ``a ± b`` with the value to
   the SE's decimals);
 - :func:`fmt_estimate`: the compact ``12.3 ± 0.4`` of the terminal and gate messages;
-- :func:`fmt_signed`, :func:`fmt_p`, :func:`fmt_sigmas`: coefficients, p-values, margins;
+- :func:`fmt_fixed`, :func:`fmt_signed`, :func:`fmt_p`, :func:`fmt_sigmas`: coefficients, p-values, margins;
 - :func:`format_eps`: eps as ``8/255`` where it is a whole number of 255ths;
 - :func:`one_line`, :func:`md_cell`, :func:`svg_text`, :func:`shorten`: text.
 
@@ -28,6 +28,7 @@ from .config import format_eps
 __all__ = [
     "MISSING",
     "fmt_estimate",
+    "fmt_fixed",
     "fmt_int",
     "fmt_num",
     "fmt_p",
@@ -117,6 +118,11 @@ def fmt_estimate(
         return missing
     text = f"{value:.{digits}g}"
     return text if se is None else f"{text} ± {se:.2g}"
+
+
+def fmt_fixed(value: float | None, decimals: int = 3) -> str:
+    """A figure to a fixed number of decimals (terminal tables whose columns align)."""
+    return MISSING if value is None else f"{value:.{decimals}f}"
 
 
 def fmt_signed(value: float | None, decimals: int = 3) -> str:

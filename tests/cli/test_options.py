@@ -35,14 +35,21 @@ def test_group_options_replace_the_placeholder_in_place():
 
 def test_the_command_receives_the_parsed_settings():
     app, seen = _app()
-    res = CliRunner().invoke(app, ["command", "x", "--eps", "2/255", "--steps", "3", "--mean", "0.5, 0.25"])
+    res = CliRunner().invoke(
+        app, ["command", "x", "--eps", "2/255", "--steps", "3", "--mean", "0.5, 0.25"]
+    )
     assert res.exit_code == 0, res.output
     (settings,) = seen
     assert settings.config.eps == pytest.approx(2 / 255) and settings.config.steps == 3
     assert settings.mean == [0.5, 0.25] and settings.data is None
     assert settings.config.hessian_samples == DEFAULTS.hessian_samples
-    assert settings.loading == {"arch": None, "arch_args": None, "num_classes": None,
-                                "mean": [0.5, 0.25], "std": None}
+    assert settings.loading == {
+        "arch": None,
+        "arch_args": None,
+        "num_classes": None,
+        "mean": [0.5, 0.25],
+        "std": None,
+    }
 
 
 def test_a_bad_option_value_is_one_line_and_exit_2():

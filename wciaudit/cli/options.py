@@ -32,50 +32,187 @@ DEFAULTS = ScanConfig()
 GATE_PANEL = "Gates (exit 1 when one fails)"
 
 # -- options of every command ----------------------------------------------------------------
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No summary and no progress bars; errors still go to stderr.")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Where to write the JSON result (default: <checkpoint name>.wciaudit.json in the current folder).", dir_okay=False)]
-HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also write the self-contained HTML report here.", dir_okay=False)]
-
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="No summary and no progress bars; errors still go to stderr."
+    ),
+]
+JsonOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--json",
+        help="Where to write the JSON result (default: <checkpoint name>.wciaudit.json in the current folder).",
+        dir_okay=False,
+    ),
+]
+HtmlOpt = Annotated[
+    Path | None,
+    typer.Option("--html", help="Also write the self-contained HTML report here.", dir_okay=False),
+]
 
 
 # -- the scan options (scan, track) --------------------------------------------------------
-DataOpt = Annotated[str | None, typer.Option("--data", "-d", help="sample | file.npz | DIR (ImageFolder: DIR/train, DIR/test or val) | cifar10:DIR | cifar100:DIR. Default: the dataset the checkpoint names, else the shipped sample if the model takes its shape.")]
-ArchOpt = Annotated[str | None, typer.Option(help="timm model name, or a custom class: models.py:ClassName, package.module:ClassName, or models.py (class from the metadata key 'arch').")]
-ArchArgsOpt = Annotated[str | None, typer.Option("--arch-args", help="Constructor arguments as JSON, e.g. '{\"width\": 16}'.")]
-NumClassesOpt = Annotated[int | None, typer.Option("--num-classes", help="Number of classes (default: from the checkpoint).")]
-MeanOpt = Annotated[str | None, typer.Option(help="Input normalisation mean, comma-separated (default: from the checkpoint's config).")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="sample | file.npz | DIR (ImageFolder: DIR/train, DIR/test or val) | cifar10:DIR | cifar100:DIR. Default: the dataset the checkpoint names, else the shipped sample if the model takes its shape.",
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="timm model name, or a custom class: models.py:ClassName, package.module:ClassName, or models.py (class from the metadata key 'arch')."
+    ),
+]
+ArchArgsOpt = Annotated[
+    str | None,
+    typer.Option("--arch-args", help="Constructor arguments as JSON, e.g. '{\"width\": 16}'."),
+]
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option("--num-classes", help="Number of classes (default: from the checkpoint)."),
+]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Input normalisation mean, comma-separated (default: from the checkpoint's config)."
+    ),
+]
 StdOpt = Annotated[str | None, typer.Option(help="Input normalisation std, comma-separated.")]
 EpsOpt = Annotated[str, typer.Option(help="Attack radius in input units: 8/255, 0.03, ...")]
-AttackOpt = Annotated[Attack, typer.Option(help="pgd: random start + K steps; fgsm: one step of size eps.")]
+AttackOpt = Annotated[
+    Attack, typer.Option(help="pgd: random start + K steps; fgsm: one step of size eps.")
+]
 NormOpt = Annotated[Norm, typer.Option(help="Threat-model norm.")]
 StepsOpt = Annotated[int, typer.Option(help="PGD steps K.")]
-StepSizeOpt = Annotated[float | None, typer.Option("--step-size", help="PGD step alpha (default: 2.5*eps/K).", show_default=False)]
+StepSizeOpt = Annotated[
+    float | None,
+    typer.Option("--step-size", help="PGD step alpha (default: 2.5*eps/K).", show_default=False),
+]
 RestartsOpt = Annotated[int, typer.Option(help="PGD restarts; each example keeps its worst loss.")]
-HessianSamplesOpt = Annotated[int, typer.Option("--hessian-samples", help="Train examples the Hessian is taken over (a seeded stratified subset).")]
+HessianSamplesOpt = Annotated[
+    int,
+    typer.Option(
+        "--hessian-samples",
+        help="Train examples the Hessian is taken over (a seeded stratified subset).",
+    ),
+]
 TolOpt = Annotated[float, typer.Option(help="Target relative standard error per layer trace.")]
 MaxProbesOpt = Annotated[int, typer.Option("--max-probes", help="Hutchinson probe cap per layer.")]
-CurvatureOpt = Annotated[CurvatureMethod, typer.Option(help="auto: exact Gauss-Newton route where exact and cheaper, else Hutchinson.")]
+CurvatureOpt = Annotated[
+    CurvatureMethod,
+    typer.Option(help="auto: exact Gauss-Newton route where exact and cheaper, else Hutchinson."),
+]
 DeltaOpt = Annotated[float, typer.Option(help="PAC-Bayes confidence delta.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for attack starts, subsets and probes.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 DtypeOpt = Annotated[str, typer.Option(help="float32 | float64 (small models).")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Examples per forward pass.")]
-TrainSamplesOpt = Annotated[int | None, typer.Option("--train-samples", help="Seeded stratified subset of the train split.")]
-TestSamplesOpt = Annotated[int | None, typer.Option("--test-samples", help="Seeded stratified subset of the test split.")]
-
+TrainSamplesOpt = Annotated[
+    int | None, typer.Option("--train-samples", help="Seeded stratified subset of the train split.")
+]
+TestSamplesOpt = Annotated[
+    int | None, typer.Option("--test-samples", help="Seeded stratified subset of the test split.")
+]
 
 
 # -- the gate options (scan, gate) ---------------------------------------------------------
-MaxWciOpt = Annotated[float | None, typer.Option("--max-wci", help="Fail when WCI exceeds this by more than --gate-sigmas SE.", rich_help_panel=GATE_PANEL, show_default=False)]
-MaxGapLossOpt = Annotated[float | None, typer.Option("--max-gap-loss", help="Fail when the robust loss gap L_adv(T) - L_adv(S) exceeds this.", rich_help_panel=GATE_PANEL, show_default=False)]
-MaxGapErrOpt = Annotated[float | None, typer.Option("--max-gap-err", help="Fail when the robust error gap robust_acc(S) - robust_acc(T) exceeds this.", rich_help_panel=GATE_PANEL, show_default=False)]
-MinRobustAccOpt = Annotated[float | None, typer.Option("--min-robust-acc", help="Fail when the robust accuracy on the test split is below this fraction (0-1).", rich_help_panel=GATE_PANEL, show_default=False)]
-MaxBoundOpt = Annotated[float | None, typer.Option("--max-bound", help="Fail when the PAC-Bayes bound exceeds this (no SE: any excess fails).", rich_help_panel=GATE_PANEL, show_default=False)]
-MaxWciIncreaseOpt = Annotated[str | None, typer.Option("--max-wci-increase", help="Fail when WCI exceeds the baseline's by more than this: '10%' (relative) or 0.5 (absolute). Needs --baseline.", rich_help_panel=GATE_PANEL, show_default=False)]
-BaselineOpt = Annotated[Path | None, typer.Option("--baseline", help="A baseline JSON result for --max-wci-increase.", dir_okay=False, rich_help_panel=GATE_PANEL, show_default=False)]
-GateSigmasOpt = Annotated[float | None, typer.Option("--gate-sigmas", help="A gate fails only when the figure is beyond its threshold by more than this many standard errors (default 2).", rich_help_panel=GATE_PANEL, show_default=False)]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Read thresholds from this wciaudit.toml or pyproject.toml (default: the first one found from the current folder upward).", dir_okay=False, rich_help_panel=GATE_PANEL, show_default=False)]
-SummaryMdOpt = Annotated[Path | None, typer.Option("--summary-md", help="Write a Markdown summary (figures and gates) here, e.g. \"$GITHUB_STEP_SUMMARY\".", dir_okay=False, rich_help_panel=GATE_PANEL, show_default=False)]
+MaxWciOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-wci",
+        help="Fail when WCI exceeds this by more than --gate-sigmas SE.",
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
+MaxGapLossOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-gap-loss",
+        help="Fail when the robust loss gap L_adv(T) - L_adv(S) exceeds this.",
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
+MaxGapErrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-gap-err",
+        help="Fail when the robust error gap robust_acc(S) - robust_acc(T) exceeds this.",
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
+MinRobustAccOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-robust-acc",
+        help="Fail when the robust accuracy on the test split is below this fraction (0-1).",
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
+MaxBoundOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-bound",
+        help="Fail when the PAC-Bayes bound exceeds this (no SE: any excess fails).",
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
+MaxWciIncreaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-wci-increase",
+        help="Fail when WCI exceeds the baseline's by more than this: '10%' (relative) or 0.5 (absolute). Needs --baseline.",
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
+BaselineOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--baseline",
+        help="A baseline JSON result for --max-wci-increase.",
+        dir_okay=False,
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
+GateSigmasOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gate-sigmas",
+        help="A gate fails only when the figure is beyond its threshold by more than this many standard errors (default 2).",
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Read thresholds from this wciaudit.toml or pyproject.toml (default: the first one found from the current folder upward).",
+        dir_okay=False,
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
+SummaryMdOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--summary-md",
+        help='Write a Markdown summary (figures and gates) here, e.g. "$GITHUB_STEP_SUMMARY".',
+        dir_okay=False,
+        rich_help_panel=GATE_PANEL,
+        show_default=False,
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -93,8 +230,13 @@ class ScanSettings:
     @property
     def loading(self) -> dict[str, Any]:
         """The checkpoint-loading keywords of :func:`wciaudit.scan` and ``track``."""
-        return {"arch": self.arch, "arch_args": self.arch_args, "num_classes": self.num_classes,
-                "mean": self.mean, "std": self.std}
+        return {
+            "arch": self.arch,
+            "arch_args": self.arch_args,
+            "num_classes": self.num_classes,
+            "mean": self.mean,
+            "std": self.std,
+        }
 
 
 def scan_options(
@@ -129,7 +271,9 @@ def scan_options(
             list or a setting :class:`ScanConfig` refuses.
     """
     flags = dict(locals())
-    loading = {key: flags.pop(key) for key in ("data", "arch", "arch_args", "num_classes", "mean", "std")}
+    loading = {
+        key: flags.pop(key) for key in ("data", "arch", "arch_args", "num_classes", "mean", "std")
+    }
     try:
         arch_args = json.loads(loading["arch_args"]) if loading["arch_args"] is not None else None
     except json.JSONDecodeError as exc:
@@ -199,7 +343,9 @@ def with_options(**groups: Callable[..., Any]) -> Callable[[F], F]:
             return command(*args, **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not p.empty}
+        wrapper.__annotations__ = {
+            p.name: p.annotation for p in params if p.annotation is not p.empty
+        }
         return wrapper  # type: ignore[return-value]
 
     return decorate
@@ -211,7 +357,9 @@ def _floats(text: str | None, name: str) -> list[float] | None:
     try:
         values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise ConfigError(f"{name} must be comma-separated numbers like 0.5 or 0.485,0.456,0.406, got {text!r}") from None
+        raise ConfigError(
+            f"{name} must be comma-separated numbers like 0.5 or 0.485,0.456,0.406, got {text!r}"
+        ) from None
     if not values:
         raise ConfigError(f"{name} is empty")
     return values

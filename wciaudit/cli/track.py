@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..formatting import fmt_estimate, fmt_signed
+from ..formatting import fmt_estimate, fmt_fixed, fmt_signed
 from ..report import write_track_page
 from ..track import MEASURES, TARGETS, TrackResult
 from ..track import track as run_track
@@ -57,8 +57,8 @@ def _print_summary(result: TrackResult) -> None:
         m = e.result.metrics
         wci = fmt_estimate(e.result.wci, e.result.wci_se or None)
         table.add_row(
-            fmt_estimate(e.epoch, digits=6), Path(e.path).name, wci, _fixed(m.gap_loss), _fixed(m.gap_err),
-            _fixed(m.robust_acc_test), _fixed(m.robust_loss_test), "cache" if e.cached else "scan",
+            fmt_estimate(e.epoch, digits=6), Path(e.path).name, wci, fmt_fixed(m.gap_loss), fmt_fixed(m.gap_err),
+            fmt_fixed(m.robust_acc_test), fmt_fixed(m.robust_loss_test), "cache" if e.cached else "scan",
         )
     out.print(table)
     corr = Table(title="Rank correlation with the robust gap (Kendall tau / Spearman rho)", title_justify="left")
@@ -82,7 +82,3 @@ def _print_summary(result: TrackResult) -> None:
         out.print(f"note: {note}", markup=False)
     out.print(f"{result.scanned} scanned, {len(result.entries) - result.scanned} from the cache"
               + (f" ({result.cache_dir})" if result.cache_dir else ""), markup=False)
-
-
-def _fixed(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..formatting import format_eps, shorten
 from ..gate import GateCheck
 from ..result import AuditResult, LayerResult, write_atomic
+from ..track.result import figure_of
 from .charts import (
     PALETTE,
     bound_figure,
@@ -172,7 +173,9 @@ def _section(index: int, result: AuditResult) -> dict[str, Any]:
         "flagged": [r for r in rows if r.flag],
         "top_layers": [la.name for la in top],
         "hutchinson_count": len(hutch),
-        "exact_layers": [la.name for la in result.layers if not la.history and la.trace is not None],
+        "exact_layers": [
+            la.name for la in result.layers if not la.history and la.trace is not None
+        ],
         "checks": [GateCheck.from_dict(c).row() for c in result.gate.checks],
         "sqrt_term": _sqrt_term(result),
         "timings": _timings(result),
@@ -221,19 +224,11 @@ def _comparison(results: list[AuditResult], sections: list[dict[str, Any]]) -> d
     }
 
 
-def _figure(result: AuditResult, key: str) -> float | None:
-    if key == "wci":
-        return result.wci
-    if key == "bound":
-        return result.pac_bayes.bound
-    return getattr(result.metrics, key)
-
-
 def _summary_row(
     results: list[AuditResult], label: str, key: str, lower_is_better: bool
 ) -> dict[str, Any]:
     """One figure of every result, with its difference from the first."""
-    values = [_figure(r, key) for r in results]
+    values = [figure_of(r, key) for r in results]
     ref = values[0]
     cells = []
     for v in values:

@@ -78,9 +78,23 @@ def _rows(result: TrackResult) -> list[dict[str, Any]]:
     rows = []
     for e in result.entries:
         r = e.result
-        figures = ("wci", "wci_se", "sum_frob_sq", "sum_trace", "gap_loss", "gap_err",
-                   "robust_acc_test", "robust_loss_test", "bound")
-        row = {"epoch": e.epoch, "name": Path(e.path).name, "sha": e.sha256[:12], "cached": e.cached}
+        figures = (
+            "wci",
+            "wci_se",
+            "sum_frob_sq",
+            "sum_trace",
+            "gap_loss",
+            "gap_err",
+            "robust_acc_test",
+            "robust_loss_test",
+            "bound",
+        )
+        row = {
+            "epoch": e.epoch,
+            "name": Path(e.path).name,
+            "sha": e.sha256[:12],
+            "cached": e.cached,
+        }
         row.update({key: figure_of(r, key) for key in figures})
         row["flags"] = sum(1 for la in r.layers if la.flag)
         rows.append(row)
@@ -107,16 +121,23 @@ def _verdicts(result: TrackResult) -> list[str]:
         for m in ("sum_frob_sq", "sum_trace"):
             c = result.correlation(m, t)
             if c is not None and c.kendall_tau is not None:
-                rel = "above" if w.kendall_tau > c.kendall_tau else (
-                    "below" if w.kendall_tau < c.kendall_tau else "equal to")
+                rel = (
+                    "above"
+                    if w.kendall_tau > c.kendall_tau
+                    else ("below" if w.kendall_tau < c.kendall_tau else "equal to")
+                )
                 others.append(f"{rel} {MEASURES[m]} ({c.kendall_tau:+.2f})")
-        text = (f"WCI vs {t}: Kendall tau {w.kendall_tau:+.2f}, Spearman rho "
-                f"{fmt_signed(w.spearman_rho, 2)} over n = {w.n} checkpoints")
+        text = (
+            f"WCI vs {t}: Kendall tau {w.kendall_tau:+.2f}, Spearman rho "
+            f"{fmt_signed(w.spearman_rho, 2)} over n = {w.n} checkpoints"
+        )
         if others:
             text += "; WCI's tau is " + " and ".join(others)
         if sd is not None:
-            text += (f". With no association tau would scatter with SD {sd:.2f} at this n, "
-                     "so smaller differences are noise.")
+            text += (
+                f". With no association tau would scatter with SD {sd:.2f} at this n, "
+                "so smaller differences are noise."
+            )
         out.append(text)
     return out
 
@@ -127,18 +148,36 @@ def _settings_rows(result: TrackResult) -> list[tuple[str, str]]:
     arch = s.get("arch") or {}
     return [
         ("data", str((s.get("data") or {}).get("spec") or "the dataset each checkpoint names")),
-        ("arch", str(arch.get("spec") or arch.get("class")
-                     or ("a models.py file" if arch else "from the checkpoints"))),
-        ("attack", f"{cfg.get('attack')} {cfg.get('norm')} eps={format_eps(cfg.get('eps', 0.0))}, "
-                   f"K={cfg.get('steps')}, alpha={fmt_num(cfg.get('step_size'))}, "
-                   f"restarts={cfg.get('restarts')}"),
-        ("samples", f"train {cfg.get('train_samples') or 'all'}, "
-                    f"test {cfg.get('test_samples') or 'all'}, Hessian {cfg.get('hessian_samples')}"),
-        ("curvature", f"{cfg.get('curvature')}, tol {cfg.get('tol')}, max probes {cfg.get('max_probes')}"),
+        (
+            "arch",
+            str(
+                arch.get("spec")
+                or arch.get("class")
+                or ("a models.py file" if arch else "from the checkpoints")
+            ),
+        ),
+        (
+            "attack",
+            f"{cfg.get('attack')} {cfg.get('norm')} eps={format_eps(cfg.get('eps', 0.0))}, "
+            f"K={cfg.get('steps')}, alpha={fmt_num(cfg.get('step_size'))}, "
+            f"restarts={cfg.get('restarts')}",
+        ),
+        (
+            "samples",
+            f"train {cfg.get('train_samples') or 'all'}, "
+            f"test {cfg.get('test_samples') or 'all'}, Hessian {cfg.get('hessian_samples')}",
+        ),
+        (
+            "curvature",
+            f"{cfg.get('curvature')}, tol {cfg.get('tol')}, max probes {cfg.get('max_probes')}",
+        ),
         ("seed / device", f"{cfg.get('seed')} / {cfg.get('device')} {cfg.get('dtype')}"),
         ("epoch axis", result.epoch_source),
-        ("cache", f"{result.cache_dir or 'off'} ({result.scanned} scanned now, "
-                  f"{len(result.entries) - result.scanned} from the cache)"),
+        (
+            "cache",
+            f"{result.cache_dir or 'off'} ({result.scanned} scanned now, "
+            f"{len(result.entries) - result.scanned} from the cache)",
+        ),
     ]
 
 
@@ -155,12 +194,30 @@ class _Curves:
             m = markers.get(key)
             if m is None:
                 continue
-            self.shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": m["epoch"],
-                                "x1": m["epoch"], "y0": 0, "y1": 1,
-                                "line": {"color": colour, "dash": "dot", "width": 2}})
-            self.notes.append({"xref": "x", "yref": "paper", "x": m["epoch"], "y": 1.0,
-                               "yanchor": "bottom", "text": label, "showarrow": False,
-                               "font": {"color": colour, "size": 11}})
+            self.shapes.append(
+                {
+                    "type": "line",
+                    "xref": "x",
+                    "yref": "paper",
+                    "x0": m["epoch"],
+                    "x1": m["epoch"],
+                    "y0": 0,
+                    "y1": 1,
+                    "line": {"color": colour, "dash": "dot", "width": 2},
+                }
+            )
+            self.notes.append(
+                {
+                    "xref": "x",
+                    "yref": "paper",
+                    "x": m["epoch"],
+                    "y": 1.0,
+                    "yanchor": "bottom",
+                    "text": label,
+                    "showarrow": False,
+                    "font": {"color": colour, "size": 11},
+                }
+            )
 
     def layout(self, title: str, ytitle: str, **extra: Any) -> dict[str, Any]:
         layout = base_layout(
@@ -169,15 +226,26 @@ class _Curves:
             yaxis=axis(title={"text": ytitle}, zeroline=False),
             margin={"l": 60, "r": 60, "t": 50, "b": 50},
             legend={"orientation": "h", "y": -0.25},
-            shapes=self.shapes, annotations=self.notes, hovermode="x unified",
+            shapes=self.shapes,
+            annotations=self.notes,
+            hovermode="x unified",
         )
         layout.update(extra)
         return layout
 
-    def line(self, name: str, y: list[Any], colour: str, se: list[Any] | None = None,
-             **extra: Any) -> dict[str, Any]:
-        trace = {"type": "scatter", "mode": "lines+markers", "name": name, "x": self.x, "y": y,
-                 "text": self.hover, "line": {"color": colour}, "marker": {"color": colour}}
+    def line(
+        self, name: str, y: list[Any], colour: str, se: list[Any] | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        trace = {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": name,
+            "x": self.x,
+            "y": y,
+            "text": self.hover,
+            "line": {"color": colour},
+            "marker": {"color": colour},
+        }
         if se is not None and any(v for v in se if v is not None):
             trace["error_y"] = {"type": "data", "array": [v or 0 for v in se], "visible": True}
         trace.update(extra)
@@ -187,52 +255,83 @@ class _Curves:
         return self.line(name, y, colour, line={"color": colour, "dash": "dash"})
 
 
-def _figures(result: TrackResult, s: dict[str, list[Any]], markers: dict[str, Any]) -> dict[str, Any]:
+def _figures(
+    result: TrackResult, s: dict[str, list[Any]], markers: dict[str, Any]
+) -> dict[str, Any]:
     """Every chart of the page, keyed by the id of its ``<div>``."""
     c = _Curves(result, s, markers)
     blue, orange, green, red, pink = PALETTE[0], PALETTE[1], PALETTE[2], PALETTE[3], PALETTE[4]
     gap_err_axis = axis(title={"text": "gap_err"}, overlaying="y", side="right", zeroline=False)
     figs: dict[str, Any] = {
-        "fig-wci": {"data": [c.line("WCI ± SE", s["wci"], blue, s["wci_se"])],
-                    "layout": c.layout("Weight-Curvature Index", "WCI")},
+        "fig-wci": {
+            "data": [c.line("WCI ± SE", s["wci"], blue, s["wci_se"])],
+            "layout": c.layout("Weight-Curvature Index", "WCI"),
+        },
         "fig-gap": {
-            "data": [c.line("gap_loss = L_adv(T) - L_adv(S)", s["gap_loss"], red, s["gap_loss_se"]),
-                     c.line("gap_err = acc_adv(S) - acc_adv(T)", s["gap_err"], orange,
-                            s["gap_err_se"], yaxis="y2")],
+            "data": [
+                c.line("gap_loss = L_adv(T) - L_adv(S)", s["gap_loss"], red, s["gap_loss_se"]),
+                c.line(
+                    "gap_err = acc_adv(S) - acc_adv(T)",
+                    s["gap_err"],
+                    orange,
+                    s["gap_err_se"],
+                    yaxis="y2",
+                ),
+            ],
             "layout": c.layout("Robust generalization gap", "gap_loss", yaxis2=gap_err_axis),
         },
         "fig-acc": {
-            "data": [c.line("robust train", s["robust_acc_train"], blue),
-                     c.line("robust test", s["robust_acc_test"], red),
-                     c.dashed("clean train", s["clean_acc_train"], blue),
-                     c.dashed("clean test", s["clean_acc_test"], red)],
-            "layout": c.layout("Accuracy", "accuracy",
-                               yaxis=axis(title={"text": "accuracy"}, tickformat=".0%")),
+            "data": [
+                c.line("robust train", s["robust_acc_train"], blue),
+                c.line("robust test", s["robust_acc_test"], red),
+                c.dashed("clean train", s["clean_acc_train"], blue),
+                c.dashed("clean test", s["clean_acc_test"], red),
+            ],
+            "layout": c.layout(
+                "Accuracy", "accuracy", yaxis=axis(title={"text": "accuracy"}, tickformat=".0%")
+            ),
         },
         "fig-loss": {
-            "data": [c.line("robust loss train L_adv(S)", s["robust_loss_train"], blue),
-                     c.line("robust loss test L_adv(T)", s["robust_loss_test"], red),
-                     c.line("PAC-Bayes bound (2nd order, c*)", s["bound"], green)],
+            "data": [
+                c.line("robust loss train L_adv(S)", s["robust_loss_train"], blue),
+                c.line("robust loss test L_adv(T)", s["robust_loss_test"], red),
+                c.line("PAC-Bayes bound (2nd order, c*)", s["bound"], green),
+            ],
             "layout": c.layout("Robust loss and the bound", "cross-entropy"),
         },
         "fig-ablation": {
-            "data": [c.line("WCI", _scaled(s["wci"]), blue),
-                     c.line("sum ||W||_F^2", _scaled(s["sum_frob_sq"]), orange),
-                     c.line("sum Tr(H)", _scaled(s["sum_trace"]), green),
-                     c.dashed("gap_loss", _scaled(s["gap_loss"]), red),
-                     c.dashed("gap_err", _scaled(s["gap_err"]), pink)],
-            "layout": c.layout("WCI, its ablations and the gaps, each scaled to [0, 1]",
-                               "scaled (min 0, max 1)"),
+            "data": [
+                c.line("WCI", _scaled(s["wci"]), blue),
+                c.line("sum ||W||_F^2", _scaled(s["sum_frob_sq"]), orange),
+                c.line("sum Tr(H)", _scaled(s["sum_trace"]), green),
+                c.dashed("gap_loss", _scaled(s["gap_loss"]), red),
+                c.dashed("gap_err", _scaled(s["gap_err"]), pink),
+            ],
+            "layout": c.layout(
+                "WCI, its ablations and the gaps, each scaled to [0, 1]", "scaled (min 0, max 1)"
+            ),
         },
     }
     names, rows = result.layer_terms()
     figs["fig-layers"] = {
-        "data": [{"type": "heatmap", "x": c.x, "y": [svg_text(n) for n in names], "z": rows,
-                  "colorscale": "Viridis", "colorbar": {"title": {"text": "||W||·sqrt(Tr H)"}},
-                  "hovertemplate": "epoch %{x}<br>%{y}<br>term %{z:.4g}<extra></extra>"}],
-        "layout": c.layout("Per-layer WCI terms ||W_k||_F sqrt(Tr H_k)", "layer",
-                           yaxis=axis(autorange="reversed"), hovermode="closest",
-                           height=max(320, 60 + 28 * len(names))),
+        "data": [
+            {
+                "type": "heatmap",
+                "x": c.x,
+                "y": [svg_text(n) for n in names],
+                "z": rows,
+                "colorscale": "Viridis",
+                "colorbar": {"title": {"text": "||W||·sqrt(Tr H)"}},
+                "hovertemplate": "epoch %{x}<br>%{y}<br>term %{z:.4g}<extra></extra>",
+            }
+        ],
+        "layout": c.layout(
+            "Per-layer WCI terms ||W_k||_F sqrt(Tr H_k)",
+            "layer",
+            yaxis=axis(autorange="reversed"),
+            hovermode="closest",
+            height=max(320, 60 + 28 * len(names)),
+        ),
     }
     return figs
 

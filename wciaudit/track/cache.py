@@ -50,17 +50,22 @@ def arch_key(spec: str | None) -> dict[str, Any] | None:
     definition does not."""
     if spec is None:
         return None
-    path_text, _, class_name = spec.rpartition(":") if spec.count(":") and not Path(spec).is_file() else (spec, "", "")
+    path_text, _, class_name = (
+        spec.rpartition(":") if spec.count(":") and not Path(spec).is_file() else (spec, "", "")
+    )
     p = Path(path_text).expanduser()
     if path_text.endswith(".py") and p.is_file():
-        return {"file_sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "class": class_name or None}
+        return {
+            "file_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+            "class": class_name or None,
+        }
     return {"spec": spec}
 
 
-
-
 def cache_folder(
-    sources: Sequence[str | os.PathLike[str]], ordered: list[RunCheckpoint], cache_dir: str | os.PathLike[str] | None
+    sources: Sequence[str | os.PathLike[str]],
+    ordered: list[RunCheckpoint],
+    cache_dir: str | os.PathLike[str] | None,
 ) -> Path | None:
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
@@ -71,8 +76,13 @@ def cache_folder(
 
 
 def key_settings(
-    config: ScanConfig, data: Any, arch: str | None, arch_args: Any, num_classes: int | None,
-    mean: list[float] | None, std: list[float] | None,
+    config: ScanConfig,
+    data: Any,
+    arch: str | None,
+    arch_args: Any,
+    num_classes: int | None,
+    mean: list[float] | None,
+    std: list[float] | None,
 ) -> dict[str, Any]:
     """Everything that changes a scan's numbers, as plain JSON."""
     from ..model import resolve_device

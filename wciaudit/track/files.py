@@ -35,6 +35,7 @@ __all__ = [
 #: file suffixes taken as checkpoints inside a run folder
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
+
 @dataclass(frozen=True)
 class RunCheckpoint:
     """One checkpoint of a run and where it sits on the epoch axis.
@@ -70,10 +71,13 @@ def find_checkpoints(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
         path = Path(text).expanduser()
         if path.is_dir() and not (path / "config.json").is_file():
             inside = [
-                p for p in path.iterdir()
+                p
+                for p in path.iterdir()
                 if not p.name.startswith(".")
-                and ((p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES))
-                     or (p.is_dir() and (p / "config.json").is_file()))
+                and (
+                    (p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES))
+                    or (p.is_dir() and (p / "config.json").is_file())
+                )
             ]
             if not inside:
                 raise ConfigError(
@@ -102,7 +106,11 @@ _DIGITS = re.compile(r"(\d+)")
 
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key that orders digit runs by value: ``epoch_2`` < ``epoch_10``."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in _DIGITS.split(name) if part)
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+        for part in _DIGITS.split(name)
+        if part
+    )
 
 
 def read_epoch(path: str | os.PathLike[str]) -> float | None:
@@ -149,16 +157,25 @@ def order_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[RunCheckp
     if items and all(e is not None for e in epochs.values()):
         ordered = sorted(by_name, key=lambda p: epochs[p])  # stable: ties keep name order
         return [RunCheckpoint(p, float(epochs[p]), "metadata") for p in ordered]
-    numbers = [_DIGITS.findall(p.name.removesuffix(p.suffix) if p.is_file() else p.name) for p in by_name]
+    numbers = [
+        _DIGITS.findall(p.name.removesuffix(p.suffix) if p.is_file() else p.name) for p in by_name
+    ]
     if by_name and all(numbers):
-        return [RunCheckpoint(p, float(n[-1]), "file name") for p, n in zip(by_name, numbers, strict=True)]
+        return [
+            RunCheckpoint(p, float(n[-1]), "file name")
+            for p, n in zip(by_name, numbers, strict=True)
+        ]
     return [RunCheckpoint(p, float(i + 1), "position") for i, p in enumerate(by_name)]
 
 
 def checkpoint_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a checkpoint file; for a timm folder, of its config and weights files."""
     p = Path(path)
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    files = (
+        [p]
+        if p.is_file()
+        else sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    )
     digest = hashlib.sha256()
     for f in files:
         if len(files) > 1:

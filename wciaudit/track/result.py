@@ -32,10 +32,22 @@ MEASURES = {
 TARGETS = {"gap_loss": "gap_loss", "gap_err": "gap_err"}
 #: per-checkpoint series, in the order the JSON lists them
 SERIES_KEYS = (
-    "wci", "wci_se", "sum_frob_sq", "sum_trace",
-    "gap_loss", "gap_loss_se", "gap_err", "gap_err_se",
-    "clean_acc_train", "clean_acc_test", "robust_acc_train", "robust_acc_test",
-    "clean_loss_train", "clean_loss_test", "robust_loss_train", "robust_loss_test",
+    "wci",
+    "wci_se",
+    "sum_frob_sq",
+    "sum_trace",
+    "gap_loss",
+    "gap_loss_se",
+    "gap_err",
+    "gap_err_se",
+    "clean_acc_train",
+    "clean_acc_test",
+    "robust_acc_train",
+    "robust_acc_test",
+    "clean_loss_train",
+    "clean_loss_test",
+    "robust_loss_train",
+    "robust_loss_test",
     "bound",
 )
 
@@ -57,7 +69,8 @@ def correlate(series: dict[str, list[Any]], measure: str, target: str) -> Correl
     """Correlate ``series[measure]`` with ``series[target]`` over the checkpoints where
     both were measured."""
     pairs = [
-        (float(a), float(b)) for a, b in zip(series[measure], series[target], strict=True)
+        (float(a), float(b))
+        for a, b in zip(series[measure], series[target], strict=True)
         if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
     ]
     x, y = [a for a, _ in pairs], [b for _, b in pairs]
@@ -100,7 +113,10 @@ class TrackResult:
 
     def series(self) -> dict[str, list[Any]]:
         """Per-checkpoint figures, each list in epoch order (None where not measured)."""
-        out: dict[str, list[Any]] = {"epoch": self.epochs, "checkpoint": [Path(e.path).name for e in self.entries]}
+        out: dict[str, list[Any]] = {
+            "epoch": self.epochs,
+            "checkpoint": [Path(e.path).name for e in self.entries],
+        }
         for key in SERIES_KEYS:
             out[key] = [figure_of(e.result, key) for e in self.entries]
         return out
@@ -122,14 +138,18 @@ class TrackResult:
         return names, rows
 
     def correlation(self, measure: str, target: str) -> Correlation | None:
-        return next((c for c in self.correlations if c.measure == measure and c.target == target), None)
+        return next(
+            (c for c in self.correlations if c.measure == measure and c.target == target), None
+        )
 
     def markers(self) -> dict[str, dict[str, Any] | None]:
         """Epoch of the lowest robust test loss (robust overfitting starts after it) and
         epoch of the highest WCI; None when the figure was not measured."""
         s = self.series()
         return {
-            "best_robust_test_loss": _argext(s["epoch"], s["robust_loss_test"], min, "robust_loss_test"),
+            "best_robust_test_loss": _argext(
+                s["epoch"], s["robust_loss_test"], min, "robust_loss_test"
+            ),
             "wci_peak": _argext(s["epoch"], s["wci"], max, "wci"),
         }
 
@@ -138,25 +158,32 @@ class TrackResult:
         series = self.series()
         series["layers"] = names
         series["wci_terms"] = rows
-        return json_safe({
-            "kind": "wciaudit-track",
-            "track_schema_version": TRACK_SCHEMA_VERSION,
-            "result_schema_version": SCHEMA_VERSION,
-            "tool_version": self.tool_version,
-            "epoch_source": self.epoch_source,
-            "settings": self.settings,
-            "cache_dir": self.cache_dir,
-            "series": series,
-            "correlations": [vars(c) for c in self.correlations],
-            "tau_null_sd": tau_null_sd(len(self.entries)),
-            "markers": self.markers(),
-            "notes": self.notes,
-            "checkpoints": [
-                {"epoch": e.epoch, "path": e.path, "sha256": e.sha256, "cached": e.cached,
-                 "result": e.result.to_dict()}
-                for e in self.entries
-            ],
-        })
+        return json_safe(
+            {
+                "kind": "wciaudit-track",
+                "track_schema_version": TRACK_SCHEMA_VERSION,
+                "result_schema_version": SCHEMA_VERSION,
+                "tool_version": self.tool_version,
+                "epoch_source": self.epoch_source,
+                "settings": self.settings,
+                "cache_dir": self.cache_dir,
+                "series": series,
+                "correlations": [vars(c) for c in self.correlations],
+                "tau_null_sd": tau_null_sd(len(self.entries)),
+                "markers": self.markers(),
+                "notes": self.notes,
+                "checkpoints": [
+                    {
+                        "epoch": e.epoch,
+                        "path": e.path,
+                        "sha256": e.sha256,
+                        "cached": e.cached,
+                        "result": e.result.to_dict(),
+                    }
+                    for e in self.entries
+                ],
+            }
+        )
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
@@ -179,8 +206,12 @@ def figure_of(result: AuditResult, key: str) -> float | None:
     return getattr(result.metrics, key)
 
 
-def _argext(epochs: list[float], values: list[Any], pick: Callable[..., Any], key: str) -> dict[str, Any] | None:
-    known = [(v, e) for e, v in zip(epochs, values, strict=True) if v is not None and math.isfinite(v)]
+def _argext(
+    epochs: list[float], values: list[Any], pick: Callable[..., Any], key: str
+) -> dict[str, Any] | None:
+    known = [
+        (v, e) for e, v in zip(epochs, values, strict=True) if v is not None and math.isfinite(v)
+    ]
     if not known:
         return None
     # first epoch reaching the extreme: min/max over (value, epoch) would prefer the later

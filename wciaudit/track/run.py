@@ -32,7 +32,6 @@ from .result import MEASURES, TARGETS, TrackEntry, TrackResult, correlate
 TrackProgress = Callable[[str, int, "int | None"], None]
 
 
-
 def track(
     sources: Sequence[str | os.PathLike[str]],
     data: str | os.PathLike[str] | None = None,
@@ -76,7 +75,9 @@ def track(
         try:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create the cache folder {cache}: {exc.strerror or exc}") from None
+            raise ConfigError(
+                f"cannot create the cache folder {cache}: {exc.strerror or exc}"
+            ) from None
 
     out = TrackResult(
         epoch_source=ordered[0].epoch_source if ordered else "",
@@ -90,8 +91,15 @@ def track(
         cached = result is not None
         if result is None:
             result = scan(
-                str(item.path), data, config=config, arch=arch, arch_args=arch_args,
-                num_classes=num_classes, mean=mean, std=std, progress=progress,
+                str(item.path),
+                data,
+                config=config,
+                arch=arch,
+                arch_args=arch_args,
+                num_classes=num_classes,
+                mean=mean,
+                std=std,
+                progress=progress,
             )
             if cache_file is not None:
                 write_atomic(cache_file, result.to_json())
@@ -110,7 +118,9 @@ def _settings_config(config: ScanConfig | None, settings: dict[str, Any]) -> Sca
     known = {f.name for f in fields(ScanConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     return ScanConfig(**settings)
 
 
@@ -122,6 +132,10 @@ def _correlate_run(out: TrackResult) -> None:
         out.notes.append(f"{len(out.entries)} checkpoint(s): rank correlations need at least 3")
     coefficients = any(c.kendall_tau is not None for c in out.correlations)
     if coefficients and all(c.kendall_p is None for c in out.correlations):
-        out.notes.append("p-values need scipy (pip install 'wciaudit[stats]'); the coefficients do not")
+        out.notes.append(
+            "p-values need scipy (pip install 'wciaudit[stats]'); the coefficients do not"
+        )
     if out.entries and all(e.result.metrics.gap_loss is None for e in out.entries):
-        out.notes.append("no robust gap was measured (the data has one split?): nothing to correlate with")
+        out.notes.append(
+            "no robust gap was measured (the data has one split?): nothing to correlate with"
+        )
