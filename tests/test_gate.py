@@ -390,3 +390,24 @@ def test_module_example_runs():
     import wciaudit.gate as module
 
     assert doctest.testmod(module).failed == 0
+
+
+def test_gate_check_round_trips_through_json():
+    """Gate.checks hold GateCheck.to_dict(); from_dict reads them back unchanged."""
+    from wciaudit.gate import GateCheck, check_gates
+
+    base = _result(wci=10.0, wci_se=0.1)
+    config = GateConfig(max_wci=10.0, max_bound=5.0).updated(
+        {"max_wci_increase": "10%", "baseline": "base.json"}, "cli"
+    )
+    checks = check_gates(_result(), config, base)
+    assert [c.option for c in checks] == ["--max-wci", "--max-bound", "--max-wci-increase"]
+    for check in checks:
+        d = check.to_dict()
+        assert GateCheck.from_dict(d) == check
+        assert d["passed"] is check.passed and d["message"] == check.message
+    plain, _, increase = (c.to_dict() for c in checks)
+    assert "baseline_value" not in plain and "limit" not in plain
+    assert increase["baseline_value"] == 10.0 and isinstance(increase["warnings"], list)
+    old = GateCheck.from_dict({"name": "custom", "passed": False, "value": "n/a"})
+    assert old.status == "fail" and old.row()["name"] == "custom"

@@ -11,10 +11,11 @@ import pytest
 from plotly.offline import get_plotlyjs
 from typer.testing import CliRunner
 
-from wciaudit import report as report_mod
 from wciaudit.bounds import pac_bayes_terms, wci_term_se, weight_curvature_index
 from wciaudit.cli.app import app
-from wciaudit.report import fmt_num, fmt_pct, fmt_pm, render_report, write_report
+from wciaudit.formatting import fmt_num, fmt_pct, fmt_pm
+from wciaudit.report import charts, render_report, write_report
+from wciaudit.report import single as report_mod
 from wciaudit.result import (
     AuditResult,
     CheckpointInfo,
@@ -210,8 +211,8 @@ def test_shows_the_sections(single_html: str) -> None:
     assert set(figures) == {"r0-layers", "r0-bound", "r0-conv"}
     # the flagged layer is drawn in the flag colour
     bars = figures["r0-layers"]["data"][2]
-    assert bars["marker"]["color"][2] == report_mod.FLAG_COLOUR
-    assert bars["marker"]["color"][0] != report_mod.FLAG_COLOUR
+    assert bars["marker"]["color"][2] == charts.FLAG_COLOUR
+    assert bars["marker"]["color"][0] != charts.FLAG_COLOUR
     # the table has one row per layer and the flagged one is marked
     assert html.count('<tr class="flagged">') == 1
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import subprocess
 import sys
@@ -15,17 +14,12 @@ import safetensors.torch
 import torch
 from typer.testing import CliRunner
 
-import wciaudit.track as track_mod
+import wciaudit.track.run as track_run
 from wciaudit.cli.app import app
 from wciaudit.errors import ConfigError
-from wciaudit.track import (
-    find_checkpoints,
-    kendall_tau,
-    order_checkpoints,
-    render_track,
-    spearman_rho,
-    track,
-)
+from wciaudit.report import render_track
+from wciaudit.stats import kendall_tau
+from wciaudit.track import find_checkpoints, order_checkpoints, track
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "sample_models" / "run_digits_cnn"
@@ -101,55 +95,16 @@ def test_find_checkpoints_errors(tmp_path):
         find_checkpoints([tmp_path / "missing.safetensors"])
 
 
-# -- correlations ----------------------------------------------------------------------------
-SEQUENCES = [
-    ([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]),
-    ([1, 2, 2, 3, 4, 4, 5], [1, 3, 2, 2, 5, 4, 4]),  # ties in both
-    ([0.3, 0.1, 0.9, 0.5, 0.7, 0.2], [5, 6, 1, 2, 3, 9]),
-    ([1, 2, 3], [3, 2, 1]),
-]
-
-
-@pytest.mark.parametrize(("x", "y"), SEQUENCES)
-def test_correlations_match_scipy(x, y):
-    stats = pytest.importorskip("scipy.stats")
-    assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
-    assert spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
-
-
-def test_correlations_random_against_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    rng = random.Random(0)
-    for _ in range(50):
-        n = rng.randint(3, 12)
-        x = [rng.randint(0, 5) for _ in range(n)]
-        y = [rng.random() for _ in range(n)]
-        if len(set(x)) < 2:
-            continue
-        assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
-        assert spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
-
-
-def test_correlations_known_values_and_undefined():
-    assert kendall_tau([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
-    assert spearman_rho([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
-    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
-    assert kendall_tau([1, 2], [1, 2]) is None  # fewer than 3 pairs
-    assert spearman_rho([1, 1, 1], [1, 2, 3]) is None  # constant: undefined
-    with pytest.raises(ValueError):
-        kendall_tau([1, 2, 3], [1, 2])
-
-
 # -- track: cache, resume --------------------------------------------------------------------
 def test_cache_second_run_scans_nothing_and_new_epoch_scans_one(run3, monkeypatch):
     calls = []
-    real_scan = track_mod.scan
+    real_scan = track_run.scan
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(track_mod, "scan", counting)
+    monkeypatch.setattr(track_run, "scan", counting)
     first = track([run3], "sample", arch=ARCH, **SMALL)
     assert len(calls) == 3 and first.scanned == 3
     assert len(list((run3 / ".wciaudit-cache").glob("*.json"))) == 3
@@ -170,7 +125,7 @@ def test_cache_second_run_scans_nothing_and_new_epoch_scans_one(run3, monkeypatc
 
 
 def test_interrupted_run_keeps_finished_scans(run3, monkeypatch):
-    real_scan = track_mod.scan
+    real_scan = track_run.scan
     done = []
 
     def flaky(*args, **kwargs):
@@ -179,13 +134,13 @@ def test_interrupted_run_keeps_finished_scans(run3, monkeypatch):
         done.append(args[0])
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(track_mod, "scan", flaky)
+    monkeypatch.setattr(track_run, "scan", flaky)
     with pytest.raises(KeyboardInterrupt):
         track([run3], "sample", arch=ARCH, **SMALL)
     cache = run3 / ".wciaudit-cache"
     assert len(list(cache.glob("*.json"))) == 2
     assert not list(cache.glob(".*.tmp"))  # atomic writes leave no partial file
-    monkeypatch.setattr(track_mod, "scan", real_scan)
+    monkeypatch.setattr(track_run, "scan", real_scan)
     assert track([run3], "sample", arch=ARCH, **SMALL).scanned == 1
 
 
@@ -206,11 +161,11 @@ def test_page_is_self_contained_and_escaped(run3, tmp_path):
     assert "<img src=x" not in page and "<script>alert" not in page and "&lt;b&gt;title&lt;/b&gt; &amp; co" in page
     assert page.count("</script>") == page.count("<script")  # nothing ends a tag early
     assert "<script src" not in page and "<link" not in page  # no external resource
-    blob = page.split('id="wciaudit-track-figures">', 1)[1].split("</script>", 1)[0]
+    blob = page.split('id="wciaudit-figures">', 1)[1].split("</script>", 1)[0]
     assert "<" not in blob and ">" not in blob and "&" not in blob
     figures = json.loads(blob)
-    assert {"wci", "gap", "acc", "loss", "ablation", "layers"} <= set(figures)
-    assert len(figures["layers"]["data"][0]["z"]) == 4  # 4 layers x 4 epochs
+    assert {f"fig-{k}" for k in ("wci", "gap", "acc", "loss", "ablation", "layers")} <= set(figures)
+    assert len(figures["fig-layers"]["data"][0]["z"]) == 4  # 4 layers x 4 epochs
     assert "Plotly" in page and "Kendall tau" in page
 
 

@@ -37,11 +37,12 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .formatting import fmt_estimate, fmt_num, fmt_pm, fmt_sigmas
 from .result import AuditResult, Gate
 
 if sys.version_info >= (3, 11):
@@ -296,6 +297,112 @@ def figure_value(result: AuditResult, figure: str) -> tuple[float | None, float 
     raise KeyError(figure)
 
 
+@dataclass(frozen=True)
+class GateCheck:
+    """One threshold checked against one figure of a result.
+
+    Attributes:
+        figure: the figure checked (``wci``, ``gap_loss``, ``gap_err``,
+            ``robust_acc_test``, ``bound``).
+        op: ``"<="`` for a maximum, ``">="`` for a minimum.
+        option: the command-line flag that sets the threshold (``--max-wci``).
+        threshold: the threshold as given (for ``--max-wci-increase``: the amount).
+        value, se: the figure and its standard error (None: not measured / no SE).
+        status: ``pass``, ``within-noise`` or ``fail`` (:func:`noise_verdict`).
+        message: the reason, one line; for a failure the line CI prints.
+        source: ``cli``, ``default`` or the config file the threshold came from.
+        sigmas: how many SEs beyond the threshold a figure must be to fail.
+        margin_sigmas: the excess in SEs (None without an SE or a value).
+        excess: how far the value is on the wrong side of the limit (None: no value).
+        threshold_text, limit, se_diff: the baseline gate's threshold as text, the WCI
+            limit it implies and the SE of ``value - limit``.
+        baseline, baseline_value, baseline_se, relative, warnings: the baseline gate's
+            baseline file, its WCI ± SE, whether the increase is relative, and the
+            settings that differ between the two scans.
+        sigmas_source: where ``sigmas`` came from (``cli``, ``default`` or a file).
+    """
+
+    figure: str
+    op: str
+    option: str
+    threshold: float
+    value: float | None
+    se: float | None
+    status: str = "fail"
+    message: str = ""
+    source: str = "default"
+    sigmas: float = DEFAULT_SIGMAS
+    margin_sigmas: float | None = None
+    excess: float | None = None
+    threshold_text: str | None = None
+    limit: float | None = None
+    se_diff: float | None = None
+    baseline: str | None = None
+    baseline_value: float | None = None
+    baseline_se: float | None = None
+    relative: bool | None = None
+    warnings: tuple[str, ...] = ()
+    sigmas_source: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """True unless the check failed (a figure within noise passes)."""
+        return self.status != "fail"
+
+    @property
+    def is_baseline(self) -> bool:
+        """True for the ``--max-wci-increase`` check against a baseline result."""
+        return self.relative is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON ``gate.checks`` entry: every key always, optional ones when set."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("excess", "threshold_text", "limit", "se_diff", "sigmas_source"):
+            if out[key] is None:
+                del out[key]
+        if self.is_baseline:
+            out["warnings"] = list(self.warnings)
+        else:
+            for key in ("baseline", "baseline_value", "baseline_se", "relative", "warnings"):
+                del out[key]
+        out["passed"] = self.passed
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GateCheck:
+        """A check read back from JSON; unknown keys are ignored, missing ones default."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values.setdefault("figure", str(d.get("name") or "check"))
+        values.setdefault("op", "")
+        values.setdefault("option", "")
+        values.setdefault("threshold", None)
+        values.setdefault("value", None)
+        values.setdefault("se", None)
+        if "status" not in d and "passed" in d:
+            values["status"] = "pass" if d["passed"] else "fail"
+        values["warnings"] = tuple(map(str, d.get("warnings") or ()))
+        return cls(**values)
+
+    def row(self) -> dict[str, Any]:
+        """The check as the report's table shows it: name, rule, value ± SE, status."""
+        threshold = self.threshold_text or (
+            fmt_num(self.threshold) if isinstance(self.threshold, (int, float)) else self.threshold
+        )
+        value = self.value
+        shown = fmt_pm(value, self.se) if isinstance(value, (int, float)) else ""
+        detail = "; ".join([self.message, *self.warnings]).strip("; ")
+        return {
+            "name": self.option or self.figure,
+            "figure": self.figure,
+            "rule": f"{self.op} {threshold}".strip() if threshold is not None else "",
+            "value": shown if value is not None else "",
+            "status": self.status,
+            "failed": self.status == "fail",
+            "detail": detail,
+        }
+
+
 def apply_gates(
     result: AuditResult, config: GateConfig, baseline: AuditResult | None = None
 ) -> Gate:
@@ -303,101 +410,103 @@ def apply_gates(
     failure means exit 1).
 
     Returns:
-        A :class:`Gate` whose ``checks`` hold one dict per threshold (figure, op,
-        threshold, value, se, margin_sigmas, status, source, message, ...) and whose
-        ``failures`` hold one line per failed check.
+        A :class:`Gate` whose ``checks`` hold one :meth:`GateCheck.to_dict` per
+        threshold and whose ``failures`` hold one line per failed check.
 
     Raises:
         ConfigError: when ``max_wci_increase`` is set and ``baseline`` is None.
     """
-    sigmas = config.gate_sigmas
-    checks: list[dict[str, Any]] = []
+    checks = [c.to_dict() for c in check_gates(result, config, baseline)]
+    failures = [c["message"] for c in checks if c["status"] == "fail"]
+    return Gate(passed=not failures, failures=failures, checks=checks)
+
+
+def check_gates(
+    result: AuditResult, config: GateConfig, baseline: AuditResult | None = None
+) -> list[GateCheck]:
+    """One :class:`GateCheck` per threshold ``config`` sets, in :data:`THRESHOLDS` order,
+    the baseline gate last.
+
+    Raises:
+        ConfigError: when ``max_wci_increase`` is set and ``baseline`` is None.
+    """
+    checks = []
     for key, (figure, op, option) in THRESHOLDS.items():
         threshold = getattr(config, key)
         if threshold is None:
             continue
         value, se = figure_value(result, figure)
-        check = _check(figure, op, option, threshold, value, se, sigmas, config.source(key))
+        check = _check(
+            GateCheck(figure, op, option, threshold, value, se, source=config.source(key),
+                      sigmas=config.gate_sigmas, sigmas_source=config.source("gate_sigmas"))
+        )
         if value is None:
-            check["message"] = f"{figure} is null ({_null_reason(result, figure)}): cannot check {option}"
+            reason = f"{figure} is null ({_null_reason(result, figure)}): cannot check {option}"
+            check = replace(check, message=reason)
         checks.append(check)
     if config.max_wci_increase is not None:
         if baseline is None:
             raise ConfigError("max_wci_increase needs a baseline result")
         checks.append(_increase_check(result, baseline, config))
-    failures = [c["message"] for c in checks if c["status"] == "fail"]
-    return Gate(passed=not failures, failures=failures, checks=checks)
+    return checks
 
 
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _check(
-    figure: str, op: str, option: str, threshold: float, value: float | None,
-    se: float | None, sigmas: float, source: str, *, se_test: float | None = None,
-    limit: float | None = None, threshold_text: str | None = None,
-) -> dict[str, Any]:
-    """One check. ``se`` is the figure's SE (shown); ``se_test`` the SE of the excess
-    (default ``se``; for a baseline gate, the SE of the difference)."""
-    limit = threshold if limit is None else limit
-    se_test = se if se_test is None else se_test
-    check: dict[str, Any] = {
-        "figure": figure, "op": op, "option": option, "threshold": threshold,
-        "value": value, "se": se, "margin_sigmas": None, "sigmas": sigmas,
-        "status": "fail", "source": source,
-    }
-    if value is None:
+def _check(check: GateCheck, se_test: float | None = None) -> GateCheck:
+    """``check`` with its verdict and message. ``check.se`` is the figure's SE (shown);
+    ``se_test`` the SE of the excess (default ``check.se``; for a baseline gate, the SE
+    of the difference); ``check.limit`` the limit (default the threshold)."""
+    if check.value is None:
         return check
-    excess = value - limit if op == "<=" else limit - value
+    limit = check.threshold if check.limit is None else check.limit
+    se_test = check.se if se_test is None else se_test
+    excess = check.value - limit if check.op == "<=" else limit - check.value
     se_used = se_test if se_test is not None and math.isfinite(se_test) else 0.0
-    status = noise_verdict(excess, se_used, sigmas)
+    status = noise_verdict(excess, se_used, check.sigmas)
     margin = excess / se_used if se_used > 0 else None
-    check.update(status=status, margin_sigmas=margin, excess=excess)
-    shown = threshold_text or _g(threshold)
-    if source not in ("cli", "default"):
-        shown += f" (from {Path(source).name})"
-    figure_text = f"{figure} = {_pm(value, se)}"
+    shown = check.threshold_text or fmt_estimate(check.threshold)
+    if check.source not in ("cli", "default"):
+        shown += f" (from {Path(check.source).name})"
+    figure_text = f"{check.figure} = {fmt_estimate(check.value, check.se)}"
     if status == "pass":
-        check["message"] = f"{figure_text} within {option} {shown}"
-        return check
-    head = f"{figure_text} {'exceeds' if op == '<=' else 'is below'} {option} {shown}"
-    if margin is None:
-        why = "no SE, taken as 0" if se_test is None else "SE 0"
-        check["message"] = f"{head} by {_g(excess)} ({why}: any excess fails)"
-    elif status == "fail":
-        check["message"] = f"{head} by {_sig(margin)} SE (limit {sigmas:g} SE)"
+        message = f"{figure_text} within {check.option} {shown}"
     else:
-        check["message"] = f"{head} by {_sig(margin)} SE: within noise (limit {sigmas:g} SE)"
-    return check
+        head = f"{figure_text} {'exceeds' if check.op == '<=' else 'is below'} {check.option} {shown}"
+        if margin is None:
+            why = "no SE, taken as 0" if se_test is None else "SE 0"
+            message = f"{head} by {fmt_estimate(excess)} ({why}: any excess fails)"
+        else:
+            noise = ": within noise" if status == "within-noise" else ""
+            message = f"{head} by {fmt_sigmas(margin)} SE{noise} (limit {check.sigmas:g} SE)"
+    return replace(check, status=status, margin_sigmas=margin, excess=excess, message=message)
 
 
-def _increase_check(result: AuditResult, baseline: AuditResult, config: GateConfig) -> dict[str, Any]:
+def _increase_check(result: AuditResult, baseline: AuditResult, config: GateConfig) -> GateCheck:
     inc = config.max_wci_increase
     assert inc is not None  # checked by the caller
-    option, source = "--max-wci-increase", config.source("max_wci_increase")
+    option = "--max-wci-increase"
     value, se = result.wci, result.wci_se
     base, base_se = baseline.wci, baseline.wci_se
-    extra: dict[str, Any] = {
-        "baseline": str(config.baseline) if config.baseline else None,
-        "baseline_value": base, "baseline_se": base_se, "relative": inc.relative,
-        "threshold_text": str(inc), "warnings": _incomparable(result, baseline),
-    }
+    check = GateCheck(
+        "wci", "<=", option, inc.amount, value, se,
+        source=config.source("max_wci_increase"), sigmas=config.gate_sigmas,
+        sigmas_source=config.source("gate_sigmas"),
+        baseline=str(config.baseline) if config.baseline else None,
+        baseline_value=base, baseline_se=base_se, relative=inc.relative,
+        threshold_text=str(inc), warnings=tuple(_incomparable(result, baseline)),
+    )
     if value is None or base is None:
         which = "wci" if value is None else "baseline wci"
         reason = _null_reason(result if value is None else baseline, "wci")
-        check = _check("wci", "<=", option, inc.amount, None, se, config.gate_sigmas, source)
-        check.update(extra, message=f"{which} is null ({reason}): cannot check {option}")
-        return check
+        return replace(check, value=None, message=f"{which} is null ({reason}): cannot check {option}")
     limit = inc.limit(base)
     scale = (1.0 + inc.amount) if inc.relative else 1.0
     se_diff = None if se is None and base_se is None else math.hypot(se or 0.0, scale * (base_se or 0.0))
-    check = _check(
-        "wci", "<=", option, inc.amount, value, se, config.gate_sigmas, source,
-        se_test=se_diff, limit=limit,
-        threshold_text=f"{inc} over baseline {_pm(base, base_se)} (limit {_g(limit)})",
-    )
-    check.update(extra, limit=limit, se_diff=se_diff)
-    return check
+    text = f"{inc} over baseline {fmt_estimate(base, base_se)} (limit {fmt_estimate(limit)})"
+    checked = _check(replace(check, limit=limit, threshold_text=text), se_test=se_diff)
+    return replace(checked, threshold_text=str(inc), se_diff=se_diff)
 
 
 def _incomparable(result: AuditResult, baseline: AuditResult) -> list[str]:
@@ -452,15 +561,3 @@ def _has_tool_table(path: Path) -> bool:
     """Whether a pyproject.toml has [tool.wciaudit]; an invalid one is reported, not skipped."""
     tool = _read_toml(path).get("tool")
     return isinstance(tool, dict) and "wciaudit" in tool
-
-
-def _g(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def _sig(margin: float) -> str:
-    return f"{margin:.1f}" if abs(margin) < 100 else f"{margin:.0f}"
-
-
-def _pm(value: float, se: float | None) -> str:
-    return f"{_g(value)} ± {se:.2g}" if se is not None else _g(value)

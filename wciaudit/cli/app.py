@@ -8,6 +8,7 @@ from .._version import __version__
 from . import gate as gate_cmd
 from . import report as report_cmd
 from . import scan as scan_cmd
+from . import track as track_cmd
 
 app = typer.Typer(
     name="wciaudit",
@@ -24,7 +25,7 @@ app = typer.Typer(
 app.command("scan", no_args_is_help=True)(scan_cmd.scan)
 app.command("gate", no_args_is_help=True)(gate_cmd.gate)
 app.command("report", no_args_is_help=True)(report_cmd.report)
-app.command("track", no_args_is_help=True)(__import__("wciaudit.cli.track", fromlist=["track"]).track)
+app.command("track", no_args_is_help=True)(track_cmd.track)
 
 
 def _version(value: bool) -> None:

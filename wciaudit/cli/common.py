@@ -1,4 +1,4 @@
-"""What every command shares: option aliases, the error map, consoles and progress bars."""
+"""What every command shares: the consoles, the error map, the output check, progress bars."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..errors import WCIAuditError
+from ..errors import ConfigError, WCIAuditError
+from ..formatting import one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,14 +27,9 @@ err = Console(stderr=True, highlight=False)
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No summary and no progress bars; errors still go to stderr.")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Where to write the JSON result (default: <checkpoint name>.wciaudit.json in the current folder).", dir_okay=False)]
-HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also write the self-contained HTML report here.", dir_okay=False)]
-
-
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print one line on stderr and return the Exit to raise."""
-    err.print(f"wciaudit: error: {_one_line(message)}", markup=False, soft_wrap=True)
+    err.print(f"wciaudit: error: {one_line(message)}", markup=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -92,8 +88,12 @@ def _exit_for(exc: BaseException) -> typer.Exit:
     return fail(f"internal error ({name}: {exc}); set WCIAUDIT_DEBUG=1 for a traceback", EXIT_INTERNAL)
 
 
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
+def check_output_folders(*paths: Path | None) -> None:
+    """Outputs go only into folders that exist: checked before any work, so that a typo
+    in ``--json``/``--html``/``-o`` does not cost a scan (exit 2)."""
+    for path in paths:
+        if path is not None and not path.parent.is_dir():
+            raise ConfigError(f"output folder does not exist: {path.parent}")
 
 
 @contextmanager

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ConfigError
 from ..result import AuditResult
-from .common import QuietOpt, handle_errors, out
+from .common import check_output_folders, handle_errors, out
+from .options import QuietOpt
 
 
 @handle_errors
@@ -30,8 +30,7 @@ def report(
     from ..report import write_report
 
     loaded = [AuditResult.load(p) for p in results]
-    if not output.parent.is_dir():
-        raise ConfigError(f"output folder does not exist: {output.parent}")
+    check_output_folders(output)
     written = write_report(loaded, output)
     if not quiet:
         out.print(f"wrote {written}", markup=False, highlight=False)

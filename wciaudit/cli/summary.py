@@ -5,18 +5,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ..config import format_eps
+from ..formatting import fmt_estimate, format_eps
 from ..result import AuditResult
 
 
-def fmt(value: float | None, se: float | None = None, digits: int = 4) -> str:
-    """A figure with its standard error, ``-`` where it could not be measured."""
-    if value is None:
-        return "-"
-    text = f"{value:.{digits}g}"
-    if se:
-        text += f" ± {se:.2g}"
-    return text
+def fmt(value: float | None, se: float | None = None) -> str:
+    """A figure with its standard error (none shown when 0), ``-`` where not measured."""
+    return fmt_estimate(value, se or None, missing="-")
 
 
 def print_summary(result: AuditResult, console: Console) -> None:

@@ -1,0 +1,261 @@
+"""Result(s) -> one self-contained HTML report: one result, or several compared.
+
+The page carries plotly.js inline once, the figures as one JSON blob, CSS and a few
+lines of vanilla JS for the layer table; it makes no request when opened.
+
+Example:
+    >>> from wciaudit.result import AuditResult
+    >>> html = render_report([AuditResult()])
+    >>> html.startswith("<!DOCTYPE html>")
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..formatting import format_eps, shorten
+from ..gate import GateCheck
+from ..result import AuditResult, LayerResult, write_atomic
+from ..track.result import figure_of
+from .charts import (
+    PALETTE,
+    bound_figure,
+    comparison_terms_figure,
+    convergence_figure,
+    layers_figure,
+)
+from .html import render_page
+
+__all__ = ["render_report", "write_report"]
+
+#: hutchinson layers whose convergence is drawn (largest WCI terms first)
+CONVERGENCE_LAYERS = 4
+#: metadata values longer than this are cut in the header (the JSON keeps them whole)
+MAX_META_CHARS = 300
+#: rows of the "layers that differ most" table
+MAX_DIFF_ROWS = 15
+#: (label, figure, lower is better) of the comparison table
+COMPARED = (
+    ("WCI", "wci", True),
+    ("PAC-Bayes bound at c*", "bound", True),
+    ("robust gap (loss)", "gap_loss", True),
+    ("robust gap (error)", "gap_err", True),
+    ("robust acc, test", "robust_acc_test", False),
+    ("clean acc, test", "clean_acc_test", False),
+    ("robust acc, train", "robust_acc_train", False),
+    ("clean acc, train", "clean_acc_train", False),
+)
+
+_TEMPLATE = "report.html.j2"
+
+
+def render_report(results: Sequence[AuditResult]) -> str:
+    """Render one or more audit results as a self-contained HTML page.
+
+    Args:
+        results: one result (the single report) or several (adds a comparison view,
+            the first result being the reference the differences are taken against).
+
+    Returns:
+        The HTML text, plotly.js inlined once.
+
+    Raises:
+        ConfigError: if ``results`` is empty.
+    """
+    results = list(results)
+    if not results:
+        raise ConfigError("the report needs at least one result")
+
+    sections = [_section(i, r) for i, r in enumerate(results)]
+    figures: dict[str, Any] = {}
+    for s in sections:
+        figures.update(s.pop("figures"))
+    comparison = _comparison(results, sections) if len(results) > 1 else None
+    if comparison is not None:
+        figures.update(comparison.pop("figures"))
+    return render_page(
+        _TEMPLATE,
+        figures,
+        title=_page_title(results),
+        sections=sections,
+        comparison=comparison,
+        tool_version=results[0].tool_version,
+    )
+
+
+def write_report(results: Sequence[AuditResult], path: str | os.PathLike[str]) -> Path:
+    """Render ``results`` and write the page atomically to ``path``.
+
+    A failing render leaves no file behind and an existing file untouched.
+    """
+    text = render_report(results)
+    return write_atomic(path, text)
+
+
+# -- one result ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _LayerRow:
+    """One row of the layer table: the layer, its index and its share of WCI."""
+
+    index: int
+    layer: LayerResult
+    share: float | None
+
+    @property
+    def shape(self) -> str:
+        return "×".join(str(s) for s in self.layer.shape)
+
+    @property
+    def numel(self) -> int:
+        return int(self.layer.numel)
+
+    @property
+    def probes(self) -> str:
+        return str(self.layer.probes)
+
+    def __getattr__(self, name: str) -> Any:
+        # name, frob_norm, trace, trace_se, method, wci_term, wci_term_se, flag, stop_reason
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.layer, name)
+
+
+def _page_title(results: list[AuditResult]) -> str:
+    names = [_file_name(r) for r in results]
+    if len(names) == 1:
+        return f"wciaudit report: {names[0]}"
+    return "wciaudit comparison: " + " vs ".join(names)
+
+
+def _file_name(result: AuditResult) -> str:
+    path = result.checkpoint.path or "(unnamed checkpoint)"
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or path
+
+
+def _section(index: int, result: AuditResult) -> dict[str, Any]:
+    """Everything the template shows for one result, plus its figures (by div id)."""
+    prefix = f"r{index}"
+    cfg = result.config or {}
+    wci = result.wci
+    rows = [
+        _LayerRow(i, la, la.wci_term / wci if la.wci_term is not None and wci else None)
+        for i, la in enumerate(result.layers)
+    ]
+    hutch = sorted((la for la in result.layers if la.history), key=lambda la: -(la.wci_term or 0.0))
+    top = hutch[:CONVERGENCE_LAYERS]
+    figures: dict[str, Any] = {}
+    if result.layers:
+        figures[f"{prefix}-layers"] = layers_figure(result)
+    bound_curve = bound_figure(result)
+    if bound_curve is not None:
+        figures[f"{prefix}-bound"] = bound_curve
+    if top:
+        figures[f"{prefix}-conv"] = convergence_figure(top)
+    eps = cfg.get("eps")
+    metadata = sorted((result.checkpoint.metadata or {}).items(), key=lambda kv: str(kv[0]))
+    return {
+        "index": index,
+        "id": prefix,
+        "colour": PALETTE[index % len(PALETTE)],
+        "name": _file_name(result),
+        "r": result,
+        "cfg": cfg,
+        "eps_text": format_eps(float(eps)) if isinstance(eps, (int, float)) else "–",
+        "metadata": [(str(k), shorten(str(v), MAX_META_CHARS)) for k, v in metadata],
+        "rows": rows,
+        "flagged": [r for r in rows if r.flag],
+        "top_layers": [la.name for la in top],
+        "hutchinson_count": len(hutch),
+        "exact_layers": [
+            la.name for la in result.layers if not la.history and la.trace is not None
+        ],
+        "checks": [GateCheck.from_dict(c).row() for c in result.gate.checks],
+        "sqrt_term": _sqrt_term(result),
+        "timings": _timings(result),
+        "has_layers": f"{prefix}-layers" in figures,
+        "has_bound": f"{prefix}-bound" in figures,
+        "has_conv": f"{prefix}-conv" in figures,
+        "figures": figures,
+    }
+
+
+def _sqrt_term(result: AuditResult) -> float | None:
+    pb = result.pac_bayes
+    if pb.kl_term is None or pb.confidence_term is None or not pb.m:
+        return None
+    return math.sqrt((pb.kl_term + pb.confidence_term) / (2.0 * pb.m))
+
+
+def _timings(result: AuditResult) -> list[tuple[str, float]]:
+    t = result.timings
+    stages = [
+        ("load", t.load_s),
+        ("data", t.data_s),
+        ("attack", t.attack_s),
+        ("evaluation", t.eval_s),
+        ("curvature", t.trace_s),
+        ("total", t.total_s),
+    ]
+    return [(name, value) for name, value in stages if value or name == "total"]
+
+
+# -- several results -----------------------------------------------------------------------
+def _comparison(results: list[AuditResult], sections: list[dict[str, Any]]) -> dict[str, Any]:
+    """Key figures side by side, per-layer WCI terms overlaid, the largest differences."""
+    names = [s["name"] for s in sections]
+    order = list(dict.fromkeys(la.name for r in results for la in r.layers))
+    terms = [{la.name: la.wci_term for la in r.layers} for r in results]
+    diffs = _layer_differences(order, terms)
+    return {
+        "names": names,
+        "colours": [s["colour"] for s in sections],
+        "summary": [_summary_row(results, *compared) for compared in COMPARED],
+        "diffs": diffs[:MAX_DIFF_ROWS],
+        "n_layers": len(order),
+        "missing": [d["name"] for d in diffs if d["missing"]],
+        "figures": {"cmp-terms": comparison_terms_figure(names, order, terms)},
+    }
+
+
+def _summary_row(
+    results: list[AuditResult], label: str, key: str, lower_is_better: bool
+) -> dict[str, Any]:
+    """One figure of every result, with its difference from the first."""
+    values = [figure_of(r, key) for r in results]
+    ref = values[0]
+    cells = []
+    for v in values:
+        diff = None if v is None or ref is None else v - ref
+        rel = None if diff is None or not ref else diff / abs(ref)
+        better = None if diff is None or diff == 0 else (diff < 0) == lower_is_better
+        cells.append({"value": v, "diff": diff, "rel": rel, "better": better})
+    pct = key.endswith("acc_test") or key.endswith("acc_train") or key == "gap_err"
+    return {"label": label, "pct": pct, "cells": cells}
+
+
+def _layer_differences(
+    order: list[str], terms: list[dict[str, float | None]]
+) -> list[dict[str, Any]]:
+    """Per layer: its WCI terms across results and their spread, largest spread first."""
+    diffs = []
+    for n in order:
+        values = [t.get(n) for t in terms]
+        present = [v for v in values if v is not None]
+        diffs.append(
+            {
+                "name": n,
+                "terms": values,
+                "spread": max(present) - min(present) if len(present) > 1 else None,
+                "missing": any(n not in t for t in terms),
+                "ref": terms[0].get(n),
+            }
+        )
+    diffs.sort(key=lambda d: -(d["spread"] or 0.0))
+    return diffs

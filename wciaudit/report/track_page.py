@@ -1,0 +1,346 @@
+"""A tracked run -> one self-contained HTML page: curves, rank correlations, checkpoints.
+
+The page extends the same base template as the single report (one copy of the CSS,
+the header, the footer and the figure script) and draws its charts with the same
+palette and layout (:mod:`.charts`).
+
+Example:
+    >>> from wciaudit.track import TrackResult
+    >>> render_track(TrackResult()).startswith("<!DOCTYPE html>")
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..formatting import fmt_num, fmt_signed, format_eps, svg_text
+from ..result import write_atomic
+from ..stats import tau_null_sd
+from ..track.result import MEASURES, TARGETS, TrackResult, figure_of
+from .charts import PALETTE, axis, base_layout
+from .html import render_page
+
+__all__ = ["render_track", "write_track_page"]
+
+_TEMPLATE = "track.html.j2"
+#: (marker key, label, colour) of the dotted epoch lines on every curve
+_MARKERS = (
+    ("best_robust_test_loss", "lowest robust test loss", PALETTE[3]),
+    ("wci_peak", "WCI peak", PALETTE[4]),
+)
+
+
+def render_track(result: TrackResult, title: str | None = None) -> str:
+    """The run as one self-contained HTML page (plotly.js inline, no network request).
+
+    Every string from a file name, metadata or the user is autoescaped by jinja2; the
+    figure JSON has ``<``, ``>`` and ``&`` escaped so that it cannot end its ``<script>``.
+    """
+    series = result.series()
+    markers = result.markers()
+    return render_page(
+        _TEMPLATE,
+        _figures(result, series, markers),
+        title=title or f"WCI track: {_run_name(result)}",
+        run=result,
+        rows=_rows(result),
+        markers=markers,
+        correlations=_correlation_rows(result),
+        verdicts=_verdicts(result),
+        tau_null_sd=tau_null_sd(len(result.entries)),
+        settings=_settings_rows(result),
+        tool_version=result.tool_version,
+    )
+
+
+def write_track_page(
+    result: TrackResult, path: str | os.PathLike[str], title: str | None = None
+) -> Path:
+    """Render the page and write it atomically."""
+    return write_atomic(path, render_track(result, title))
+
+
+# -- tables and sentences ------------------------------------------------------------------
+def _run_name(result: TrackResult) -> str:
+    if not result.entries:
+        return "empty run"
+    parents = {Path(e.path).parent.name for e in result.entries}
+    if len(parents) == 1 and "" not in parents:
+        return parents.pop()
+    return Path(result.entries[0].path).name
+
+
+def _rows(result: TrackResult) -> list[dict[str, Any]]:
+    rows = []
+    for e in result.entries:
+        r = e.result
+        figures = (
+            "wci",
+            "wci_se",
+            "sum_frob_sq",
+            "sum_trace",
+            "gap_loss",
+            "gap_err",
+            "robust_acc_test",
+            "robust_loss_test",
+            "bound",
+        )
+        row = {
+            "epoch": e.epoch,
+            "name": Path(e.path).name,
+            "sha": e.sha256[:12],
+            "cached": e.cached,
+        }
+        row.update({key: figure_of(r, key) for key in figures})
+        row["flags"] = sum(1 for la in r.layers if la.flag)
+        rows.append(row)
+    return rows
+
+
+def _correlation_rows(result: TrackResult) -> list[dict[str, Any]]:
+    return [
+        {"measure": m, "label": label, **{t: result.correlation(m, t) for t in TARGETS}}
+        for m, label in MEASURES.items()
+    ]
+
+
+def _verdicts(result: TrackResult) -> list[str]:
+    """One plain sentence per gap: does WCI rank the checkpoints like the gap, and
+    better than either ablation? Stated with the n it rests on."""
+    out = []
+    sd = tau_null_sd(len(result.entries))
+    for t in TARGETS:
+        w = result.correlation("wci", t)
+        if w is None or w.kendall_tau is None:
+            continue
+        others = []
+        for m in ("sum_frob_sq", "sum_trace"):
+            c = result.correlation(m, t)
+            if c is not None and c.kendall_tau is not None:
+                rel = (
+                    "above"
+                    if w.kendall_tau > c.kendall_tau
+                    else ("below" if w.kendall_tau < c.kendall_tau else "equal to")
+                )
+                others.append(f"{rel} {MEASURES[m]} ({c.kendall_tau:+.2f})")
+        text = (
+            f"WCI vs {t}: Kendall tau {w.kendall_tau:+.2f}, Spearman rho "
+            f"{fmt_signed(w.spearman_rho, 2)} over n = {w.n} checkpoints"
+        )
+        if others:
+            text += "; WCI's tau is " + " and ".join(others)
+        if sd is not None:
+            text += (
+                f". With no association tau would scatter with SD {sd:.2f} at this n, "
+                "so smaller differences are noise."
+            )
+        out.append(text)
+    return out
+
+
+def _settings_rows(result: TrackResult) -> list[tuple[str, str]]:
+    s = result.settings
+    cfg = s.get("config", {})
+    arch = s.get("arch") or {}
+    return [
+        ("data", str((s.get("data") or {}).get("spec") or "the dataset each checkpoint names")),
+        (
+            "arch",
+            str(
+                arch.get("spec")
+                or arch.get("class")
+                or ("a models.py file" if arch else "from the checkpoints")
+            ),
+        ),
+        (
+            "attack",
+            f"{cfg.get('attack')} {cfg.get('norm')} eps={format_eps(cfg.get('eps', 0.0))}, "
+            f"K={cfg.get('steps')}, alpha={fmt_num(cfg.get('step_size'))}, "
+            f"restarts={cfg.get('restarts')}",
+        ),
+        (
+            "samples",
+            f"train {cfg.get('train_samples') or 'all'}, "
+            f"test {cfg.get('test_samples') or 'all'}, Hessian {cfg.get('hessian_samples')}",
+        ),
+        (
+            "curvature",
+            f"{cfg.get('curvature')}, tol {cfg.get('tol')}, max probes {cfg.get('max_probes')}",
+        ),
+        ("seed / device", f"{cfg.get('seed')} / {cfg.get('device')} {cfg.get('dtype')}"),
+        ("epoch axis", result.epoch_source),
+        (
+            "cache",
+            f"{result.cache_dir or 'off'} ({result.scanned} scanned now, "
+            f"{len(result.entries) - result.scanned} from the cache)",
+        ),
+    ]
+
+
+# -- the curves ----------------------------------------------------------------------------
+class _Curves:
+    """Builds the run's curves: one x axis (epochs), the markers on every chart."""
+
+    def __init__(self, result: TrackResult, series: dict[str, list[Any]], markers: dict[str, Any]):
+        self.x = series["epoch"]
+        self.hover = [svg_text(n) for n in series["checkpoint"]]
+        self.epoch_source = result.epoch_source
+        self.shapes, self.notes = [], []
+        for key, label, colour in _MARKERS:
+            m = markers.get(key)
+            if m is None:
+                continue
+            self.shapes.append(
+                {
+                    "type": "line",
+                    "xref": "x",
+                    "yref": "paper",
+                    "x0": m["epoch"],
+                    "x1": m["epoch"],
+                    "y0": 0,
+                    "y1": 1,
+                    "line": {"color": colour, "dash": "dot", "width": 2},
+                }
+            )
+            self.notes.append(
+                {
+                    "xref": "x",
+                    "yref": "paper",
+                    "x": m["epoch"],
+                    "y": 1.0,
+                    "yanchor": "bottom",
+                    "text": label,
+                    "showarrow": False,
+                    "font": {"color": colour, "size": 11},
+                }
+            )
+
+    def layout(self, title: str, ytitle: str, **extra: Any) -> dict[str, Any]:
+        layout = base_layout(
+            title={"text": title, "font": {"size": 14}},
+            xaxis=axis(title={"text": f"epoch ({self.epoch_source})"}, zeroline=False),
+            yaxis=axis(title={"text": ytitle}, zeroline=False),
+            margin={"l": 60, "r": 60, "t": 50, "b": 50},
+            legend={"orientation": "h", "y": -0.25},
+            shapes=self.shapes,
+            annotations=self.notes,
+            hovermode="x unified",
+        )
+        layout.update(extra)
+        return layout
+
+    def line(
+        self, name: str, y: list[Any], colour: str, se: list[Any] | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        trace = {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": name,
+            "x": self.x,
+            "y": y,
+            "text": self.hover,
+            "line": {"color": colour},
+            "marker": {"color": colour},
+        }
+        if se is not None and any(v for v in se if v is not None):
+            trace["error_y"] = {"type": "data", "array": [v or 0 for v in se], "visible": True}
+        trace.update(extra)
+        return trace
+
+    def dashed(self, name: str, y: list[Any], colour: str) -> dict[str, Any]:
+        return self.line(name, y, colour, line={"color": colour, "dash": "dash"})
+
+
+def _figures(
+    result: TrackResult, s: dict[str, list[Any]], markers: dict[str, Any]
+) -> dict[str, Any]:
+    """Every chart of the page, keyed by the id of its ``<div>``."""
+    c = _Curves(result, s, markers)
+    blue, orange, green, red, pink = PALETTE[0], PALETTE[1], PALETTE[2], PALETTE[3], PALETTE[4]
+    gap_err_axis = axis(title={"text": "gap_err"}, overlaying="y", side="right", zeroline=False)
+    figs: dict[str, Any] = {
+        "fig-wci": {
+            "data": [c.line("WCI ± SE", s["wci"], blue, s["wci_se"])],
+            "layout": c.layout("Weight-Curvature Index", "WCI"),
+        },
+        "fig-gap": {
+            "data": [
+                c.line("gap_loss = L_adv(T) - L_adv(S)", s["gap_loss"], red, s["gap_loss_se"]),
+                c.line(
+                    "gap_err = acc_adv(S) - acc_adv(T)",
+                    s["gap_err"],
+                    orange,
+                    s["gap_err_se"],
+                    yaxis="y2",
+                ),
+            ],
+            "layout": c.layout("Robust generalization gap", "gap_loss", yaxis2=gap_err_axis),
+        },
+        "fig-acc": {
+            "data": [
+                c.line("robust train", s["robust_acc_train"], blue),
+                c.line("robust test", s["robust_acc_test"], red),
+                c.dashed("clean train", s["clean_acc_train"], blue),
+                c.dashed("clean test", s["clean_acc_test"], red),
+            ],
+            "layout": c.layout(
+                "Accuracy", "accuracy", yaxis=axis(title={"text": "accuracy"}, tickformat=".0%")
+            ),
+        },
+        "fig-loss": {
+            "data": [
+                c.line("robust loss train L_adv(S)", s["robust_loss_train"], blue),
+                c.line("robust loss test L_adv(T)", s["robust_loss_test"], red),
+                c.line("PAC-Bayes bound (2nd order, c*)", s["bound"], green),
+            ],
+            "layout": c.layout("Robust loss and the bound", "cross-entropy"),
+        },
+        "fig-ablation": {
+            "data": [
+                c.line("WCI", _scaled(s["wci"]), blue),
+                c.line("sum ||W||_F^2", _scaled(s["sum_frob_sq"]), orange),
+                c.line("sum Tr(H)", _scaled(s["sum_trace"]), green),
+                c.dashed("gap_loss", _scaled(s["gap_loss"]), red),
+                c.dashed("gap_err", _scaled(s["gap_err"]), pink),
+            ],
+            "layout": c.layout(
+                "WCI, its ablations and the gaps, each scaled to [0, 1]", "scaled (min 0, max 1)"
+            ),
+        },
+    }
+    names, rows = result.layer_terms()
+    figs["fig-layers"] = {
+        "data": [
+            {
+                "type": "heatmap",
+                "x": c.x,
+                "y": [svg_text(n) for n in names],
+                "z": rows,
+                "colorscale": "Viridis",
+                "colorbar": {"title": {"text": "||W||·sqrt(Tr H)"}},
+                "hovertemplate": "epoch %{x}<br>%{y}<br>term %{z:.4g}<extra></extra>",
+            }
+        ],
+        "layout": c.layout(
+            "Per-layer WCI terms ||W_k||_F sqrt(Tr H_k)",
+            "layer",
+            yaxis=axis(autorange="reversed"),
+            hovermode="closest",
+            height=max(320, 60 + 28 * len(names)),
+        ),
+    }
+    return figs
+
+
+def _scaled(values: list[Any]) -> list[float | None]:
+    """Min-max scaling to [0, 1] (0.5 for a constant series), None kept."""
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    if not known:
+        return [None] * len(values)
+    lo, hi = min(known), max(known)
+    span = hi - lo
+    return [None if v is None else (0.5 if span == 0 else (v - lo) / span) for v in values]

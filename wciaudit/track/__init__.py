@@ -1,0 +1,30 @@
+"""Track a training run: every checkpoint scanned, ordered by epoch, WCI set against the gap.
+
+- :mod:`.files`: find a run's checkpoints, read their epoch, order and hash them;
+- :mod:`.cache`: one cached result per checkpoint and settings;
+- :mod:`.result`: :class:`TrackResult`, its series, correlations and markers;
+- :mod:`.run`: :func:`track`, which ties them together.
+
+The page is drawn by :func:`wciaudit.report.render_track`; the rank statistics are
+:mod:`wciaudit.stats`.
+"""
+
+from .cache import CACHE_DIR_NAME
+from .files import CHECKPOINT_SUFFIXES, RunCheckpoint, find_checkpoints, order_checkpoints
+from .result import MEASURES, TARGETS, Correlation, TrackEntry, TrackResult
+from .run import TrackProgress, track
+
+__all__ = [
+    "CACHE_DIR_NAME",
+    "CHECKPOINT_SUFFIXES",
+    "MEASURES",
+    "TARGETS",
+    "Correlation",
+    "RunCheckpoint",
+    "TrackEntry",
+    "TrackProgress",
+    "TrackResult",
+    "find_checkpoints",
+    "order_checkpoints",
+    "track",
+]

@@ -1,0 +1,113 @@
+"""The track cache: one AuditResult JSON per (checkpoint sha256, settings digest).
+
+Each scan is stored under a key made of the checkpoint's sha256 and a digest of every
+setting that changes the numbers, written atomically as soon as it is done. Re-running
+after a new epoch scans only the new file; an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..config import ScanConfig
+from ..errors import ConfigError
+from ..result import SCHEMA_VERSION, AuditResult
+from .files import RunCheckpoint
+
+#: default cache folder, inside the run folder
+CACHE_DIR_NAME = ".wciaudit-cache"
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """Digest of the settings that change a scan's numbers (canonical JSON, sha256)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def data_key(spec: str | None) -> dict[str, Any] | None:
+    """A data spec as a cache key: a named file or folder by its resolved path, plus
+    size and modification time for a file, so that a changed file is scanned again."""
+    if spec is None:
+        return None
+    p = Path(spec).expanduser()
+    if p.is_file():
+        st = p.stat()
+        return {"spec": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if p.is_dir():
+        return {"spec": str(p.resolve())}
+    return {"spec": spec}
+
+
+def arch_key(spec: str | None) -> dict[str, Any] | None:
+    """An arch spec as a cache key: a ``models.py[:Class]`` file by its content, so a
+    relative or absolute path to the same file gives the same key and an edited model
+    definition does not."""
+    if spec is None:
+        return None
+    path_text, _, class_name = (
+        spec.rpartition(":") if spec.count(":") and not Path(spec).is_file() else (spec, "", "")
+    )
+    p = Path(path_text).expanduser()
+    if path_text.endswith(".py") and p.is_file():
+        return {
+            "file_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+            "class": class_name or None,
+        }
+    return {"spec": spec}
+
+
+def cache_folder(
+    sources: Sequence[str | os.PathLike[str]],
+    ordered: list[RunCheckpoint],
+    cache_dir: str | os.PathLike[str] | None,
+) -> Path | None:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    first = Path(os.fspath(sources[0])).expanduser()
+    if first.is_dir() and not (first / "config.json").is_file():
+        return first / CACHE_DIR_NAME
+    return ordered[0].path.parent / CACHE_DIR_NAME if ordered else None
+
+
+def key_settings(
+    config: ScanConfig,
+    data: Any,
+    arch: str | None,
+    arch_args: Any,
+    num_classes: int | None,
+    mean: list[float] | None,
+    std: list[float] | None,
+) -> dict[str, Any]:
+    """Everything that changes a scan's numbers, as plain JSON."""
+    from ..model import resolve_device
+
+    cfg = config.to_dict()
+    cfg["device"] = resolve_device(config.device).type  # cpu and cuda differ in the last bits
+    data_text = None if data is None else os.fspath(data)
+    return {
+        "config": cfg,
+        "data": data_key(data_text),
+        "arch": arch_key(arch),
+        "arch_args": json.loads(arch_args) if isinstance(arch_args, str) else arch_args,
+        "num_classes": num_classes,
+        "mean": mean,
+        "std": std,
+        "tool_version": __version__,
+        "result_schema_version": SCHEMA_VERSION,
+    }
+
+
+def read_cache(path: Path) -> AuditResult | None:
+    """A cached result, or None when absent or unreadable (it is then scanned again)."""
+    if not path.is_file():
+        return None
+    try:
+        return AuditResult.load(path)
+    except ConfigError:
+        return None

@@ -1,0 +1,141 @@
+"""Track a training run: scan every checkpoint, order by epoch, relate WCI to the robust gap.
+
+The paper's central observation (Xu & Zhang, arXiv 2410.07719) is that the
+Weight-Curvature Index moves with the robust generalization gap over training, i.e.
+with robust overfitting. :func:`track` scans every checkpoint of a run with one data
+set and one :class:`~wciaudit.config.ScanConfig` (through a cache, :mod:`.cache`),
+orders them by epoch (:mod:`.files`) and returns a :class:`~.result.TrackResult`.
+
+Example:
+    >>> t = track(["sample_models/run_digits_cnn"], "sample", eps="0.1",
+    ...           arch="sample_models/digits_cnn.py", train_samples=300)  # doctest: +SKIP
+    >>> t.correlation("wci", "gap_loss").kendall_tau  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+from ..config import ScanConfig
+from ..errors import ConfigError
+from ..result import write_atomic
+from ..scan import scan
+from .cache import cache_folder, key_settings, read_cache, settings_digest
+from .files import checkpoint_sha256, find_checkpoints, order_checkpoints
+from .result import MEASURES, TARGETS, TrackEntry, TrackResult, correlate
+
+#: progress(stage, advance, total): stage "checkpoints" after each checkpoint (done or
+#: read from the cache), then the stages of :func:`wciaudit.scan` for the one running
+TrackProgress = Callable[[str, int, "int | None"], None]
+
+
+def track(
+    sources: Sequence[str | os.PathLike[str]],
+    data: str | os.PathLike[str] | None = None,
+    *,
+    config: ScanConfig | None = None,
+    arch: str | None = None,
+    arch_args: dict[str, Any] | str | None = None,
+    num_classes: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    progress: TrackProgress | None = None,
+    **settings: Any,
+) -> TrackResult:
+    """Scan every checkpoint of a training run with the same data and settings.
+
+    Args:
+        sources: run folders, glob patterns or checkpoint paths (:func:`find_checkpoints`).
+        data: as for :func:`wciaudit.scan` (``None``: each checkpoint's named dataset).
+        config: the scan settings, or pass them as keyword ``settings`` (``eps="0.1"``).
+        arch, arch_args, num_classes, mean, std: checkpoint loading options.
+        cache_dir: where the per-checkpoint results live (default: ``.wciaudit-cache``
+            inside the run folder, or beside the first checkpoint).
+        use_cache: False scans everything again (and refreshes the cache).
+        progress: ``progress(stage, advance, total)``, see :data:`TrackProgress`.
+
+    Returns:
+        The :class:`TrackResult`, entries in epoch order.
+
+    Raises:
+        ConfigError, CheckpointError, DataError: with a one-line message. Checkpoints
+        scanned before the failure stay in the cache.
+    """
+    config = _settings_config(config, settings)
+    ordered = order_checkpoints(find_checkpoints(sources))
+    cache = cache_folder(sources, ordered, cache_dir)
+    key = key_settings(config, data, arch, arch_args, num_classes, mean, std)
+    digest = settings_digest(key)
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the cache folder {cache}: {exc.strerror or exc}"
+            ) from None
+
+    out = TrackResult(
+        epoch_source=ordered[0].epoch_source if ordered else "",
+        settings=key,
+        cache_dir=str(cache) if cache is not None else None,
+    )
+    for item in ordered:
+        sha = checkpoint_sha256(item.path)
+        cache_file = cache / f"{sha[:24]}-{digest[:16]}.json" if cache is not None else None
+        result = read_cache(cache_file) if use_cache and cache_file is not None else None
+        cached = result is not None
+        if result is None:
+            result = scan(
+                str(item.path),
+                data,
+                config=config,
+                arch=arch,
+                arch_args=arch_args,
+                num_classes=num_classes,
+                mean=mean,
+                std=std,
+                progress=progress,
+            )
+            if cache_file is not None:
+                write_atomic(cache_file, result.to_json())
+        result.checkpoint.path = str(item.path)
+        out.entries.append(TrackEntry(item.epoch, str(item.path), sha, cached, result))
+        if progress is not None:
+            progress("checkpoints", 1, len(ordered))
+    _correlate_run(out)
+    return out
+
+
+def _settings_config(config: ScanConfig | None, settings: dict[str, Any]) -> ScanConfig:
+    """``config`` with keyword ``settings`` on top, or a ScanConfig made of them."""
+    if config is not None:
+        return config.with_(**settings) if settings else config
+    known = {f.name for f in fields(ScanConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return ScanConfig(**settings)
+
+
+def _correlate_run(out: TrackResult) -> None:
+    """Fill in the correlations of every measure with every gap, and notes on what is missing."""
+    series = out.series()
+    out.correlations = [correlate(series, m, t) for m in MEASURES for t in TARGETS]
+    if len(out.entries) < 3:
+        out.notes.append(f"{len(out.entries)} checkpoint(s): rank correlations need at least 3")
+    coefficients = any(c.kendall_tau is not None for c in out.correlations)
+    if coefficients and all(c.kendall_p is None for c in out.correlations):
+        out.notes.append(
+            "p-values need scipy (pip install 'wciaudit[stats]'); the coefficients do not"
+        )
+    if out.entries and all(e.result.metrics.gap_loss is None for e in out.entries):
+        out.notes.append(
+            "no robust gap was measured (the data has one split?): nothing to correlate with"
+        )
