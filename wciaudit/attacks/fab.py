@@ -140,7 +140,9 @@ def project_onto_hyperplane(
         cap = torch.where(nonzero, room / torch.where(nonzero, s.abs(), 1.0), 0.0)
         direction = s
     tau = _water_level(weight, cap, gap)
-    return direction * torch.minimum(tau[:, None], cap)
+    d = direction * torch.minimum(tau[:, None], cap)
+    # room / |w| * |w| can round past the face
+    return torch.minimum(torch.maximum(d, lo - t), hi - t)
 
 
 def _boundary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor):
