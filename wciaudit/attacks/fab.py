@@ -207,6 +207,7 @@ def fab_targeted(
     lo: float = 0.0,
     hi: float = 1.0,
     index_offset: int = 0,
+    indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FAB-T at AutoAttack's settings (the defaults): misclassified points within eps.
 
@@ -222,7 +223,8 @@ def fab_targeted(
         restarts: runs per target class; the first starts at x, others at random.
         seed: seeds the random starts, together with each example's global index.
         lo, hi: the data range; every point stays inside it.
-        index_offset: global index of ``x[0]`` (for batch- and shard-independent starts).
+        index_offset: global index of ``x[0]``; or ``indices``, the global index of every
+            example (a subset of a split), for batch- and shard-independent starts.
 
     Returns:
         x_adv, shape of x, detached: for an example broken within eps, the closest
@@ -244,6 +246,8 @@ def fab_targeted(
     robust = logits.argmax(1) == y
     ranked = logits.argsort(dim=1, descending=True)
     index = torch.arange(x.shape[0]) + index_offset
+    if indices is not None:
+        index = torch.as_tensor(indices).cpu().long()
     for rank in range(1, min(n_target_classes, logits.shape[1] - 1) + 1):
         for restart in range(restarts):
             todo = robust.nonzero().flatten()

@@ -263,6 +263,7 @@ def square_attack(
     lo: float = 0.0,
     hi: float = 1.0,
     index_offset: int = 0,
+    indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Square Attack with the margin loss, untargeted; defaults are the paper's and AutoAttack's.
 
@@ -276,7 +277,8 @@ def square_attack(
         p_init: the fraction of the image the first windows cover.
         seed: seeds every random draw, together with each example's global index.
         lo, hi: the data range; every point stays inside it.
-        index_offset: global index of ``x[0]`` (for batch- and shard-independent draws).
+        index_offset: global index of ``x[0]``; or ``indices``, the global index of every
+            example (a subset of a split), for batch- and shard-independent draws.
 
     Returns:
         x_adv, shape of x, detached: for each example misclassified by the model (at the
@@ -297,6 +299,8 @@ def square_attack(
         return x_adv
     n, c, h, w = x.shape
     index = torch.arange(n) + index_offset
+    if indices is not None:
+        index = torch.as_tensor(indices).cpu().long()
 
     with torch.no_grad():
         todo = (model(x).argmax(1) == y).nonzero().flatten()
