@@ -25,10 +25,15 @@ DEFAULT_MEMORY_BYTES = 512 * 2**20
 
 
 class Attack(str, Enum):
-    """Attacks: PGD-K with random start, or FGSM (one step, alpha = eps, no random start)."""
+    """Attacks robust accuracy comes from: PGD-K with random start, FGSM (one step,
+    alpha = eps, no random start), APGD-CE (100 steps), APGD-T (DLR, 9 targets) or
+    the standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square)."""
 
     pgd = "pgd"
     fgsm = "fgsm"
+    apgd_ce = "apgd-ce"
+    apgd_t = "apgd-t"
+    autoattack = "autoattack"
 
 
 class Norm(str, Enum):
@@ -115,7 +120,9 @@ class ScanConfig:
 
     Attributes:
         eps: radius of the threat ball in raw input units (data range [lo, hi]).
-        attack: ``pgd`` or ``fgsm``.
+        attack: ``pgd``, ``fgsm``, ``apgd-ce``, ``apgd-t`` or ``autoattack``: where robust
+            accuracy comes from. The robust loss and the Hessian points come from the
+            loss-maximising attack: the attack itself for PGD / FGSM, else APGD-CE.
         norm: ``linf`` (default, SPEC) or ``l2``.
         steps: PGD iterations K (FGSM forces 1).
         step_size: PGD step alpha; ``None`` means 2.5 * eps / K (FGSM: eps).
@@ -134,6 +141,9 @@ class ScanConfig:
         curvature: ``auto``, ``hutchinson`` or ``ggn``.
         memory_bytes: budget for one chunk of per-example Jacobians; it decides which
             layers take the exact Gauss-Newton route (bytes).
+        masking_samples: test examples the gradient-masking checks run on (0: off).
+        attack_spread: re-attack the Hessian subset with a second seed and add the
+            traces' spread over the attack's random starts to their SE.
 
     ``eps`` and ``norm`` here are always set: :func:`wciaudit.scan` resolves an unset
     threat model (``eps=None`` / ``norm=None``) from the checkpoint's metadata before it
@@ -161,6 +171,8 @@ class ScanConfig:
     hi: float = 1.0
     curvature: CurvatureMethod = CurvatureMethod.auto
     memory_bytes: int = DEFAULT_MEMORY_BYTES
+    masking_samples: int = 64
+    attack_spread: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", parse_eps(self.eps))
@@ -186,6 +198,7 @@ class ScanConfig:
         _check_int("hessian_samples", self.hessian_samples, 1, 100_000_000)
         _check_int("batch_size", self.batch_size, 1, 1_000_000)
         _check_int("memory_bytes", self.memory_bytes, 1, 2**60)
+        _check_int("masking_samples", self.masking_samples, 0, 1_000_000_000)
         for name in ("train_samples", "test_samples"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, 1_000_000_000)

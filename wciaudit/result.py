@@ -103,6 +103,12 @@ class LayerResult:
     stop_reason: str | None = None
     # running estimate after each round of probes: [probes, mean, se]
     history: list[list[float]] = field(default_factory=list)
+    route_reason: str | None = None
+    # the parts of trace_se (added in quadrature) and the sources they cover
+    probe_se: float | None = None
+    sample_se: float | None = None
+    attack_se: float | None = None
+    se_covers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -128,6 +134,21 @@ class PacBayes:
         "Second-order PAC-Bayes approximation, not a certificate: the expansion keeps "
         "second-order terms only and c* is chosen after seeing the data."
     )
+    # ln C: the cross-entropy of a uniform guess; a bound above it says nothing
+    uniform_loss: float | None = None
+    vacuous: bool | None = None
+
+
+@dataclass
+class AttackInfo:
+    """Which attack produced which figure, and the gradient-masking checks."""
+
+    accuracy_from: str = ""
+    loss_from: str = ""
+    hessian_points_from: str = ""
+    # per split: how many examples each stage broke first ("clean": misclassified as is)
+    broken_by: dict[str, dict[str, int]] = field(default_factory=dict)
+    masking: dict[str, Any] | None = None
 
 
 @dataclass
@@ -176,6 +197,9 @@ class AuditResult:
     wci: float | None = None
     wci_se: float | None = None
     wci_se_method: str = "delta method from per-layer standard errors (independent probes)"
+    # per figure, the sources of variation its SE covers (SPEC: What an SE covers)
+    se_covers: dict[str, list[str]] = field(default_factory=dict)
+    attacks: AttackInfo = field(default_factory=AttackInfo)
     pac_bayes: PacBayes = field(default_factory=PacBayes)
     gate: Gate = field(default_factory=Gate)
     timings: Timings = field(default_factory=Timings)
@@ -226,6 +250,8 @@ class AuditResult:
                 wci=d.get("wci"),
                 wci_se=d.get("wci_se"),
                 wci_se_method=str(d.get("wci_se_method", "")),
+                se_covers={str(k): list(v) for k, v in (d.get("se_covers") or {}).items()},
+                attacks=_build(AttackInfo, d.get("attacks")),
                 pac_bayes=_build(PacBayes, d.get("pac_bayes")),
                 gate=_build(Gate, d.get("gate")),
                 timings=_build(Timings, d.get("timings")),

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import bounds
-from .attacks.pgd import attack_split
+from .attacks import AttackOutcome, masking_checks, run_attack
 from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
 from .checkpoints.precedence import FLAG
 from .config import DEFAULT_EPS, LoadOptions, Norm, ScanConfig, parse_eps, parse_norm
@@ -39,6 +39,7 @@ from .errors import CheckpointError, ConfigError
 from .metrics import per_example, robust_gap, split_figures
 from .model import AuditedModel, eval_mode, no_tf32, other_parameters, resolve_device, weight_layers
 from .result import (
+    AttackInfo,
     AuditResult,
     CheckpointInfo,
     DatasetInfo,
@@ -200,9 +201,12 @@ def _measure(
         if class_note:
             run.notes.append(class_note)
         with _timed(timings, "attack_s"):
-            adv = _attack(run, net, splits)
+            outcomes = _attack(run, net, splits)
+            result.attacks = _attack_info(run, outcomes)
+            result.attacks.masking = _masking(run, net, splits)
         with _timed(timings, "eval_s"):
-            result.metrics = _robust_figures(run, net, splits, adv)
+            result.metrics = _robust_figures(run, net, splits, outcomes)
+        adv = {split: outcome.x_loss for split, outcome in outcomes.items()}
         with _timed(timings, "trace_s"):
             subset = _hessian_subset(run, splits, adv)
             result.dataset.hessian_samples = subset.n
@@ -224,17 +228,17 @@ def _attack_shard(
     stream: int,
     offset: int,
     progress: Callable[..., None] | None,
-) -> torch.Tensor:
+) -> AttackOutcome:
     cfg = run.cfg.with_(batch_size=batch_size)
-    return attack_split(
+    return run_attack(
         net, x, y, cfg, run.device, stream=stream, index_offset=offset, progress=progress
     )
 
 
-def _attack(run: _Run, net: nn.Module, splits: Splits) -> dict[str, torch.Tensor]:
-    """Adversarial examples of this process's shard of each split; starts are seeded by
-    the global example index, so they do not depend on the shard or the batch size."""
-    adv: dict[str, torch.Tensor] = {}
+def _attack(run: _Run, net: nn.Module, splits: Splits) -> dict[str, AttackOutcome]:
+    """The attacks on this process's shard of each split; starts are seeded by the
+    global example index, so they do not depend on the shard or the batch size."""
+    outcomes: dict[str, AttackOutcome] = {}
     for split, stream in (("train", 0), ("test", 1)):
         x, y = _split(splits, split)
         if x is None or y is None:
@@ -250,8 +254,8 @@ def _attack(run: _Run, net: nn.Module, splits: Splits) -> dict[str, torch.Tensor
             offset=lo,
             progress=run.ticker(f"attack-{split}", hi - lo),
         )
-        adv[split] = run.batches.run(job)
-    return adv
+        outcomes[split] = run.batches.run(job)
+    return outcomes
 
 
 def _per_example(
@@ -261,20 +265,57 @@ def _per_example(
 
 
 def _robust_figures(
-    run: _Run, net: nn.Module, splits: Splits, adv: dict[str, torch.Tensor]
+    run: _Run, net: nn.Module, splits: Splits, outcomes: dict[str, AttackOutcome]
 ) -> Metrics:
     """Clean and robust loss and accuracy per split (per-example values gathered in
-    index order over processes), and the robust gap."""
+    index order over processes), and the robust gap. Robust accuracy is the chosen
+    attack's; the robust loss is at the loss-maximising attack's points."""
     figures = {}
-    for split, x_adv in adv.items():
+    for split, outcome in outcomes.items():
         x, y = _split(splits, split)
         lo, hi = run.shard.bounds(x.shape[0])
-        for kind, inputs in (("clean", x[lo:hi]), ("robust", x_adv)):
-            job = partial(_per_example, net=net, x=inputs, y=y[lo:hi], device=run.device)
-            losses, correct = run.batches.run(job)
-            gathered = run.shard.gather_cat(losses), run.shard.gather_cat(correct)
-            figures[f"{kind}_{split}"] = split_figures(*gathered)
+        job = partial(_per_example, net=net, x=x[lo:hi], y=y[lo:hi], device=run.device)
+        losses, correct = run.batches.run(job)
+        gather = run.shard.gather_cat
+        figures[f"clean_{split}"] = split_figures(gather(losses), gather(correct))
+        robust = gather(outcome.loss.double()), gather(outcome.correct.double())
+        figures[f"robust_{split}"] = split_figures(*robust)
     return _metrics(figures)
+
+
+def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
+    """Which attack gave which figure, and what broke the examples of each split."""
+    any_outcome = next(iter(outcomes.values()))
+    broken_by = {}
+    for split, outcome in outcomes.items():
+        codes = run.shard.gather_cat(outcome.broken_code)
+        gathered = AttackOutcome(
+            x_loss=outcome.x_loss, loss=outcome.loss, correct=codes < 0, broken_code=codes,
+            x_adv=outcome.x_adv, attack=outcome.attack, loss_attack=outcome.loss_attack,
+            stages=outcome.stages,
+        )
+        broken_by[split] = gathered.broken_counts()
+    return AttackInfo(
+        accuracy_from=any_outcome.attack,
+        loss_from=any_outcome.loss_attack,
+        hessian_points_from=any_outcome.loss_attack,
+        broken_by=broken_by,
+    )
+
+
+def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any] | None:
+    """The gradient-masking checks on a stratified subset of the test split (train
+    without one); None when switched off."""
+    if run.cfg.masking_samples == 0:
+        return None
+    x, y = _split(splits, "test" if splits.has_test else "train")
+    report = masking_checks(net, x, y, run.cfg, run.device, n=run.cfg.masking_samples)
+    if report.flagged:
+        failed = [c.name for c in report.checks if not c.passed]
+        run.notes.append(
+            "possible gradient masking: " + ", ".join(failed) + " (see attacks.masking)"
+        )
+    return report.to_dict()
 
 
 @dataclass(frozen=True)
