@@ -9,8 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 from reference import (
-    CalledTwice, ConvTied, FunctionalReuse, ParallelTied, SerialCalledTwice, TiedNet, UsedTwiceOneModule,
-    dense_ggn_traces, dense_traces,
+    CalledTwice,
+    ConvTied,
+    FunctionalReuse,
+    ParallelTied,
+    SerialCalledTwice,
+    TiedNet,
+    UsedTwiceOneModule,
+    dense_ggn_traces,
+    dense_traces,
 )
 from torch import nn
 
