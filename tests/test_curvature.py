@@ -140,7 +140,7 @@ def test_same_seed_same_estimate_other_seed_other_probes() -> None:
     assert a.trace != c.trace
 
 
-def test_float32_exact_route_on_a_timm_resnet() -> None:
+def test_exact_route_on_a_timm_resnet_in_float64() -> None:
     timm = pytest.importorskip("timm")
     model = timm.create_model("test_resnet", num_classes=3, in_chans=1).eval()
     with torch.no_grad():
