@@ -15,13 +15,17 @@ Engine:
   i.e. ``vmap`` over the backward), falling back to a loop where an op has no
   batching rule;
 - rounds: every layer first gets ``min_probes``; after each round a layer stops when
-  its relative standard error is <= ``tol`` (``stop_reason="tol"``) or at
-  ``max_probes`` (``"cap"``); the others get the probes their running variance says
+  its relative total standard error is <= ``tol`` (``stop_reason="tol"``), at
+  ``max_probes`` (``"cap"``), or when only the subset part is above ``tol``
+  (``"subset"``); the others get the probes their running variance says
   they need (at least half again what they have), so probes go where the error is.
 
-The estimate of a layer is the plain mean of all its probe values; its standard error
-is the sample sd / sqrt(n). Probes are drawn from a CPU generator seeded by
-(seed, layer index, round), so results do not depend on the device.
+The examples are split into random groups and each probe is one independent vector
+per group; the estimate is the sum over groups of the mean probe value, and its SE
+is Cochran's two-stage estimator (:func:`grouped_mean_and_se`): probe noise within
+groups, the Hessian subset's draw between them. Probes are drawn from a CPU generator
+seeded by (seed, layer index, round, group), so results do not depend on the device,
+the batch size or the number of processes.
 
 Example:
     >>> import torch
