@@ -69,3 +69,116 @@ class TiedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.b(torch.relu(self.a(x.flatten(1))))))
+
+
+def dense_ggn_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """Tr of the Gauss-Newton block mean_i J_i^T (diag p_i - p_i p_i^T) J_i, from dense
+    per-example Jacobians of the logits with respect to the (shared) weight tensor."""
+    out = {}
+    for name in names:
+        w0 = dict(model.named_parameters())[name].detach()
+        z = functional_call(model, {name: w0}, (x,)).detach()
+        p = torch.softmax(z, dim=1)
+        total = 0.0
+        for i in range(x.shape[0]):
+            jac = torch.func.jacrev(lambda w, i=i, name=name: functional_call(model, {name: w}, (x[i : i + 1],))[0])(w0)
+            j = jac.reshape(z.shape[1], -1)
+            g = torch.diag(p[i]) - torch.outer(p[i], p[i])
+            total += float((j.T @ g @ j).diagonal().sum().detach())
+        out[name] = total / x.shape[0]
+    return out
+
+
+class ParallelTied(nn.Module):
+    """One Linear weight assigned to two modules on parallel ReLU branches: the logits
+    stay piecewise linear in it, so its block is a Gauss-Newton block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = nn.Linear(6, 5, bias=False)
+        self.b = nn.Linear(6, 5, bias=False)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.head(torch.relu(self.a(x[:, :6])) + torch.relu(self.b(x[:, 6:])))
+
+
+class CalledTwice(nn.Module):
+    """One Linear module called twice per forward, on two parallel halves of the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.lin = nn.Linear(6, 4)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.head(torch.cat([torch.relu(self.lin(x[:, :6])), torch.relu(self.lin(x[:, 6:]))], 1))
+
+
+class TwiceInOneCall(nn.Linear):
+    """A Linear whose own forward uses its weight twice: a hook on the module sees one
+    call, the weight enters two products."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.in_features
+        return F.linear(x[..., :k], self.weight) + F.linear(x[..., k:], self.weight, self.bias)
+
+
+class UsedTwiceOneModule(nn.Module):
+    """A weight called twice by one module (:class:`TwiceInOneCall`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.lin = TwiceInOneCall(6, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.lin(x.flatten(1))))
+
+
+class FunctionalReuse(nn.Module):
+    """A module's weight also used by a functional call elsewhere (a tied head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.lin = nn.Linear(6, 4, bias=False)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.head(torch.relu(self.lin(x[:, :6])) + torch.relu(F.linear(x[:, 6:], self.lin.weight)))
+
+
+class SerialCalledTwice(nn.Module):
+    """One Linear module applied twice in series: the logits are quadratic in its weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.lin = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.lin(torch.relu(self.lin(x.flatten(1))))))
+
+
+class ConvTied(nn.Module):
+    """Two convolutions with other strides sharing one weight, on parallel branches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.c1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.c2 = nn.Conv2d(1, 3, 3, stride=2, padding=1)
+        self.c2.weight = self.c1.weight
+        self.head = nn.Linear(3 * 16 + 3 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([torch.relu(self.c1(x)).flatten(1), torch.relu(self.c2(x)).flatten(1)], 1))

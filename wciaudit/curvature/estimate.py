@@ -17,7 +17,8 @@ class TraceEstimate:
         probes: Rademacher probes averaged, or ``"exact"``.
         method: ``hutchinson`` or ``exact-ggn``.
         converged: relative SE <= tol (or exact).
-        stop_reason: ``exact``, ``tol`` or ``cap``.
+        stop_reason: ``exact``, ``tol``, ``cap`` or ``subset`` (probe part within tol,
+            the subset part alone above it).
         history: [probes, running mean, running SE] after each round.
         probe_se: the part of ``se`` from random probes or sampled labels.
         sample_se: the part of ``se`` from drawing the Hessian subset out of the split

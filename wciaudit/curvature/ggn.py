@@ -7,8 +7,8 @@ J_ik = dz_i / dW_k (C x n_k), the diagonal Hessian block splits as
     R_kk = (1/N) sum_i sum_c (p_ic - [y_i = c]) d^2 z_ic / dW_k^2.
 
 When the network is piecewise linear in W_k alone (ReLU, max-pool, eval-mode
-BatchNorm; no GELU/SiLU/softmax attention/LayerNorm after W_k, and W_k used once),
-d^2 z / dW_k^2 = 0 almost everywhere, so R_kk = 0 and
+BatchNorm; no GELU/SiLU/softmax attention/LayerNorm after W_k, and no path through
+two uses of W_k in series), d^2 z / dW_k^2 = 0 almost everywhere, so R_kk = 0 and
 
     Tr(H_kk) = (1/N) sum_i [ sum_c p_ic ||J_ic||^2 - ||p_i^T J_i||^2 ]
 
@@ -32,12 +32,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
+from torch.overrides import TorchFunctionMode
 
 from .estimate import TraceEstimate
 from .objective import Objective
@@ -91,100 +93,224 @@ def ggn_traces(
 ) -> list[TraceEstimate]:
     """Exact Tr(GGN_kk) per layer; equal to Tr(H_kk) where :func:`residual_vanishes` holds.
 
-    Linear and Conv2d layers (each called once per forward) take the fast route: C + 1
-    batched backward passes per batch (one per class, one for p^T z) with per-example
-    squared gradient norms formed from the layer's input and output gradient
-    (:func:`per_example_sq_norms`). Other layers take ``vmap(jacrev(...))`` over
-    examples, in chunks of ``memory_bytes``.
+    A weight used only by Linear and zero-padded Conv2d modules (one or several, each
+    called any number of times) takes the fast route: C + 1 batched backward passes
+    per batch (one per class, one for p^T z); every use's input and output gradient is
+    recorded, and the uses are summed per example before squaring, so tied weights get
+    ||sum_u dz/dW_u||^2, not sum_u ||dz/dW_u||^2 (:func:`per_example_sq_norms`). A weight
+    used any other way (a functional call, a transpose, another module type) takes
+    ``vmap(jacrev(...))`` over examples, in chunks of ``memory_bytes``, which sees every
+    use through ``functional_call``.
+
+    The trace is the mean over the n examples of per-example traces t_i; their spread
+    gives the SE of drawing the n examples out of the split's N
+    (``objective.n_population``): sqrt(1 - n/N) * sd(t) / sqrt(n), 0 when n = N.
 
     Returns:
-        One :class:`TraceEstimate` per layer (``method="exact-ggn"``, se 0), in order.
+        One :class:`TraceEstimate` per layer (``method="exact-ggn"``), in order.
     """
     names = list(objective.names if names is None else names)
-    modules = _hookable_modules(objective, names)
-    fast = [n for n in names if n in modules]
-    totals = {n: torch.zeros((), dtype=torch.float64) for n in names}
+    uses, why_not = _weight_uses(objective, names)
+    fast = [n for n in names if n in uses]
+    # per layer: [sum_i t_i, sum_i t_i^2] over this process's examples
+    totals: dict[str, torch.Tensor] = {n: torch.zeros(2, dtype=torch.float64) for n in names}
     if fast:
-        _ggn_by_backward(objective, {n: modules[n] for n in fast}, totals, progress)
-    slow = [n for n in names if n not in fast or totals[n] is None]
+        _ggn_by_backward(objective, {n: uses[n] for n in fast}, totals, progress)
+    slow = [n for n in names if n not in fast]
     if slow:
         _ggn_by_jacobians(objective, slow, totals, memory_bytes, progress)
     summed = objective.reduce(torch.stack([totals[n] for n in names]))
-    totals = dict(zip(names, summed, strict=True))
-    return [
-        TraceEstimate(
-            name=n, trace=float(totals[n]) / objective.n, se=0.0, probes="exact",
-            method="exact-ggn", converged=True, stop_reason="exact",
+    out = []
+    for n, (s1, s2) in zip(names, summed.tolist(), strict=True):
+        trace, sample_se, covers = subset_mean_and_se(s1, s2, objective.n, objective.n_population)
+        count = len(uses.get(n, ()))
+        reason = (
+            f"per-example gradients from layer hooks ({count} modules share the weight, summed per example)"
+            if count > 1 else "per-example gradients from layer hooks"
+        ) if n in uses else f"per-example Jacobians: {why_not[n]}"
+        out.append(
+            TraceEstimate(
+                name=n, trace=trace, se=sample_se, probes="exact", method="exact-ggn",
+                converged=True, stop_reason="exact", probe_se=0.0, sample_se=sample_se,
+                se_covers=covers, route_reason=reason,
+            )
         )
-        for n in names
-    ]
-
-
-def _hookable_modules(objective: Objective, names: list[str]) -> dict[str, nn.Module]:
-    wanted = set(names)
-    out = {}
-    for module_name, module in objective.model.named_modules():
-        pname = f"{module_name}.weight" if module_name else "weight"
-        if pname not in wanted:
-            continue
-        if isinstance(module, nn.Linear) or (
-            isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
-        ):
-            out[pname] = module
     return out
+
+
+def subset_mean_and_se(
+    s1: float, s2: float, n: int, n_population: int | None
+) -> tuple[float, float, tuple[str, ...]]:
+    """Mean of n per-example values from their sum and sum of squares, and the SE of a
+    simple random sample of n out of N: sqrt(1 - n/N) * sd / sqrt(n) (Cochran 1977, 2.8).
+
+    Returns:
+        (mean, se, covers): se is 0 and covers empty when the n examples are the whole
+        population (``n_population`` None or n).
+    """
+    mean = s1 / n
+    if n_population is None or n >= n_population or n < 2:
+        return mean, 0.0, ()
+    var = max(s2 - s1 * mean, 0.0) / (n - 1)
+    return mean, math.sqrt((1 - n / n_population) * var / n), ("hessian-subset",)
+
+
+def _is_hookable_module(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros")
+
+
+class _CountUses(TorchFunctionMode):
+    """Counts the torch calls that take each watched tensor as an argument."""
+
+    def __init__(self, watched: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.ids = {id(t): n for n, t in watched.items()}
+        self.counts = dict.fromkeys(watched, 0)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        for a in (*args, *kwargs.values()):
+            for t in a if isinstance(a, (list, tuple)) else (a,):
+                name = self.ids.get(id(t))
+                if name is not None:
+                    self.counts[name] += 1
+        return func(*args, **kwargs)
+
+
+def _weight_uses(objective: Objective, names: list[str]) -> tuple[dict[str, list[nn.Module]], dict[str, str]]:
+    """Per layer, the Linear / Conv2d modules that hold its weight (by tensor identity),
+    when every use of the weight in a forward pass is a call of one of them.
+
+    One forward on one example counts, per weight, the torch calls that take it as an
+    argument and the calls of the modules that hold it; the two must agree, or the
+    weight has a use the hooks do not see.
+
+    Returns:
+        (uses, why_not): modules per servable layer, and the reason for the others.
+    """
+    params = dict(objective.model.named_parameters())
+    by_id = {id(params[n]): n for n in names}
+    holders: dict[str, list[nn.Module]] = {n: [] for n in names}
+    why_not: dict[str, str] = {}
+    for module in objective.model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            n = by_id.get(id(p))
+            if n is None:
+                continue
+            if pname == "weight" and _is_hookable_module(module):
+                holders[n].append(module)
+            else:
+                why_not[n] = f"held by a {type(module).__name__} as '{pname}'"
+    for n in names:
+        mods = holders[n]
+        if n not in why_not and not mods:
+            why_not[n] = "no Linear or Conv2d module holds the weight"
+        elif n not in why_not and len({getattr(m, "groups", 1) for m in mods}) > 1:
+            why_not[n] = "convolutions with different groups share the weight"
+    candidates = [n for n in names if n not in why_not]
+    if candidates:
+        weights = objective.weights(requires_grad=False)
+        module_calls = dict.fromkeys(candidates, 0)
+        owner = {id(m): n for n in candidates for m in holders[n]}
+
+        def count(module: nn.Module, inputs: tuple) -> None:
+            module_calls[owner[id(module)]] += 1
+
+        handles = [m.register_forward_pre_hook(count) for n in candidates for m in holders[n]]
+        counter = _CountUses({n: weights[n] for n in candidates})
+        try:
+            with torch.no_grad(), counter:
+                objective.logits(weights, objective.x[:1].to(objective.device, objective.dtype))
+        finally:
+            for h in handles:
+                h.remove()
+        for n in candidates:
+            if counter.counts[n] != module_calls[n]:
+                why_not[n] = (
+                    f"the weight enters {counter.counts[n]} torch calls, {module_calls[n]} of them "
+                    "through Linear/Conv2d modules"
+                )
+    return {n: holders[n] for n in names if n not in why_not}, why_not
 
 
 def _ggn_by_backward(
     objective: Objective,
-    modules: dict[str, nn.Module],
-    totals: dict[str, torch.Tensor | None],
+    uses: dict[str, list[nn.Module]],
+    totals: dict[str, torch.Tensor],
     progress: Progress | None,
 ) -> None:
     # differentiate with respect to the input, not the weights: the hooks read each
-    # layer's output gradient on the way, and no weight gradient is formed in vain
+    # use's output gradient on the way, and no weight gradient is formed in vain
     weights = objective.weights(requires_grad=False)
-    names = list(modules)
-    acts: dict[str, torch.Tensor] = {}
-    grads: dict[str, torch.Tensor] = {}
-    calls: dict[str, int] = {}
+    names = list(uses)
+    owner = {id(m): n for n in names for m in uses[n]}
+    calls: dict[str, list[dict]] = {n: [] for n in names}
 
-    def forward_hook(name: str):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            acts[name] = inputs[0].detach()
-            if output.requires_grad:
-                output.register_hook(lambda g: grads.__setitem__(name, g.detach()))
+    def forward_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        call = {"module": module, "a": inputs[0].detach(), "d": None}
+        calls[owner[id(module)]].append(call)
+        if output.requires_grad:
+            output.register_hook(lambda g: call.__setitem__("d", g.detach()))
 
-        return hook
-
-    handles = [m.register_forward_hook(forward_hook(n)) for n, m in modules.items()]
+    modules = {id(m): m for n in names for m in uses[n]}
+    handles = [m.register_forward_hook(forward_hook) for m in modules.values()]
     try:
         for xb, _ in objective.batches():
-            calls.clear()
+            for n in names:
+                calls[n].clear()
             xb = xb.detach().requires_grad_(True)
             z = objective.logits(weights, xb)
             p = torch.softmax(z.detach(), dim=1)
-            usable = [n for n in names if calls.get(n) == 1 and totals[n] is not None]
-            for n in names:
-                if n not in usable:
-                    totals[n] = None  # called twice or not at all: left to the Jacobian route
+            per_example = {n: torch.zeros(z.shape[0], dtype=torch.float64, device=z.device) for n in names}
             for c in range(p.shape[1] + 1):
-                cot = p if c == p.shape[1] else torch.nn.functional.one_hot(
+                cot = p if c == p.shape[1] else F.one_hot(
                     torch.full((z.shape[0],), c, device=z.device), p.shape[1]
                 ).to(z.dtype)
-                grads.clear()
+                for n in names:
+                    for call in calls[n]:
+                        call["d"] = None
                 torch.autograd.grad(z, xb, grad_outputs=cot, retain_graph=True, allow_unused=True)
-                for n in usable:
-                    sq = per_example_sq_norms(modules[n], acts[n], grads[n])
-                    if c == p.shape[1]:
-                        totals[n] -= sq.sum().double().cpu()
-                    else:
-                        totals[n] += (p[:, c] * sq).sum().double().cpu()
+                for n in names:
+                    sq = _tied_sq_norms(calls[n])
+                    if sq is None:
+                        continue
+                    per_example[n] += (-sq if c == p.shape[1] else p[:, c] * sq).double()
+            for n in names:
+                t = per_example[n]
+                totals[n] += torch.stack([t.sum(), t.pow(2).sum()]).cpu()
             if progress is not None:
                 progress(xb.shape[0])
     finally:
         for h in handles:
             h.remove()
+
+
+def _tied_sq_norms(calls: list[dict]) -> torch.Tensor | None:
+    """||sum_u dz/dW_u||_F^2 per example over the uses u of one weight.
+
+    The per-example weight gradient of one use is D_u^T A_u over its token axis
+    (positions for Linear, output pixels for Conv2d); a sum over uses is D^T A with
+    the token axes of all uses joined, so one call of the single-use formula serves.
+    """
+    live = [c for c in calls if c["d"] is not None]
+    if not live:
+        return None
+    if len(live) == 1:
+        return per_example_sq_norms(live[0]["module"], live[0]["a"], live[0]["d"])
+    ds, as_ = zip(*(_token_form(c["module"], c["a"], c["d"]) for c in live), strict=True)
+    return _sq_norm_of_products(torch.cat(ds, dim=3), torch.cat(as_, dim=3))
+
+
+def _token_form(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d, a) of one use as (N, g, O, L) and (N, g, K, L), the gradient being sum_l d a^T."""
+    n = a.shape[0]
+    if isinstance(module, nn.Linear):
+        a3, d3 = a.reshape(n, -1, a.shape[-1]), d.reshape(n, -1, d.shape[-1])
+        return d3.transpose(1, 2).unsqueeze(1), a3.transpose(1, 2).unsqueeze(1)
+    g = module.groups
+    cols = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+    cols = cols.reshape(n, g, -1, cols.shape[-1])
+    return d.reshape(n, g, -1, cols.shape[-1]), cols
 
 
 def per_example_sq_norms(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -228,15 +354,16 @@ def _sq_norm_of_products(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 def _ggn_by_jacobians(
     objective: Objective,
     names: list[str],
-    totals: dict[str, torch.Tensor | None],
+    totals: dict[str, torch.Tensor],
     memory_bytes: int,
     progress: Progress | None,
 ) -> None:
+    """Adds [sum_i t_i, sum_i t_i^2] per layer to ``totals`` from per-example Jacobians."""
     model = objective.model
     weights = {n: w for n, w in objective.weights(requires_grad=False).items() if n in names}
     per_example_numbers = sum(w.numel() for w in weights.values())
     for n in names:
-        totals[n] = torch.zeros((), dtype=torch.float64)
+        totals[n] = torch.zeros(2, dtype=torch.float64)
 
     def logits_one(w: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
         return functional_call(model, w, (xi.unsqueeze(0),)).squeeze(0)
@@ -255,15 +382,18 @@ def _ggn_by_jacobians(
                 j = jac[n].flatten(2)  # (n, C, numel)
                 sq = (p * j.pow(2).sum(-1)).sum(-1)
                 pj = torch.einsum("nc,ncp->np", p, j)
-                totals[n] += (sq - pj.pow(2).sum(-1)).sum().double().cpu()
+                t = (sq - pj.pow(2).sum(-1)).double()
+                totals[n] += torch.stack([t.sum(), t.pow(2).sum()]).cpu()
             del jac
             if progress is not None:
                 progress(xc.shape[0])
 
 
 def hookable(objective: Objective, names: list[str]) -> list[str]:
-    """Layers the backward route serves (Linear, zero-padded Conv2d)."""
-    return list(_hookable_modules(objective, names))
+    """Layers the backward route serves: every use of the weight is a call of a Linear
+    or zero-padded Conv2d module holding it (see :func:`ggn_traces`)."""
+    uses, _ = _weight_uses(objective, names)
+    return [n for n in names if n in uses]
 
 
 def ggn_bytes_per_example(objective: Objective, names: list[str], classes: int) -> int:

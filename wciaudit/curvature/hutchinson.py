@@ -15,13 +15,17 @@ Engine:
   i.e. ``vmap`` over the backward), falling back to a loop where an op has no
   batching rule;
 - rounds: every layer first gets ``min_probes``; after each round a layer stops when
-  its relative standard error is <= ``tol`` (``stop_reason="tol"``) or at
-  ``max_probes`` (``"cap"``); the others get the probes their running variance says
+  its relative total standard error is <= ``tol`` (``stop_reason="tol"``), at
+  ``max_probes`` (``"cap"``), or when only the subset part is above ``tol``
+  (``"subset"``); the others get the probes their running variance says
   they need (at least half again what they have), so probes go where the error is.
 
-The estimate of a layer is the plain mean of all its probe values; its standard error
-is the sample sd / sqrt(n). Probes are drawn from a CPU generator seeded by
-(seed, layer index, round), so results do not depend on the device.
+The examples are split into random groups and each probe is one independent vector
+per group; the estimate is the sum over groups of the mean probe value, and its SE
+is Cochran's two-stage estimator (:func:`grouped_mean_and_se`): probe noise within
+groups, the Hessian subset's draw between them. Probes are drawn from a CPU generator
+seeded by (seed, layer index, round, group), so results do not depend on the device,
+the batch size or the number of processes.
 
 Example:
     >>> import torch
@@ -37,15 +41,22 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
-from .estimate import TraceEstimate, mean_and_se
+from .estimate import TraceEstimate
 from .objective import Objective
 
 Progress = Callable[[int], None]
 _PROBE_CHUNK = 16
+# The examples are split into at most GROUPS random groups of at least GROUP_SIZE: G - 1
+# = 15 degrees of freedom for the subset part of the SE, while each group's graph still
+# holds enough examples that per-call overhead does not dominate (a group is one graph
+# per round, so 16 groups of 62 cost about what 8 batches of 125 did).
+GROUPS = 16
+GROUP_SIZE = 4
+MIN_PROBES = 10
 
 
 def rademacher(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -53,9 +64,9 @@ def rademacher(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tens
     return torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).mul_(2).sub_(1)
 
 
-def _probes(seed: int, layer: int, round_: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
+def _probes(seed: int, layer: int, round_: int, group: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
     g = torch.Generator(device="cpu")
-    g.manual_seed((seed * 7_919 + layer * 104_729 + round_ * 15_485_863 + 1) % (2**63 - 1))
+    g.manual_seed((seed * 7_919 + layer * 104_729 + round_ * 15_485_863 + group * 32_452_843 + 1) % (2**63 - 1))
     return rademacher((count, *shape), g)
 
 
@@ -102,26 +113,89 @@ class _BatchedHvp:
         return torch.tensor(out, dtype=torch.float64)
 
 
+def group_count(n: int, groups: int = GROUPS) -> int:
+    """G = min(groups, n // GROUP_SIZE), at least 1."""
+    return max(1, min(groups, n // GROUP_SIZE))
+
+
+def probe_groups(n: int, groups: int, seed: int) -> torch.Tensor:
+    """Group of each of n examples: a seeded random partition into
+    :func:`group_count` groups whose sizes differ by at most one (example i goes to
+    perm[i] mod G), whatever the order of the examples."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed * 1_000_003 + 17)
+    return torch.randperm(n, generator=g) % group_count(n, groups)
+
+
+def grouped_mean_and_se(
+    values: torch.Tensor, sizes: torch.Tensor, n: int, n_population: int | None
+) -> tuple[float, float, float, float]:
+    """Trace and SEs from per-group probe values, a two-stage sample (Cochran 1977, 10.8).
+
+    Stage one draws the n examples out of the split's N (the groups are a random
+    partition of them, so the G groups are clusters of a random sample); stage two
+    draws p independent probes per group. With q_gj = v_gj^T H_g v_gj (H_g the Hessian
+    of group g's share of the mean loss) and ybar_g = mean_j q_gj:
+
+        T = sum_g ybar_g
+        W = sum_g s_g^2 / p                                (probe variance, s_g^2 over j)
+        B = G/(G-1) sum_g (ybar_g - m_g T / n)^2           (between groups, ratio form)
+        Var(T) = (1 - f) B + f W,  f = n / N              (f = 1 when N is None)
+
+    B holds the probe noise of the ybar_g as well, so Var(T) = W + (1 - f)(B - W): the
+    probe part and the subset part, the latter kept at >= 0.
+
+    Args:
+        values: (G, p) probe values per group.
+        sizes: (G,) examples per group.
+
+    Returns:
+        (trace, se, probe_se, sample_se), se^2 = probe_se^2 + sample_se^2.
+    """
+    values = values.double()
+    groups, p = values.shape
+    ybar = values.mean(1)
+    trace = float(ybar.sum())
+    if p < 2:
+        return trace, math.inf, math.inf, 0.0
+    w = float(values.var(1, unbiased=True).sum()) / p
+    sample_var = 0.0
+    if n_population is not None and n < n_population and groups > 1:
+        f = n / n_population
+        resid = ybar - sizes.double() / n * trace
+        b = groups / (groups - 1) * float(resid.pow(2).sum())
+        sample_var = max((1 - f) * (b - w), 0.0)
+    return trace, math.sqrt(w + sample_var), math.sqrt(w), math.sqrt(sample_var)
+
+
 def hutchinson_traces(
     objective: Objective,
     *,
     tol: float = 0.05,
     max_probes: int = 200,
-    min_probes: int = 10,
+    min_probes: int = MIN_PROBES,
     seed: int = 0,
     progress: Progress | None = None,
     names: list[str] | None = None,
+    groups: int = GROUPS,
 ) -> list[TraceEstimate]:
     """Per-layer Hutchinson estimates of Tr(H_kk) with standard errors.
 
+    The examples are split into G = min(``groups``, n // 4) random groups; a probe is one
+    Rademacher vector per group, pushed through that group's graph, so the spread over
+    groups measures the Hessian subset's sampling error and the spread over probes
+    within a group the probe noise (:func:`grouped_mean_and_se`). The group split does
+    not depend on the batch size (a group larger than a batch takes several).
+
     Args:
-        objective: model, fixed examples, layers.
-        tol: stop a layer when SE / |mean| <= tol.
+        objective: model, fixed examples, layers (``n_population``: the split's size).
+        tol: stop a layer when its total SE / |mean| <= tol.
         max_probes: probe cap per layer.
         min_probes: probes per layer in the first round.
-        seed: probe seed.
+        seed: probe and group seed.
         progress: called with the number of probes done after each layer-batch.
         names: subset of ``objective.names`` to estimate (default all).
+        groups: the most groups the examples are split into.
 
     Returns:
         One :class:`TraceEstimate` per layer, in the order of ``names``.
@@ -129,70 +203,92 @@ def hutchinson_traces(
     names = list(objective.names if names is None else names)
     index = {n: objective.names.index(n) for n in names}
     weights = objective.weights()
-    values: dict[str, list[float]] = {n: [] for n in names}
+    n_groups = group_count(objective.n, groups)
+    assignment = probe_groups(objective.n, groups, seed)
+    sizes = torch.bincount(assignment, minlength=n_groups)
+    offset = objective.offset()
+    local = assignment[offset : offset + objective.n_local]
+    members = [torch.nonzero(local == g).flatten() for g in range(n_groups)]
+    values = {n: torch.zeros(n_groups, 0, dtype=torch.float64) for n in names}
     history: dict[str, list[list[float]]] = {n: [] for n in names}
     stop: dict[str, str] = {}
     hvp = _BatchedHvp()
     want = {n: min(min_probes, max_probes) for n in names}
-    cached_graph: tuple | None = None
-    single_batch = objective.n_local <= objective.batch_size
+    # the graphs of every batch are kept across rounds when they fit one batch's memory
+    keep_graphs = objective.n_local <= objective.batch_size
+    cached: list[tuple[int, dict[str, torch.Tensor]]] | None = None
     round_ = 0
     while want:
-        probes = {
-            n: _probes(seed, index[n], round_, k, tuple(weights[n].shape)) for n, k in want.items()
-        }
-        sums = {n: torch.zeros(k, dtype=torch.float64) for n, k in want.items()}
-        for xb, yb in _graph_batches(objective, single_batch, cached_graph):
-            if cached_graph is not None:
-                grads = cached_graph
-            else:
-                loss = objective.loss(weights, xb, yb)
-                grads = dict(zip(names, torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True), strict=True))
-                if single_batch:
-                    cached_graph = grads
+        sums = {n: torch.zeros(n_groups, k, dtype=torch.float64) for n, k in want.items()}
+        probes: dict[int, dict[str, torch.Tensor]] = {}
+        graphs = cached if cached is not None else _group_graphs(objective, weights, names, members)
+        built: list[tuple[int, dict[str, torch.Tensor]]] = []
+        for g, grads in graphs:
+            if keep_graphs and cached is None:
+                built.append((g, grads))
+            if g not in probes:  # one probe set per group and round, shared by its batches
+                probes[g] = {
+                    n: _probes(seed, index[n], round_, g, k, tuple(weights[n].shape)) for n, k in want.items()
+                }
             for n in want:
-                p = probes[n]
+                p = probes[g][n]
                 for c in range(0, p.shape[0], _PROBE_CHUNK):
                     chunk = p[c : c + _PROBE_CHUNK].to(objective.device, objective.dtype)
-                    sums[n][c : c + chunk.shape[0]] += hvp(n, grads[n], weights[n], chunk)
+                    sums[n][g, c : c + chunk.shape[0]] += hvp(n, grads[n], weights[n], chunk)
                     if progress is not None:
                         progress(chunk.shape[0])
-            if not single_batch:
-                del grads
-        # one collective per round: every process gets the same probe values
-        flat = objective.reduce(torch.cat([sums[n] for n in want]))
-        sums = dict(zip(want, torch.split(flat, list(want.values())), strict=True))
+            del grads
+        if keep_graphs and cached is None:
+            cached = built
+        # one collective per round: every process gets every group's probe values
+        flat = objective.reduce(torch.cat([sums[n].flatten() for n in want]))
+        parts = torch.split(flat, [n_groups * k for k in want.values()])
         next_want: dict[str, int] = {}
-        for n in want:
-            values[n].extend(sums[n].tolist())
-            mean, se = mean_and_se(values[n])
-            count = len(values[n])
+        for (n, k), part in zip(want.items(), parts, strict=True):
+            values[n] = torch.cat([values[n], part.reshape(n_groups, k)], dim=1)
+            mean, se, probe_se, sample_se = grouped_mean_and_se(values[n], sizes, objective.n, objective.n_population)
+            count = values[n].shape[1]
             history[n].append([count, mean, se])
+            target = (tol * abs(mean)) ** 2
             if se <= tol * abs(mean):
                 stop[n] = "tol"
             elif count >= max_probes:
                 stop[n] = "cap"
+            elif probe_se <= tol * abs(mean):
+                stop[n] = "subset"  # the subset's spread alone is above tol: probes cannot help
             else:
-                sd = se * math.sqrt(count)
-                needed = math.inf if mean == 0 else (sd / (tol * abs(mean))) ** 2
+                # only the probe part shrinks with more probes: aim it at what the
+                # subset part leaves of the tolerance
+                room = target - sample_se**2 if target > sample_se**2 else target
+                needed = math.inf if mean == 0 else count * probe_se**2 / room
                 extra = max(needed * 1.1 - count, count / 2, 4)
                 next_want[n] = int(min(math.ceil(extra), max_probes - count))
         want = next_want
         round_ += 1
     out = []
     for n in names:
-        mean, se = mean_and_se(values[n])
+        mean, se, probe_se, sample_se = grouped_mean_and_se(values[n], sizes, objective.n, objective.n_population)
+        subset = objective.n_population is not None and objective.n < objective.n_population
         out.append(
             TraceEstimate(
-                name=n, trace=mean, se=se, probes=len(values[n]), method="hutchinson",
+                name=n, trace=mean, se=se, probes=values[n].shape[1], method="hutchinson",
                 converged=stop[n] == "tol", stop_reason=stop[n], history=history[n],
+                probe_se=probe_se, sample_se=sample_se,
+                se_covers=("probes", "hessian-subset") if subset else ("probes",),
             )
         )
     return out
 
 
-def _graph_batches(objective: Objective, single_batch: bool, cached: tuple | None):
-    if single_batch and cached is not None:
-        yield None, None
-        return
-    yield from objective.batches()
+def _group_graphs(
+    objective: Objective, weights: dict[str, torch.Tensor], names: list[str], members: list[torch.Tensor]
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """(group, first-order gradients with their graph) per batch of each group's local examples."""
+    for g, idx in enumerate(members):
+        for i in range(0, idx.shape[0], objective.batch_size):
+            rows = idx[i : i + objective.batch_size]
+            xb = objective.x[rows].to(objective.device, objective.dtype)
+            yb = objective.y[rows].to(objective.device)
+            loss = objective.loss(weights, xb, yb)
+            grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True)
+            yield g, dict(zip(names, grads, strict=True))

@@ -54,6 +54,23 @@ class Objective:
     def n_local(self) -> int:
         return int(self.x.shape[0])
 
+    def offset(self) -> int:
+        """Index of this process's first example among all processes' examples.
+
+        Under torch.distributed the shards are consecutive in rank order; one
+        all-reduce of the shard sizes gives the offset. 0 in one process.
+        """
+        if self.n_total is None or self.n_total == self.n_local:
+            return 0
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return 0
+        rank, world = dist.get_rank(), dist.get_world_size()
+        sizes = torch.zeros(world, dtype=torch.float64)
+        sizes[rank] = self.n_local
+        return int(self.reduce(sizes)[:rank].sum())
+
     @property
     def dtype(self) -> torch.dtype:
         return next(iter(self.model.parameters())).dtype
