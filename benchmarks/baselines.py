@@ -84,7 +84,7 @@ def plain_stop_rule(
     want = MIN_PROBES
     while want > 0:
         values += [plain_probe(setup, w, name, probe(shape, g, setup.device)) for _ in range(want)]
-        want = next_round(values, TOL, max_probes)
+        _, want = next_round(values, tol=TOL, max_probes=max_probes)
     return values
 
 

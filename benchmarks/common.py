@@ -152,27 +152,38 @@ def pool(a: Stats, b: Stats) -> Stats:
     return n, mean, m2 / (n - 1)
 
 
-def probes_needed(s: Stats, tol: float = TOL, min_probes: int = MIN_PROBES) -> float:
-    """Probes at which sd / sqrt(n) reaches tol * |mean|: (sd / (tol |mean|))^2, at least
-    ``min_probes``; no cap. The target of ``hutchinson_traces``'s stop rule."""
-    _, mean, var = s
+# The two functions below mirror the stop rule ``hutchinson_traces`` runs inline, with
+# the signatures under which the library would export it; until it does, they are the
+# benchmarks' one copy.
+
+
+def probes_needed(mean: float, se: float, count: int, tol: float) -> float:
+    """Probes at which SE reaches tol |mean|: (sd / (tol |mean|))^2 with sd = se sqrt(count);
+    infinite when the mean is 0."""
     if mean == 0:
         return math.inf
-    return max(float(min_probes), var / (tol * mean) ** 2)
+    return (se * math.sqrt(count) / (tol * abs(mean))) ** 2
 
 
-def next_round(values: list[float], tol: float, max_probes: int) -> int:
-    """Probes the next round of ``hutchinson_traces``'s stop rule draws; 0 to stop.
-
-    Stop at SE <= tol |mean| or at ``max_probes``; else draw
-    max(1.1 * needed - n, n / 2, 4) more, needed = (sd / (tol |mean|))^2, up to the cap.
-    """
+def next_round(values: list[float], *, tol: float, max_probes: int) -> tuple[str | None, int]:
+    """The stop rule after a round: ``("tol", 0)`` at SE <= tol |mean|, ``("cap", 0)`` at
+    ``max_probes``, else ``(None, k)``: draw k = max(1.1 needed - n, n / 2, 4) more, up
+    to the cap."""
     mean, se = mean_and_se(values)
     count = len(values)
-    if se <= tol * abs(mean) or count >= max_probes:
-        return 0
-    needed = probes_needed((count, mean, count * se**2), tol, min_probes=0)
-    return int(min(math.ceil(max(needed * 1.1 - count, count / 2, 4)), max_probes - count))
+    if se <= tol * abs(mean):
+        return "tol", 0
+    if count >= max_probes:
+        return "cap", 0
+    extra = max(probes_needed(mean, se, count, tol) * 1.1 - count, count / 2, 4)
+    return None, int(math.ceil(min(extra, max_probes - count)))
+
+
+def probes_to_tol(s: Stats, tol: float = TOL, min_probes: int = MIN_PROBES) -> float:
+    """Probes a layer with per-probe statistics ``s`` needs to reach relative SE ``tol``,
+    at least ``min_probes``; no cap."""
+    n, mean, var = s
+    return max(float(min_probes), probes_needed(mean, math.sqrt(var / n), n, tol))
 
 
 def rel_spread(s: Stats) -> float:

@@ -40,7 +40,6 @@ import timm
 import torch
 from baselines import layer_weights, plain_pilot, plain_probe, probe
 from common import (
-    MIN_PROBES,
     Setup,
     Stopwatch,
     attack_split,
@@ -48,6 +47,7 @@ from common import (
     layer_names,
     pool,
     print_plain,
+    probes_to_tol,
     stats_of,
 )
 from timm.data import resolve_data_config
@@ -165,7 +165,7 @@ def plain_seconds(setup: Setup, est: list[TraceEstimate], args: argparse.Namespa
     Per layer k: seconds per probe c_k from ``--plain-probes`` timed probes; per-probe
     variance s_k^2 of v^T H_kk v from those probes, pooled with (b)'s own probes where
     (b) took Hutchinson (the same distribution); the mean from (b). Probes needed:
-    n_k = max(MIN_PROBES, s_k^2 / (r_k |Tr_k|)^2), r_k = (b)'s probe relative SE, or
+    n_k = max(10, s_k^2 / (r_k |Tr_k|)^2), r_k = (b)'s probe relative SE, or
     ``--tol`` where (b) was exact (the plain loop cannot be exact). Seconds: sum_k n_k c_k.
     """
     w = layer_weights(setup)
@@ -180,9 +180,8 @@ def plain_seconds(setup: Setup, est: list[TraceEstimate], args: argparse.Namespa
             rse = probe_rel_se(e)
             stats = pool(stats, (e.probes, e.trace, e.probes * (rse * e.trace) ** 2))
         target = probe_rel_se(e) or args.tol
-        var = stats[2]
-        need = math.inf if e.trace == 0 else var / (target * e.trace) ** 2
-        total += max(float(MIN_PROBES), need) * cost[e.name]
+        # the mean from (b): the layer's best estimate, exact where (b) was
+        total += probes_to_tol((stats[0], e.trace, stats[2]), target) * cost[e.name]
     return total
 
 
@@ -246,7 +245,11 @@ def bench_model(
     result.notes += [f"{k} ({v} layers)" for k, v in reasons.items()]
     probes = sum(e.probes for e in est if isinstance(e.probes, int))
     worst = max(probe_rel_se(e) for e in est)
-    result.notes.append(f"{probes} probes in all, max layer probe rel SE {worst:.3f}")
+    flat = sum(e.trace <= 0 for e in est)
+    result.notes.append(
+        f"{probes} probes in all, max layer probe rel SE {worst:.3f}, "
+        f"{flat}/{len(est)} layers with trace <= 0 (no WCI term)"
+    )
     return result
 
 

@@ -61,7 +61,7 @@ from common import (
     pool,
     print_plain,
     print_rows,
-    probes_needed,
+    probes_to_tol,
     rel_spread,
     return_freed_memory,
     stats_of,
@@ -270,7 +270,7 @@ def bench_model(setup: Setup, args: argparse.Namespace, log: Log) -> tuple[list[
         else pilots.engine[n]
         for n in names
     }
-    need = {n: probes_needed(pooled[n]) for n in names}
+    need = {n: probes_to_tol(pooled[n]) for n in names}
     pilot_means = {n: pooled[n][1] for n in names}
     extra: dict = {
         "spread_restricted": [rel_spread(pooled[n]) for n in names],
@@ -296,7 +296,7 @@ def bench_model(setup: Setup, args: argparse.Namespace, log: Log) -> tuple[list[
             )
         )
     # plain shared (whole-model probe): every layer needs the worst layer's probes
-    shared_need = max(probes_needed(stats_of(v)) for v in pilots.shared.values())
+    shared_need = max(probes_to_tol(stats_of(v)) for v in pilots.shared.values())
     n_shared = int(math.ceil(shared_need))
     rows.append(
         Row(
