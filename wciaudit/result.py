@@ -199,6 +199,8 @@ class AuditResult:
     wci_se_method: str = "delta method from per-layer standard errors (independent probes)"
     # per figure, the sources of variation its SE covers (SPEC: What an SE covers)
     se_covers: dict[str, list[str]] = field(default_factory=dict)
+    # the parts of wci_se (in quadrature) by source
+    wci_se_parts: dict[str, float] = field(default_factory=dict)
     attacks: AttackInfo = field(default_factory=AttackInfo)
     pac_bayes: PacBayes = field(default_factory=PacBayes)
     gate: Gate = field(default_factory=Gate)
@@ -251,6 +253,7 @@ class AuditResult:
                 wci_se=d.get("wci_se"),
                 wci_se_method=str(d.get("wci_se_method", "")),
                 se_covers={str(k): list(v) for k, v in (d.get("se_covers") or {}).items()},
+                wci_se_parts={str(k): float(v) for k, v in (d.get("wci_se_parts") or {}).items()},
                 attacks=_build(AttackInfo, d.get("attacks")),
                 pac_bayes=_build(PacBayes, d.get("pac_bayes")),
                 gate=_build(Gate, d.get("gate")),

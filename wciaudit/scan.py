@@ -31,8 +31,7 @@ from .attacks import AttackOutcome, masking_checks, run_attack
 from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
 from .checkpoints.precedence import FLAG
 from .config import DEFAULT_EPS, LoadOptions, Norm, ScanConfig, parse_eps, parse_norm
-from .curvature import layer_traces
-from .data import Splits, stratified_subset
+from .data import Splits
 from .data_choice import check_model_accepts, choose_data
 from .distributed import Shard
 from .errors import CheckpointError, ConfigError
@@ -51,6 +50,7 @@ from .result import (
     Timings,
 )
 from .retry import run_with_batch_retry
+from .scan_curvature import measure_curvature
 
 #: progress(stage, advance, total): stage is "attack-train", "attack-test" or "curvature";
 #: total is None where it is not known in advance (Hutchinson probes).
@@ -195,7 +195,6 @@ def _measure(
     """attack -> robust figures -> Hessian subset -> curvature, filling ``result``."""
     net = AuditedModel(loaded.model, loaded.info.mean, loaded.info.std)
     net = net.to(device=run.device, dtype=run.dtype)
-    layers = weight_layers(loaded.model)
     with eval_mode(net), no_tf32():
         class_note = check_model_accepts(net, splits, run.device, run.dtype)
         if class_note:
@@ -208,14 +207,8 @@ def _measure(
             result.metrics = _robust_figures(run, net, splits, outcomes)
         adv = {split: outcome.x_loss for split, outcome in outcomes.items()}
         with _timed(timings, "trace_s"):
-            subset = _hessian_subset(run, splits, adv)
-            result.dataset.hessian_samples = subset.n
-            result.metrics.hessian_loss = _hessian_loss(run, net, subset)
-            if layers:
-                names = [f"model.{layer.name}" for layer in layers]
-                estimates = _curvature(run, net, names, subset)
-                for layer, est in zip(result.layers, estimates, strict=True):
-                    _fill_layer(layer, est)
+            loss_attack = next(iter(outcomes.values())).loss_attack
+            measure_curvature(run, net, splits, adv, result, loss_attack)
 
 
 def _attack_shard(
@@ -318,99 +311,29 @@ def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any] | None
     return report.to_dict()
 
 
-@dataclass(frozen=True)
-class _Subset:
-    """The examples the Hessian is taken over: this process's rows, the subset's size
-    ``n`` over all processes, and the size of the split it was drawn from."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    n: int
-    n_population: int
-
-
-def _hessian_subset(run: _Run, splits: Splits, adv: dict[str, torch.Tensor]) -> _Subset:
-    """A stratified subset of the adversarial train examples (test without a train split)."""
-    cfg, shard = run.cfg, run.shard
-    split = "train" if "train" in adv else "test"
-    if split == "test":
-        run.notes.append(
-            "no train split: curvature is measured on the test split, the gap and the bound are null"
-        )
-    y_full = _split(splits, split)[1]
-    n_population = int(y_full.shape[0])
-    idx = torch.arange(n_population)
-    if n_population > cfg.hessian_samples:
-        idx = stratified_subset(y_full, cfg.hessian_samples, cfg.seed)
-    if idx.shape[0] < shard.world:
-        raise ConfigError(
-            f"--hessian-samples {idx.shape[0]} is smaller than the {shard.world} processes"
-        )
-    # the subset's rows that this process attacked, gathered so that every process
-    # holds the subset in index order, then sharded again for the products
-    lo, hi = shard.bounds(n_population)
-    mine = idx[(idx >= lo) & (idx < hi)] - lo
-    x_all = shard.gather_cat(adv[split][mine])
-    h_lo, h_hi = shard.bounds(idx.shape[0])
-    return _Subset(x_all[h_lo:h_hi], y_full[idx][h_lo:h_hi], int(idx.shape[0]), n_population)
-
-
-def _hessian_loss(run: _Run, net: nn.Module, subset: _Subset) -> float:
-    job = partial(_per_example, net=net, x=subset.x, y=subset.y, device=run.device)
-    losses = run.batches.run(job)[0]
-    return float(run.shard.all_reduce_sum(losses.sum().reshape(1))[0]) / subset.n
-
-
-def _traces(
-    batch_size: int, *, net: nn.Module, names: list[str], subset: _Subset, run: _Run
-) -> list[Any]:
-    cfg, shard = run.cfg, run.shard
-    return layer_traces(
-        net,
-        subset.x,
-        subset.y,
-        names,
-        method=cfg.curvature.value,
-        tol=cfg.tol,
-        max_probes=cfg.max_probes,
-        min_probes=cfg.min_probes,
-        seed=cfg.seed,
-        batch_size=batch_size,
-        device=run.device,
-        memory_bytes=cfg.memory_bytes,
-        progress=run.ticker("curvature", None),
-        n_total=subset.n,
-        n_population=subset.n_population,
-        reduce=shard.all_reduce_sum if shard.active else None,
-    )
-
-
-def _curvature(run: _Run, net: nn.Module, names: list[str], subset: _Subset) -> list[Any]:
-    """Per-layer Hessian traces on the subset, with SEs that cover the subset's draw."""
-    job = partial(_traces, net=net, names=names, subset=subset, run=run)
-    # under torchrun a retry on one process would desynchronise the all-reduces
-    return run.batches.run(job, retry=not run.shard.active)
-
-
 def _bound(result: AuditResult, cfg: ScanConfig, splits: Splits) -> None:
-    """WCI from the layers, and the PAC-Bayes terms where there is a robust train loss."""
-    if not result.layers:
+    """The PAC-Bayes terms where there is WCI and a robust train loss, flagged vacuous
+    when the bound is above ln C, the cross-entropy of a uniform guess."""
+    if result.wci is None:
         return
-    wci, wci_se = bounds.weight_curvature_index(
-        [la.frob_norm for la in result.layers],
-        [la.trace for la in result.layers],
-        [la.trace_se for la in result.layers],
-    )
-    result.wci, result.wci_se = wci, wci_se
-    if result.metrics.robust_loss_train is not None and splits.x_train is not None:
-        terms = bounds.pac_bayes_terms(
-            result.metrics.robust_loss_train, wci, int(splits.x_train.shape[0]), cfg.delta
-        )
-        result.pac_bayes = PacBayes(
-            **{f.name: getattr(terms, f.name) for f in fields(bounds.PacBayesTerms)}
-        )
-    else:
+    if result.metrics.robust_loss_train is None or splits.x_train is None:
         result.pac_bayes = PacBayes(delta=cfg.delta)
+        return
+    terms = bounds.pac_bayes_terms(
+        result.metrics.robust_loss_train, result.wci, int(splits.x_train.shape[0]), cfg.delta
+    )
+    result.pac_bayes = PacBayes(
+        **{f.name: getattr(terms, f.name) for f in fields(bounds.PacBayesTerms)}
+    )
+    classes = result.checkpoint.num_classes or splits.num_classes
+    if classes and classes > 1 and result.pac_bayes.bound is not None:
+        result.pac_bayes.uniform_loss = math.log(classes)
+        result.pac_bayes.vacuous = result.pac_bayes.bound > result.pac_bayes.uniform_loss
+        if result.pac_bayes.vacuous:
+            result.notes.append(
+                f"the PAC-Bayes bound {result.pac_bayes.bound:.3g} is vacuous: above "
+                f"ln {classes} = {result.pac_bayes.uniform_loss:.3g}, the loss of a uniform guess"
+            )
 
 
 # -- setting up ---------------------------------------------------------------------------
@@ -576,23 +499,6 @@ def _metrics(figures: dict[str, Any]) -> Metrics:
         for k, v in robust_gap(figures["robust_train"], figures["robust_test"]).items():
             setattr(m, k, v)
     return m
-
-
-def _fill_layer(layer: LayerResult, est: Any) -> None:
-    layer.trace, layer.trace_se, layer.probes = est.trace, est.se, est.probes
-    layer.method, layer.converged, layer.stop_reason = est.method, est.converged, est.stop_reason
-    layer.history = est.history
-    layer.rel_se = est.rel_se if est.rel_se is None or math.isfinite(est.rel_se) else None
-    layer.wci_term = bounds.wci_terms([layer.frob_norm], [est.trace])[0]
-    layer.wci_term_se = bounds.wci_term_se(layer.frob_norm, est.trace, est.se)
-    flags = []
-    if est.trace <= 0:
-        flags.append("non-positive trace: contributes 0 to WCI")
-    elif est.se > 0 and est.trace < 2 * est.se:
-        flags.append("trace within 2 SE of 0")
-    if not est.converged:
-        flags.append(f"not converged: relative SE above tol at the {est.probes}-probe cap")
-    layer.flag = "; ".join(flags) or None
 
 
 def _frob(p: torch.Tensor) -> float:

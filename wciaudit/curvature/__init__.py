@@ -124,7 +124,7 @@ def _layer_traces(
         if groups and (method == "ggn" or ggn_cost <= hutch_cost):
             for group in groups:
                 for est in ggn_traces(
-                    objective, group, memory_bytes=memory_bytes,
+                    objective, group, memory_bytes=memory_bytes, seed=seed,
                     progress=None if progress is None else (lambda k: progress("ggn", k)),
                 ):
                     estimates[est.name] = est

@@ -26,6 +26,9 @@ class TraceEstimate:
         se_covers: the sources of variation ``se`` covers, e.g. ``("probes",
             "hessian-subset")``.
         route_reason: why this layer took its route.
+        group_shares: each group's share of ``trace`` (they sum to it), over the groups
+            of :func:`~wciaudit.curvature.groups.probe_groups`; two runs on the same
+            examples with the same seed are paired group by group.
     """
 
     name: str
@@ -40,6 +43,7 @@ class TraceEstimate:
     sample_se: float = 0.0
     se_covers: tuple[str, ...] = ()
     route_reason: str = ""
+    group_shares: tuple[float, ...] = ()
 
     @property
     def rel_se(self) -> float | None:

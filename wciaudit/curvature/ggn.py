@@ -42,6 +42,7 @@ from torch.func import functional_call, jacrev, vmap
 from torch.overrides import TorchFunctionMode
 
 from .estimate import TraceEstimate
+from .groups import GROUPS, group_count, probe_groups
 from .objective import Objective
 
 Progress = Callable[[int], None]
@@ -90,6 +91,8 @@ def ggn_traces(
     *,
     memory_bytes: int = 512 * 2**20,
     progress: Progress | None = None,
+    seed: int = 0,
+    groups: int = GROUPS,
 ) -> list[TraceEstimate]:
     """Exact Tr(GGN_kk) per layer; equal to Tr(H_kk) where :func:`residual_vanishes` holds.
 
@@ -105,6 +108,9 @@ def ggn_traces(
     The trace is the mean over the n examples of per-example traces t_i; their spread
     gives the SE of drawing the n examples out of the split's N
     (``objective.n_population``): sqrt(1 - n/N) * sd(t) / sqrt(n), 0 when n = N.
+    Each estimate also carries its ``group_shares``: sum_{i in g} t_i / n over the
+    groups of :func:`~wciaudit.curvature.hutchinson.probe_groups` (``groups``, ``seed``),
+    the unit two runs on the same examples are paired by.
 
     Returns:
         One :class:`TraceEstimate` per layer (``method="exact-ggn"``), in order.
@@ -112,16 +118,18 @@ def ggn_traces(
     names = list(objective.names if names is None else names)
     uses, why_not = _weight_uses(objective, names)
     fast = [n for n in names if n in uses]
-    # per layer: [sum_i t_i, sum_i t_i^2] over this process's examples
-    totals: dict[str, torch.Tensor] = {n: torch.zeros(2, dtype=torch.float64) for n in names}
+    assignment = probe_groups(objective.n, groups, seed)
+    offset = objective.offset()
+    sums = _Sums(assignment[offset : offset + objective.n_local], group_count(objective.n, groups), objective.n)
     if fast:
-        _ggn_by_backward(objective, {n: uses[n] for n in fast}, totals, progress)
+        _ggn_by_backward(objective, {n: uses[n] for n in fast}, sums, progress)
     slow = [n for n in names if n not in fast]
     if slow:
-        _ggn_by_jacobians(objective, slow, totals, memory_bytes, progress)
-    summed = objective.reduce(torch.stack([totals[n] for n in names]))
+        _ggn_by_jacobians(objective, slow, sums, memory_bytes, progress)
+    summed = objective.reduce(torch.stack([sums.totals[n] for n in names]))
     out = []
-    for n, (s1, s2) in zip(names, summed.tolist(), strict=True):
+    for n, row in zip(names, summed.tolist(), strict=True):
+        s1, s2, shares = row[0], row[1], tuple(row[2:])
         trace, sample_se, covers = subset_mean_and_se(s1, s2, objective.n, objective.n_population)
         count = len(uses.get(n, ()))
         reason = (
@@ -132,10 +140,29 @@ def ggn_traces(
             TraceEstimate(
                 name=n, trace=trace, se=sample_se, probes="exact", method="exact-ggn",
                 converged=True, stop_reason="exact", probe_se=0.0, sample_se=sample_se,
-                se_covers=covers, route_reason=reason,
+                se_covers=covers, route_reason=reason, group_shares=shares,
             )
         )
     return out
+
+
+class _Sums:
+    """Per layer, [sum_i t_i, sum_i t_i^2, then sum_{i in g} t_i / n per group g] over
+    this process's examples, fed batch by batch in row order."""
+
+    def __init__(self, group_of: torch.Tensor, n_groups: int, n: int) -> None:
+        self.group_of, self.n_groups, self.n = group_of, n_groups, n
+        self.totals: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, int] = {}
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        t = t.detach().double().cpu()
+        total = self.totals.setdefault(name, torch.zeros(2 + self.n_groups, dtype=torch.float64))
+        row = self.rows.get(name, 0)
+        total[0] += t.sum()
+        total[1] += t.pow(2).sum()
+        total[2:].index_add_(0, self.group_of[row : row + t.shape[0]], t / self.n)
+        self.rows[name] = row + t.shape[0]
 
 
 def subset_mean_and_se(
@@ -236,7 +263,7 @@ def _weight_uses(objective: Objective, names: list[str]) -> tuple[dict[str, list
 def _ggn_by_backward(
     objective: Objective,
     uses: dict[str, list[nn.Module]],
-    totals: dict[str, torch.Tensor],
+    sums: _Sums,
     progress: Progress | None,
 ) -> None:
     # differentiate with respect to the input, not the weights: the hooks read each
@@ -276,8 +303,7 @@ def _ggn_by_backward(
                         continue
                     per_example[n] += (-sq if c == p.shape[1] else p[:, c] * sq).double()
             for n in names:
-                t = per_example[n]
-                totals[n] += torch.stack([t.sum(), t.pow(2).sum()]).cpu()
+                sums.add(n, per_example[n])
             if progress is not None:
                 progress(xb.shape[0])
     finally:
@@ -354,16 +380,14 @@ def _sq_norm_of_products(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 def _ggn_by_jacobians(
     objective: Objective,
     names: list[str],
-    totals: dict[str, torch.Tensor],
+    sums: _Sums,
     memory_bytes: int,
     progress: Progress | None,
 ) -> None:
-    """Adds [sum_i t_i, sum_i t_i^2] per layer to ``totals`` from per-example Jacobians."""
+    """Adds the per-example traces t_i of each layer to ``sums``, from per-example Jacobians."""
     model = objective.model
     weights = {n: w for n, w in objective.weights(requires_grad=False).items() if n in names}
     per_example_numbers = sum(w.numel() for w in weights.values())
-    for n in names:
-        totals[n] = torch.zeros(2, dtype=torch.float64)
 
     def logits_one(w: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
         return functional_call(model, w, (xi.unsqueeze(0),)).squeeze(0)
@@ -382,8 +406,7 @@ def _ggn_by_jacobians(
                 j = jac[n].flatten(2)  # (n, C, numel)
                 sq = (p * j.pow(2).sum(-1)).sum(-1)
                 pj = torch.einsum("nc,ncp->np", p, j)
-                t = (sq - pj.pow(2).sum(-1)).double()
-                totals[n] += torch.stack([t.sum(), t.pow(2).sum()]).cpu()
+                sums.add(n, sq - pj.pow(2).sum(-1))
             del jac
             if progress is not None:
                 progress(xc.shape[0])

@@ -46,16 +46,12 @@ from collections.abc import Callable, Iterator
 import torch
 
 from .estimate import TraceEstimate
+from .groups import GROUPS, group_count, probe_groups
 from .objective import Objective
 
 Progress = Callable[[int], None]
 _PROBE_CHUNK = 16
-# The examples are split into at most GROUPS random groups of at least GROUP_SIZE: G - 1
-# = 15 degrees of freedom for the subset part of the SE, while each group's graph still
-# holds enough examples that per-call overhead does not dominate (a group is one graph
-# per round, so 16 groups of 62 cost about what 8 batches of 125 did).
-GROUPS = 16
-GROUP_SIZE = 4
+
 MIN_PROBES = 10
 
 
@@ -111,20 +107,6 @@ class _BatchedHvp:
             (hv,) = torch.autograd.grad(grad_k, weight_k, grad_outputs=v, retain_graph=True, allow_unused=True)
             out.append(0.0 if hv is None else float((hv * v).sum()))
         return torch.tensor(out, dtype=torch.float64)
-
-
-def group_count(n: int, groups: int = GROUPS) -> int:
-    """G = min(groups, n // GROUP_SIZE), at least 1."""
-    return max(1, min(groups, n // GROUP_SIZE))
-
-
-def probe_groups(n: int, groups: int, seed: int) -> torch.Tensor:
-    """Group of each of n examples: a seeded random partition into
-    :func:`group_count` groups whose sizes differ by at most one (example i goes to
-    perm[i] mod G), whatever the order of the examples."""
-    g = torch.Generator(device="cpu")
-    g.manual_seed(seed * 1_000_003 + 17)
-    return torch.randperm(n, generator=g) % group_count(n, groups)
 
 
 def grouped_mean_and_se(
@@ -262,7 +244,7 @@ def hutchinson_traces(
                 room = target - sample_se**2 if target > sample_se**2 else target
                 needed = math.inf if mean == 0 else count * probe_se**2 / room
                 extra = max(needed * 1.1 - count, count / 2, 4)
-                next_want[n] = int(min(math.ceil(extra), max_probes - count))
+                next_want[n] = math.ceil(min(extra, max_probes - count))
         want = next_want
         round_ += 1
     out = []
@@ -275,6 +257,7 @@ def hutchinson_traces(
                 converged=stop[n] == "tol", stop_reason=stop[n], history=history[n],
                 probe_se=probe_se, sample_se=sample_se,
                 se_covers=("probes", "hessian-subset") if subset else ("probes",),
+                group_shares=tuple(values[n].mean(1).tolist()),
             )
         )
     return out
