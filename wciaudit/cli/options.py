@@ -22,7 +22,6 @@ import typer
 
 from ..config import Attack, CurvatureMethod, Norm, ScanConfig, parse_eps
 from ..errors import ConfigError
-from ..formatting import format_eps
 from .common import check_output_folders
 from .gating import GateSetup, prepare_gates
 
@@ -82,11 +81,50 @@ MeanOpt = Annotated[
     ),
 ]
 StdOpt = Annotated[str | None, typer.Option(help="Input normalisation std, comma-separated.")]
-EpsOpt = Annotated[str, typer.Option(help="Attack radius in input units: 8/255, 0.03, ...")]
-AttackOpt = Annotated[
-    Attack, typer.Option(help="pgd: random start + K steps; fgsm: one step of size eps.")
+EpsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Attack radius in input units: 8/255, 0.03, ... (default: the checkpoint's metadata 'eps', else 8/255).",
+        show_default=False,
+    ),
 ]
-NormOpt = Annotated[Norm, typer.Option(help="Threat-model norm.")]
+AttackOpt = Annotated[
+    Attack,
+    typer.Option(
+        help="Where robust accuracy comes from. pgd: random start + K steps; fgsm: one step of size eps; apgd-ce, apgd-t: APGD (100 steps); autoattack: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square 5000). The robust loss and the Hessian points come from PGD/FGSM, or APGD-CE for the others."
+    ),
+]
+NormOpt = Annotated[
+    Norm | None,
+    typer.Option(
+        help="Threat-model norm (default: the checkpoint's metadata 'norm', else linf).",
+        show_default=False,
+    ),
+]
+InputSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-size",
+        help="The model's input C,H,W, e.g. 3,32,32 (default: from the checkpoint or timm's config).",
+        show_default=False,
+    ),
+]
+LoOpt = Annotated[float, typer.Option("--lo", help="Lowest valid input value (data range).")]
+HiOpt = Annotated[float, typer.Option("--hi", help="Highest valid input value (data range).")]
+MaskingSamplesOpt = Annotated[
+    int,
+    typer.Option(
+        "--masking-samples",
+        help="Test examples the gradient-masking checks run on (0: no checks).",
+    ),
+]
+AttackSpreadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--attack-spread/--no-attack-spread",
+        help="Attack the Hessian subset again from other random starts, so that SEs cover the attack's starts (about doubles the curvature time).",
+    ),
+]
 StepsOpt = Annotated[int, typer.Option(help="PGD steps K.")]
 StepSizeOpt = Annotated[
     float | None,
@@ -226,6 +264,9 @@ class ScanSettings:
     num_classes: int | None
     mean: list[float] | None
     std: list[float] | None
+    input_size: tuple[int, int, int] | None = None
+    eps: float | None = None
+    norm: Norm | None = None
 
     @property
     def loading(self) -> dict[str, Any]:
@@ -238,6 +279,11 @@ class ScanSettings:
             "std": self.std,
         }
 
+    @property
+    def threat_model(self) -> dict[str, Any]:
+        """eps and norm as given; None (unset) lets the checkpoint's metadata decide."""
+        return {"eps": self.eps, "norm": self.norm}
+
 
 def scan_options(
     data: DataOpt = None,
@@ -246,9 +292,10 @@ def scan_options(
     num_classes: NumClassesOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
-    eps: EpsOpt = format_eps(DEFAULTS.eps),
+    input_size: InputSizeOpt = None,
+    eps: EpsOpt = None,
     attack: AttackOpt = DEFAULTS.attack,
-    norm: NormOpt = DEFAULTS.norm,
+    norm: NormOpt = None,
     steps: StepsOpt = DEFAULTS.steps,
     step_size: StepSizeOpt = DEFAULTS.step_size,
     restarts: RestartsOpt = DEFAULTS.restarts,
@@ -263,6 +310,10 @@ def scan_options(
     batch_size: BatchSizeOpt = DEFAULTS.batch_size,
     train_samples: TrainSamplesOpt = DEFAULTS.train_samples,
     test_samples: TestSamplesOpt = DEFAULTS.test_samples,
+    lo: LoOpt = DEFAULTS.lo,
+    hi: HiOpt = DEFAULTS.hi,
+    masking_samples: MaskingSamplesOpt = DEFAULTS.masking_samples,
+    attack_spread: AttackSpreadOpt = DEFAULTS.attack_spread,
 ) -> ScanSettings:
     """The options of every command that runs scans, as :class:`ScanSettings`.
 
@@ -272,20 +323,27 @@ def scan_options(
     """
     flags = dict(locals())
     loading = {
-        key: flags.pop(key) for key in ("data", "arch", "arch_args", "num_classes", "mean", "std")
+        key: flags.pop(key)
+        for key in ("data", "arch", "arch_args", "num_classes", "mean", "std", "input_size")
     }
+    threat = {"eps": flags.pop("eps"), "norm": flags.pop("norm")}
     try:
         arch_args = json.loads(loading["arch_args"]) if loading["arch_args"] is not None else None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--arch-args is not valid JSON: {exc.msg}") from None
     return ScanSettings(
         data=loading["data"],
-        config=ScanConfig(**{**flags, "eps": parse_eps(flags["eps"])}),
+        config=ScanConfig(
+            **flags, **{k: v for k, v in threat.items() if v is not None}
+        ),
         arch=loading["arch"],
         arch_args=arch_args,
         num_classes=loading["num_classes"],
         mean=_floats(loading["mean"], "--mean"),
         std=_floats(loading["std"], "--std"),
+        input_size=_input_size(loading["input_size"]),
+        eps=None if threat["eps"] is None else parse_eps(threat["eps"]),
+        norm=threat["norm"],
     )
 
 
@@ -349,6 +407,19 @@ def with_options(**groups: Callable[..., Any]) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _input_size(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.replace("x", ",").replace(" ", "").split(",")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ConfigError(f"--input-size must be C,H,W like 3,32,32, got {text!r}")
+    return size  # type: ignore[return-value]
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:

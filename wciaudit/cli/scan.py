@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..distributed import Shard, leave, shard_from_env
+from ..result import AuditResult
 from ..scan import checkpoint_stem
 from ..scan import scan as run_scan
 from .common import check_output_folders, handle_errors, out, progress_bars
@@ -35,9 +37,12 @@ def scan(
     html: HtmlOpt = None,
     gates: GateSetup,
     distributed: Annotated[bool, typer.Option("--distributed", help="Run as one process of a torchrun group (NCCL on GPUs, gloo on CPU): each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs.")] = False,
+    fail_on_masking: Annotated[bool, typer.Option("--fail-on-masking", help="Fail (exit 1) when a gradient-masking check fails.", rich_help_panel="Gates (exit 1 when one fails)")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's own, at most the cores this process may use).", show_default=False)] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
+    set_threads(threads)
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
     check_output_folders(target, html)
     shard = shard_from_env() if distributed else Shard()
@@ -45,11 +50,14 @@ def scan(
         with progress_bars(not quiet and shard.is_main) as progress:
             result = run_scan(
                 str(checkpoint), settings.data, config=settings.config, **settings.loading,
+                **settings.threat_model, input_size=settings.input_size,
                 weights_only=weights_only, progress=progress, shard=shard,
             )
     finally:
         leave(shard)
     result.gate = gates.apply(result)
+    if fail_on_masking:
+        fail_if_masking(result)
     if not shard.is_main:
         # every process holds the same figures, so the same gate verdict and exit code
         if not result.gate.passed:
@@ -67,3 +75,29 @@ def scan(
     code = report_gates(result, gates, quiet=quiet)
     if code:
         raise typer.Exit(code)
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's CPU threads: ``threads`` when given, else torch's default capped at the
+    cores this process may run on (torch counts the machine's, and more threads than
+    cores make every step slower on a busy machine)."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter("--threads must be >= 1")
+        torch.set_num_threads(threads)
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores and torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+
+
+def fail_if_masking(result: AuditResult) -> None:
+    """--fail-on-masking: a failed gradient-masking check fails the gate."""
+    masking = result.attacks.masking
+    if not masking or not masking.get("flagged"):
+        return
+    failed = [c["name"] for c in masking.get("checks", []) if not c.get("passed")]
+    result.gate.passed = False
+    result.gate.failures.append("gradient masking suspected: " + ", ".join(failed))
