@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, hessian
+from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
@@ -13,12 +13,19 @@ def dense_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -
     """The diagonal Hessian block d^2 mean-CE / dW^2 for one parameter, as a dense matrix."""
     w0 = dict(model.named_parameters())[name].detach()
 
-    def loss(w: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, {name: w}, (x,)), y)
-
     k = w0.numel()
-    with sdpa_kernel([SDPBackend.MATH]):  # fused attention has no forward-mode AD
-        return hessian(loss)(w0).detach().reshape(k, k)
+    # one gradient graph, then one Hessian row per double backward: exact, and the
+    # memory of one backward pass (torch.func.hessian vmaps every row through the
+    # model at once, gigabytes on a small ViT)
+    with sdpa_kernel([SDPBackend.MATH]):  # fused attention has no double backward
+        w = w0.clone().requires_grad_(True)
+        loss = F.cross_entropy(functional_call(model, {name: w}, (x,)), y)
+        (grad,) = torch.autograd.grad(loss, w, create_graph=True)
+        grad = grad.reshape(-1)
+        rows = [
+            torch.autograd.grad(grad[i], w, retain_graph=True)[0].reshape(-1) for i in range(k)
+        ]
+    return torch.stack(rows).detach()
 
 
 def dense_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, float]:
