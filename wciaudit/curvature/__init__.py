@@ -37,6 +37,7 @@ __all__ = [
     "mc_ggn_traces",
     "choose_routes",
     "Route",
+    "pool",
     "residual_vanishes",
     "mean_and_se",
 ]
@@ -165,7 +166,8 @@ def _layer_traces(
     if by_route["mc-ggn"]:
         for est in mc_ggn_traces(
             objective, by_route["mc-ggn"], k_labels=k_labels, seed=seed,
-            tol=tol if weight_norms is None else None, memory_bytes=memory_bytes, progress=tick,
+            tol=tol if weight_norms is None else None, max_labels=max(k_labels, max_probes),
+            memory_bytes=memory_bytes, progress=tick,
         ):
             estimates[est.name] = est
     hutch = by_route["hutchinson"]
