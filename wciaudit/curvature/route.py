@@ -30,8 +30,10 @@ ROUTES = ("exact-ggn", "mc-ggn", "hutchinson")
 METHODS = ("auto", "ggn", "mc-ggn", "hutchinson")
 # per-probe relative spread sd / |trace| of a block-restricted Rademacher probe
 PROBE_SPREAD = 0.5
-# per-label relative spread of a per-example squared gradient norm around the trace
-LABEL_SPREAD = 2.0
+# per-label relative spread sd / trace of a per-example squared gradient norm
+# (measured 0.2-0.45 per layer on a randomly initialised resnet18 at 32 px; a trained
+# network's peaked softmax makes the norms heavier-tailed, hence the margin)
+LABEL_SPREAD = 1.0
 # backward passes per block-restricted Hessian-vector product
 HVP_PASSES = 2
 
