@@ -166,7 +166,9 @@ def _layer_traces(
     if by_route["mc-ggn"]:
         for est in mc_ggn_traces(
             objective, by_route["mc-ggn"], k_labels=k_labels, seed=seed,
-            tol=tol if weight_norms is None else None, max_labels=max(k_labels, max_probes),
+            # labels are shared by all layers and cheap: each layer to tol keeps each
+            # WCI term within tol / 2, leaving most of the WCI's budget to the probes
+            tol=tol, max_labels=max(k_labels, max_probes),
             memory_bytes=memory_bytes, progress=tick,
         ):
             estimates[est.name] = est
