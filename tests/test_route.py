@@ -121,3 +121,28 @@ def test_wci_target_needs_the_weight_norms() -> None:
     x, y = torch.randn(8, 12, dtype=torch.float64), torch.randint(0, 3, (8,))
     with pytest.raises(ValueError, match="weight_norms"):
         layer_traces(model, x, y, ["1.weight"], tol_target="wci")
+
+
+class _Custom(nn.Module):
+    """A linear map that is not an nn.Linear: no hooks, Jacobian or vmap routes only."""
+
+    def __init__(self, fan_in: int, fan_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(fan_out, fan_in) / fan_in**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
+def test_a_layer_too_big_for_its_jacobian_rows_takes_sampled_labels_beside_the_exact_route() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), _Custom(8, 6), nn.ReLU(), nn.Linear(6, 10)).double().eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 12, generator=g, dtype=torch.float64), torch.randint(0, 10, (64,), generator=g)
+    names = [layer.name for layer in weight_layers(model)]
+    # 10 Jacobian rows of 48 float64 weights are 3 840 bytes: over this budget
+    est = {e.name: e for e in layer_traces(model, x, y, names, memory_bytes=2000, seed=1)}
+    assert [est[n].method for n in names] == ["exact-ggn", "mc-ggn", "exact-ggn"]
+    assert "memory budget" in est["2.weight"].route_reason
+    exact = dense_traces(model, x, y, ["2.weight"])["2.weight"]
+    assert abs(est["2.weight"].trace - exact) < 4 * est["2.weight"].se

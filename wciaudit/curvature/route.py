@@ -138,10 +138,14 @@ def choose_routes(
         exact_line = f"exact GGN {exact_cost:g} backward passes"
         mc_line = f"sampled-label GGN {mc_cost:g}"
         hutch_line = f"Hutchinson {hutch_all:g} ({probes} probes per layer)"
-        if exact_layers and not big and exact_cost <= mc_cost and exact_cost <= hutch_all:
+        # layers whose C Jacobian rows do not fit take sampled labels beside the exact route
+        exact_plan = exact_cost + (labels if big else 0)
+        if exact_layers and exact_plan <= mc_cost and exact_plan <= hutch_all:
             reason = f"residual vanishes; {c}: {exact_line} <= {mc_line}, {hutch_line}"
-            for n in candidates:
-                routes[n] = Route(n, "exact-ggn", reason, exact_cost / len(candidates))
+            for n in exact_layers:
+                routes[n] = Route(n, "exact-ggn", reason, exact_cost / len(exact_layers))
+            for n in big:
+                routes[n] = Route(n, "mc-ggn", _too_big(objective, n, classes) + "; sampled labels", float(labels))
         elif mc_cost <= hutch_all:
             why = (
                 f"{mc_line} passes < {exact_line}" if not big
