@@ -44,12 +44,14 @@ class Norm(str, Enum):
 
 
 class CurvatureMethod(str, Enum):
-    """How per-layer traces are measured: `auto` picks the exact Gauss-Newton route per
-    layer where it is exact and cheaper, else Hutchinson with block-restricted probes."""
+    """How per-layer traces are measured: `auto` picks, per layer, the cheapest of the
+    exact Gauss-Newton route, the sampled-label Gauss-Newton route (both where the
+    network is piecewise linear in the layer) and Hutchinson; the others force one."""
 
     auto = "auto"
     hutchinson = "hutchinson"
     ggn = "ggn"
+    mc_ggn = "mc-ggn"
 
 
 _FRACTION = re.compile(
@@ -128,7 +130,10 @@ class ScanConfig:
         step_size: PGD step alpha; ``None`` means 2.5 * eps / K (FGSM: eps).
         restarts: PGD restarts R; the per-example worst loss is kept.
         seed: seeds attack starts, subsets and probes; same seed, same numbers.
-        tol: target relative standard error of every per-layer trace.
+        tol: target relative standard error of WCI; probes go where they cut WCI's
+            variance most.
+        layer_tol: also hold every per-layer trace to this relative SE (None: only WCI).
+        k_labels: labels sampled per example on the sampled-label Gauss-Newton route.
         max_probes: probe cap per layer for Hutchinson.
         min_probes: probes per layer before the stop rule may fire.
         hessian_samples: number of train examples the Hessian is taken over.
@@ -172,6 +177,8 @@ class ScanConfig:
     curvature: CurvatureMethod = CurvatureMethod.auto
     memory_bytes: int = DEFAULT_MEMORY_BYTES
     masking_samples: int = 64
+    layer_tol: float | None = None
+    k_labels: int = 16
     attack_spread: bool = True
 
     def __post_init__(self) -> None:
@@ -199,6 +206,9 @@ class ScanConfig:
         _check_int("batch_size", self.batch_size, 1, 1_000_000)
         _check_int("memory_bytes", self.memory_bytes, 1, 2**60)
         _check_int("masking_samples", self.masking_samples, 0, 1_000_000_000)
+        _check_int("k_labels", self.k_labels, 2, 1_000_000)
+        if self.layer_tol is not None and not (0 < self.layer_tol < 1):
+            raise ConfigError(f"layer_tol must be in (0, 1), got {self.layer_tol!r}")
         for name in ("train_samples", "test_samples"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, 1_000_000_000)

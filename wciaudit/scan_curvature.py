@@ -66,11 +66,12 @@ def measure_curvature(
     if not result.layers:
         return
     names = [f"model.{layer.name}" for layer in result.layers]
-    estimates = _curvature(run, net, names, subset.x, subset)
+    norms = [layer.frob_norm for layer in result.layers]
+    estimates = _curvature(run, net, names, norms, subset.x, subset)
     again = None
     if run.cfg.attack_spread and _random_starts(run.cfg, loss_attack):
         x_again = _attack_again(run, net, subset, loss_attack)
-        again = _curvature(run, net, names, x_again, subset)
+        again = _curvature(run, net, names, norms, x_again, subset)
     for layer, est, est2 in zip(result.layers, estimates, again or estimates, strict=True):
         fill_layer(layer, est, est2 if again is not None else None)
     _wci(result, estimates, again, subset, run)
@@ -148,8 +149,8 @@ def _attack_again(run: _Run, net: nn.Module, subset: Subset, loss_attack: str) -
 
 
 def _traces(
-    batch_size: int, *, net: nn.Module, names: list[str], x: torch.Tensor, subset: Subset,
-    run: _Run,
+    batch_size: int, *, net: nn.Module, names: list[str], norms: list[float], x: torch.Tensor,
+    subset: Subset, run: _Run,
 ) -> list[TraceEstimate]:
     cfg, shard = run.cfg, run.shard
     return layer_traces(
@@ -169,14 +170,19 @@ def _traces(
         n_total=subset.n,
         n_population=subset.n_population,
         reduce=shard.all_reduce_sum if shard.active else None,
+        k_labels=cfg.k_labels,
+        weight_norms=norms,
+        layer_tol=cfg.layer_tol,
     )
 
 
 def _curvature(
-    run: _Run, net: nn.Module, names: list[str], x: torch.Tensor, subset: Subset
+    run: _Run, net: nn.Module, names: list[str], norms: list[float], x: torch.Tensor,
+    subset: Subset,
 ) -> list[TraceEstimate]:
-    """Per-layer Hessian traces at the points ``x`` of the subset."""
-    job = partial(_traces, net=net, names=names, x=x, subset=subset, run=run)
+    """Per-layer Hessian traces at the points ``x`` of the subset, probes spent where
+    they cut WCI's variance most (``norms``: the layers' Frobenius norms)."""
+    job = partial(_traces, net=net, names=names, norms=norms, x=x, subset=subset, run=run)
     # under torchrun a retry on one process would desynchronise the all-reduces
     return run.batches.run(job, retry=not run.shard.active)
 

@@ -138,11 +138,21 @@ HessianSamplesOpt = Annotated[
         help="Train examples the Hessian is taken over (a seeded stratified subset).",
     ),
 ]
-TolOpt = Annotated[float, typer.Option(help="Target relative standard error per layer trace.")]
+TolOpt = Annotated[
+    float,
+    typer.Option(help="Target relative standard error of WCI (probes go where they cut its variance most)."),
+]
+LayerTolOpt = Annotated[
+    float | None,
+    typer.Option("--layer-tol", help="Also hold every layer's trace to this relative standard error.", show_default=False),
+]
+KLabelsOpt = Annotated[
+    int, typer.Option("--k-labels", help="Labels sampled per example on the mc-ggn route.")
+]
 MaxProbesOpt = Annotated[int, typer.Option("--max-probes", help="Hutchinson probe cap per layer.")]
 CurvatureOpt = Annotated[
     CurvatureMethod,
-    typer.Option(help="auto: exact Gauss-Newton route where exact and cheaper, else Hutchinson."),
+    typer.Option(help="auto: per layer the cheapest of exact Gauss-Newton (ggn), sampled-label Gauss-Newton (mc-ggn; both where the network is piecewise linear in the layer) and Hutchinson; the others force one route."),
 ]
 DeltaOpt = Annotated[float, typer.Option(help="PAC-Bayes confidence delta.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for attack starts, subsets and probes.")]
@@ -301,6 +311,8 @@ def scan_options(
     restarts: RestartsOpt = DEFAULTS.restarts,
     hessian_samples: HessianSamplesOpt = DEFAULTS.hessian_samples,
     tol: TolOpt = DEFAULTS.tol,
+    layer_tol: LayerTolOpt = DEFAULTS.layer_tol,
+    k_labels: KLabelsOpt = DEFAULTS.k_labels,
     max_probes: MaxProbesOpt = DEFAULTS.max_probes,
     curvature: CurvatureOpt = DEFAULTS.curvature,
     delta: DeltaOpt = DEFAULTS.delta,

@@ -1,14 +1,20 @@
-"""Per-layer traces of the adversarial-loss Hessian: route choice and the two estimators.
+"""Per-layer traces of the adversarial-loss Hessian: route choice and the three estimators.
 
-``layer_traces`` measures Tr(H_kk) for every layer k:
+``layer_traces`` measures Tr(H_kk) for every layer k, on the route
+:func:`.route.choose_routes` picks by expected cost:
 - ``exact-ggn`` (:mod:`.ggn`) where the residual of the Gauss-Newton split is zero on
-  the data (checked per layer) and the C Jacobian rows per example fit in memory and
-  cost less than the probes Hutchinson would spend;
+  the data (checked per layer) and C + 1 backward passes are the cheapest;
+- ``mc-ggn`` (:mod:`.mc_ggn`) where the residual is zero and sampled labels are cheaper
+  (many classes);
 - ``hutchinson`` (:mod:`.hutchinson`) elsewhere, with block-restricted probes.
+
+The tolerance applies per layer, or, given the layers' weight norms, to the WCI
+(``tol_target="wci"``): Hutchinson probes then go where they cut WCI's variance most.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -16,9 +22,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .estimate import TraceEstimate, mean_and_se
-from .ggn import ggn_bytes_per_example, ggn_traces, hookable, residual_vanishes
+from .ggn import ggn_traces, hookable, residual_vanishes
 from .hutchinson import hutchinson_traces
+from .mc_ggn import mc_ggn_traces
 from .objective import Objective
+from .route import Route, choose_routes, memory_groups
 
 __all__ = [
     "Objective",
@@ -26,6 +34,10 @@ __all__ = [
     "layer_traces",
     "ggn_traces",
     "hutchinson_traces",
+    "mc_ggn_traces",
+    "choose_routes",
+    "Route",
+    "pool",
     "residual_vanishes",
     "mean_and_se",
 ]
@@ -49,6 +61,10 @@ def layer_traces(
     n_total: int | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     n_population: int | None = None,
+    k_labels: int = 16,
+    weight_norms: list[float] | None = None,
+    tol_target: str | None = None,
+    layer_tol: float | None = None,
 ) -> list[TraceEstimate]:
     """Tr(d^2 L / dW_k^2) for each named layer, L = mean CE of ``model`` on (x, y).
 
@@ -56,9 +72,11 @@ def layer_traces(
         model: classifier in eval mode, on ``device``.
         x, y: the (adversarial) examples the Hessian is taken over, on the CPU.
         names: layer parameter names, in model order.
-        method: ``auto`` (exact route where it is exact and cheaper), ``ggn`` (exact
-            route wherever it is exact), ``hutchinson`` (probes everywhere).
-        tol, max_probes, min_probes, seed: Hutchinson's stop rule and probes.
+        method: ``auto`` (cheapest expected route, :func:`.route.choose_routes`),
+            ``ggn`` (exact route wherever it is exact), ``mc-ggn`` (sampled labels
+            wherever the residual vanishes), ``hutchinson`` (probes everywhere).
+        tol, max_probes, min_probes, seed: the stop rule and probes. ``tol`` is the
+            relative SE target of each layer, or of the WCI when ``tol_target="wci"``.
         memory_bytes: budget for one chunk of per-example Jacobians.
         progress: called as ``progress(kind, n)`` with kind ``"ggn"`` (examples) or
             ``"probes"``.
@@ -66,10 +84,25 @@ def layer_traces(
             ``n_total`` examples and ``reduce`` sums a tensor over processes.
         n_population: size of the split (x, y) was sampled from; the SE then covers
             the choice of subset, with the finite-population factor.
+        k_labels: labels per example on the ``mc-ggn`` route.
+        weight_norms: ||W_k||_F per layer (order of ``names``); needed for the WCI target.
+        tol_target: ``"wci"`` (default when ``weight_norms`` is given): stop when
+            WCI = sum_k ||W_k||_F sqrt(Tr_k) has relative SE <= ``tol`` (delta method,
+            as :func:`wciaudit.bounds.weight_curvature_index`), giving further
+            Hutchinson probes to the layers whose variance they cut most per probe;
+            ``"layer"``: every layer to relative SE ``tol``.
+        layer_tol: with the WCI target, also hold each Hutchinson layer to this
+            relative SE (None: no per-layer target).
 
     Returns:
-        One estimate per layer, in the order of ``names``.
+        One estimate per layer, in the order of ``names``; ``method`` is the route
+        taken and ``route_reason`` says why.
     """
+    target = tol_target or ("wci" if weight_norms is not None else "layer")
+    if target not in ("wci", "layer"):
+        raise ValueError(f"tol_target must be 'wci' or 'layer', got {tol_target!r}")
+    if target == "wci" and (weight_norms is None or len(weight_norms) != len(names)):
+        raise ValueError("tol_target='wci' needs weight_norms, one per layer name")
     # fused attention kernels (flash / memory-efficient SDPA) have no double backward;
     # the math kernel computes the same attention and differentiates twice
     with sdpa_kernel([SDPBackend.MATH]):
@@ -77,6 +110,8 @@ def layer_traces(
             model, x, y, names, method=method, tol=tol, max_probes=max_probes, min_probes=min_probes,
             seed=seed, batch_size=batch_size, device=device, memory_bytes=memory_bytes,
             progress=progress, n_total=n_total, reduce=reduce, n_population=n_population,
+            k_labels=k_labels, weight_norms=weight_norms if target == "wci" else None,
+            layer_tol=layer_tol,
         )
 
 
@@ -97,7 +132,10 @@ def _layer_traces(
     progress: Callable[[str, int], None] | None,
     n_total: int | None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None,
-    n_population: int | None = None,
+    n_population: int | None,
+    k_labels: int,
+    weight_norms: list[float] | None,
+    layer_tol: float | None,
 ) -> list[TraceEstimate]:
     device = device or next(model.parameters()).device
     objective = Objective(
@@ -105,58 +143,199 @@ def _layer_traces(
     )
     if reduce is not None:
         objective.reduce = reduce
-    estimates: dict[str, TraceEstimate] = {}
-    hutch_names = list(names)
-    if method in ("auto", "ggn"):
-        exact = residual_vanishes(objective, seed=seed)
-        candidates = [n for n in names if exact[n]]
-        fast = set(hookable(objective, candidates))
-        classes = _num_classes(objective)
-        # Linear/Conv2d layers share one set of C + 1 backward passes; other layers need
-        # per-example Jacobians, grouped to fit the memory budget, C products per group
-        groups = ([[n for n in candidates if n in fast]] if fast else []) + _memory_groups(
-            objective, [n for n in candidates if n not in fast], classes, memory_bytes
+    classes = _num_classes(objective)
+    routes = {
+        r.name: r
+        for r in choose_routes(
+            objective, list(names), method=method, min_probes=min_probes, max_probes=max_probes,
+            memory_bytes=memory_bytes, classes=classes, k_labels=k_labels, tol=tol, seed=seed,
         )
-        # cost in backward passes over the data: C (+1) per group for the exact route,
-        # >= 2 * min_probes Hessian-vector products per layer for Hutchinson
-        ggn_cost = (classes + 1) * len(groups)
-        hutch_cost = 2 * min_probes * sum(len(g) for g in groups)
-        if groups and (method == "ggn" or ggn_cost <= hutch_cost):
-            for group in groups:
-                for est in ggn_traces(
-                    objective, group, memory_bytes=memory_bytes, seed=seed,
-                    progress=None if progress is None else (lambda k: progress("ggn", k)),
-                ):
-                    estimates[est.name] = est
-            hutch_names = [n for n in names if n not in estimates]
-    if hutch_names:
-        for est in hutchinson_traces(
-            objective, tol=tol, max_probes=max_probes, min_probes=min_probes, seed=seed,
-            names=hutch_names,
-            progress=None if progress is None else (lambda k: progress("probes", k)),
+    }
+    by_route = {kind: [n for n in names if routes[n].route == kind] for kind in ("exact-ggn", "mc-ggn", "hutchinson")}
+    estimates: dict[str, TraceEstimate] = {}
+    tick = None if progress is None else (lambda k: progress("ggn", k))
+    exact = by_route["exact-ggn"]
+    if exact:
+        fast = hookable(objective, exact)
+        groups = ([fast] if fast else []) + memory_groups(
+            objective, [n for n in exact if n not in fast], classes, memory_bytes
+        )
+        for group in groups:
+            for est in ggn_traces(objective, group, memory_bytes=memory_bytes, progress=tick, seed=seed):
+                estimates[est.name] = est
+    if by_route["mc-ggn"]:
+        for est in mc_ggn_traces(
+            objective, by_route["mc-ggn"], k_labels=k_labels, seed=seed,
+            # labels are shared by all layers and cheap: each layer to tol keeps each
+            # WCI term within tol / 2, leaving most of the WCI's budget to the probes
+            tol=tol, max_labels=max(k_labels, max_probes),
+            memory_bytes=memory_bytes, progress=tick,
         ):
             estimates[est.name] = est
+    hutch = by_route["hutchinson"]
+    probe_tick = None if progress is None else (lambda k: progress("probes", k))
+    if hutch and weight_norms is None:
+        for est in hutchinson_traces(
+            objective, tol=tol, max_probes=max_probes, min_probes=min_probes, seed=seed,
+            names=hutch, progress=probe_tick,
+        ):
+            estimates[est.name] = est
+    elif hutch:
+        norms = dict(zip(names, weight_norms, strict=True))
+        estimates.update(
+            _wci_target(objective, hutch, estimates, norms, tol=tol, layer_tol=layer_tol,
+                        min_probes=min_probes, max_probes=max_probes, seed=seed, progress=probe_tick)
+        )
+    if weight_norms is not None:
+        _mark_wci_stop(estimates, dict(zip(names, weight_norms, strict=True)), tol)
+    for n in names:
+        estimates[n].method = routes[n].route
+        estimates[n].route_reason = routes[n].reason
     return [estimates[n] for n in names]
+
+
+# further rounds of WCI-targeted probes before giving up on the target
+_WCI_ROUNDS = 12
+# seed offset between rounds, so every round draws fresh probes
+_ROUND_SEED = 7_777_777
+
+
+def wci_relative_se(norms: dict[str, float], estimates: dict[str, TraceEstimate]) -> float:
+    """Relative SE of WCI = sum_k ||W_k||_F sqrt(max(Tr_k, 0)) by the delta method:
+    Var(WCI) = sum_k ||W_k||_F^2 Var(Tr_k) / (4 Tr_k) over layers with Tr_k > 0."""
+    wci = math.fsum(norms[n] * math.sqrt(max(e.trace, 0.0)) for n, e in estimates.items())
+    var = math.fsum(
+        norms[n] ** 2 * e.se**2 / (4 * e.trace) for n, e in estimates.items() if e.trace > 0 and e.se > 0
+    )
+    if wci == 0:
+        return 0.0 if var == 0 else math.inf
+    return math.sqrt(var) / wci
+
+
+def _wci_target(
+    objective: Objective,
+    names: list[str],
+    fixed: dict[str, TraceEstimate],
+    norms: dict[str, float],
+    *,
+    tol: float,
+    layer_tol: float | None,
+    min_probes: int,
+    max_probes: int,
+    seed: int,
+    progress: Callable[[int], None] | None,
+) -> dict[str, TraceEstimate]:
+    """Hutchinson layers until the WCI's relative SE is <= ``tol``.
+
+    Round 0 gives every layer ``min_probes`` (or runs it to ``layer_tol``). Then, with
+    a_k = ||W_k||^2 s_k^2 / (4 Tr_k) (s_k the per-probe sd), the probe counts n_k that
+    minimise sum_k n_k subject to sum_k a_k / n_k <= the variance left to these layers
+    are n_k proportional to sqrt(a_k) (Lagrange); each round moves the layers towards
+    those counts (capped at ``max_probes``) with fresh probes, pooled with the old.
+    """
+    first = hutchinson_traces(
+        objective, tol=layer_tol if layer_tol is not None else math.inf,
+        max_probes=max_probes if layer_tol is not None else min(min_probes, max_probes),
+        min_probes=min_probes, seed=seed, names=names, progress=progress,
+    )
+    current = {e.name: e for e in first}
+    for round_ in range(1, _WCI_ROUNDS + 1):
+        everything = {**fixed, **current}
+        if wci_relative_se(norms, everything) <= tol:
+            break
+        extra = _allocate(norms, fixed, current, tol, max_probes)
+        if not extra:
+            break
+        for count, group in _by_count(extra).items():
+            for est in hutchinson_traces(
+                objective, tol=math.inf, max_probes=count, min_probes=count,
+                seed=seed + round_ * _ROUND_SEED, group_seed=seed, names=group,
+                progress=progress,
+            ):
+                current[est.name] = pool(current[est.name], est)
+    return current
+
+
+def _allocate(
+    norms: dict[str, float],
+    fixed: dict[str, TraceEstimate],
+    current: dict[str, TraceEstimate],
+    tol: float,
+    max_probes: int,
+) -> dict[str, int]:
+    everything = {**fixed, **current}
+    wci = math.fsum(norms[n] * math.sqrt(max(e.trace, 0.0)) for n, e in everything.items())
+    budget = (tol * wci) ** 2 - math.fsum(
+        norms[n] ** 2 * e.se**2 / (4 * e.trace) for n, e in fixed.items() if e.trace > 0
+    )
+    a = {
+        n: norms[n] ** 2 * (e.se**2 * e.probes) / (4 * e.trace)
+        for n, e in current.items()
+        if e.trace > 0 and e.se > 0 and isinstance(e.probes, int) and e.probes < max_probes
+    }
+    capped = math.fsum(
+        norms[n] ** 2 * e.se**2 / (4 * e.trace) for n, e in current.items() if n not in a and e.trace > 0
+    )
+    budget -= capped
+    if not a or budget <= 0:
+        return {}  # the layers at their cap (or the fixed routes) already exceed the target
+    root_sum = math.fsum(math.sqrt(v) for v in a.values())
+    out = {}
+    for n, v in a.items():
+        have = int(current[n].probes)
+        want = min(max_probes, math.ceil(1.1 * math.sqrt(v) * root_sum / budget))
+        if want > have:
+            out[n] = int(min(max_probes - have, max(want - have, math.ceil(have / 2), 4)))
+    return out
+
+
+def _by_count(extra: dict[str, int]) -> dict[int, list[str]]:
+    """Layers grouped by the probes they get, one Hutchinson call per group."""
+    out: dict[int, list[str]] = {}
+    for n, k in extra.items():
+        out.setdefault(k, []).append(n)
+    return out
+
+
+def pool(a: TraceEstimate, b: TraceEstimate) -> TraceEstimate:
+    """Two independent Hutchinson estimates of one trace as one: the mean of all probe
+    values, and their SE from the pooled sum of squares (each run's sample variance is
+    se^2 n). The probe part of the SE pools that way; a Hessian-subset part
+    (``sample_se``) estimates the same quantity in both runs and is averaged by probes."""
+    na, nb = int(a.probes), int(b.probes)
+    n = na + nb
+    pa = a.probe_se if a.probe_se > 0 else a.se
+    pb = b.probe_se if b.probe_se > 0 else b.se
+    mean = (na * a.trace + nb * b.trace) / n
+    ss = (na - 1) * pa**2 * na + na * a.trace**2 + (nb - 1) * pb**2 * nb + nb * b.trace**2
+    var = max(ss - n * mean**2, 0.0) / (n - 1)
+    probe_se = math.sqrt(var / n)
+    sample_se = math.sqrt((na * a.sample_se**2 + nb * b.sample_se**2) / n)
+    shares = (
+        tuple((na * x + nb * y) / n for x, y in zip(a.group_shares, b.group_shares, strict=True))
+        if len(a.group_shares) == len(b.group_shares)
+        else ()
+    )
+    history = a.history + [[n, mean, math.hypot(probe_se, sample_se)]]
+    return TraceEstimate(
+        name=a.name, trace=mean, se=math.hypot(probe_se, sample_se), probes=n, method=a.method,
+        converged=a.converged, stop_reason=a.stop_reason, history=history,
+        probe_se=probe_se if a.probe_se > 0 else 0.0, sample_se=sample_se, se_covers=a.se_covers,
+        route_reason=a.route_reason, group_shares=shares,
+    )
+
+
+def _mark_wci_stop(estimates: dict[str, TraceEstimate], norms: dict[str, float], tol: float) -> None:
+    """Under the WCI target a noisy layer is converged when the WCI met ``tol``."""
+    met = wci_relative_se(norms, estimates) <= tol
+    for e in estimates.values():
+        if e.method in ("exact-ggn",) or e.stop_reason == "exact":
+            continue
+        e.converged = met
+        e.stop_reason = "tol" if met else "cap"
 
 
 def _num_classes(objective: Objective) -> int:
     with torch.no_grad():
         xb = objective.x[:1].to(objective.device, objective.dtype)
         return int(objective.model(xb).shape[1])
-
-
-def _memory_groups(objective: Objective, names: list[str], classes: int, memory_bytes: int) -> list[list[str]]:
-    """Split layers into groups whose per-example Jacobian fits ``memory_bytes``;
-    a layer that alone does not fit is left to Hutchinson."""
-    groups: list[list[str]] = []
-    current: list[str] = []
-    for n in names:
-        if ggn_bytes_per_example(objective, [n], classes) > memory_bytes:
-            continue
-        if current and ggn_bytes_per_example(objective, current + [n], classes) > memory_bytes:
-            groups.append(current)
-            current = []
-        current.append(n)
-    if current:
-        groups.append(current)
-    return groups

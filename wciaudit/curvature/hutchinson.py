@@ -160,6 +160,7 @@ def hutchinson_traces(
     progress: Progress | None = None,
     names: list[str] | None = None,
     groups: int = GROUPS,
+    group_seed: int | None = None,
 ) -> list[TraceEstimate]:
     """Per-layer Hutchinson estimates of Tr(H_kk) with standard errors.
 
@@ -178,6 +179,8 @@ def hutchinson_traces(
         progress: called with the number of probes done after each layer-batch.
         names: subset of ``objective.names`` to estimate (default all).
         groups: the most groups the examples are split into.
+        group_seed: seed of the group split (default ``seed``); runs that are pooled
+            or paired share it, so their group shares line up.
 
     Returns:
         One :class:`TraceEstimate` per layer, in the order of ``names``.
@@ -186,7 +189,7 @@ def hutchinson_traces(
     index = {n: objective.names.index(n) for n in names}
     weights = objective.weights()
     n_groups = group_count(objective.n, groups)
-    assignment = probe_groups(objective.n, groups, seed)
+    assignment = probe_groups(objective.n, groups, seed if group_seed is None else group_seed)
     sizes = torch.bincount(assignment, minlength=n_groups)
     offset = objective.offset()
     local = assignment[offset : offset + objective.n_local]

@@ -1,0 +1,148 @@
+"""Route choice by expected cost, and the WCI precision target."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from reference import dense_traces, mlp
+from torch import nn
+
+from wciaudit.bounds import weight_curvature_index
+from wciaudit.curvature import (
+    Objective,
+    TraceEstimate,
+    choose_routes,
+    layer_traces,
+    mean_and_se,
+    pool,
+)
+from wciaudit.curvature.route import expected_labels
+from wciaudit.model import weight_layers
+
+CPU = torch.device("cpu")
+
+
+def _net(classes: int, act: type[nn.Module] = nn.ReLU) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 8), act(), nn.Linear(8, 6), act(), nn.Linear(6, classes)).double().eval()
+
+
+def _routes(model: nn.Module, classes: int, method: str = "auto", n: int = 64) -> list:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 12, generator=g, dtype=torch.float64)
+    y = torch.randint(0, classes, (n,), generator=g)
+    names = [layer.name for layer in weight_layers(model)]
+    obj = Objective(model, x, y, names, 32, CPU)
+    return choose_routes(
+        obj, names, method=method, min_probes=10, memory_bytes=2**26, classes=classes, k_labels=16
+    )
+
+
+def test_few_classes_take_the_exact_route_many_take_sampled_labels() -> None:
+    few = _routes(_net(10), 10)
+    assert {r.route for r in few} == {"exact-ggn"}
+    assert "11 backward passes" in few[0].reason and "residual vanishes" in few[0].reason
+    many = _routes(_net(1000), 1000)
+    assert {r.route for r in many} == {"mc-ggn"}
+    assert "1000 classes" in many[0].reason
+    # the shared passes are divided among the layers that share them
+    assert sum(r.cost for r in many) == pytest.approx(expected_labels(16, 64, 0.05))
+
+
+def test_smooth_layers_take_hutchinson_and_say_why() -> None:
+    routes = _routes(_net(10, nn.GELU), 10)
+    assert [r.route for r in routes] == ["hutchinson", "hutchinson", "exact-ggn"]
+    assert "residual does not vanish" in routes[0].reason
+
+
+def test_requested_methods() -> None:
+    model = _net(10)
+    assert {r.route for r in _routes(model, 10, "hutchinson")} == {"hutchinson"}
+    assert {r.route for r in _routes(model, 10, "ggn")} == {"exact-ggn"}
+    assert {r.route for r in _routes(model, 10, "mc-ggn")} == {"mc-ggn"}
+    with pytest.raises(ValueError, match="method"):
+        _routes(model, 10, "newton")
+
+
+def test_layer_traces_records_the_route_and_its_reason() -> None:
+    model = _net(1000)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(24, 12, generator=g, dtype=torch.float64), torch.randint(0, 1000, (24,), generator=g)
+    names = [layer.name for layer in weight_layers(model)]
+    exact = dense_traces(model, x, y, names)
+    for est in layer_traces(model, x, y, names, method="auto", k_labels=8, seed=2):
+        assert est.method == "mc-ggn" and est.route_reason.startswith("residual vanishes")
+        assert abs(est.trace - exact[est.name]) < 4 * est.se
+
+
+def test_pooling_two_runs_equals_one_run_over_all_probe_values() -> None:
+    g = torch.Generator().manual_seed(0)
+    a_vals, b_vals = torch.randn(10, generator=g).tolist(), (torch.randn(23, generator=g) + 0.3).tolist()
+
+    def est(values: list[float]) -> TraceEstimate:
+        mean, se = mean_and_se(values)
+        return TraceEstimate("w", mean, se, len(values), "hutchinson", False, "cap", [[len(values), mean, se]])
+
+    pooled = pool(est(a_vals), est(b_vals))
+    mean, se = mean_and_se(a_vals + b_vals)
+    assert pooled.probes == 33
+    assert pooled.trace == pytest.approx(mean, rel=1e-12)
+    assert pooled.se == pytest.approx(se, rel=1e-9)
+    assert pooled.history[-1][0] == 33
+
+
+@pytest.mark.parametrize("tol", [0.1, 0.03])
+def test_wci_target_is_met_on_the_reported_wci(tol: float) -> None:
+    model = mlp(nn.GELU)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 12, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g)
+    names = [layer.name for layer in weight_layers(model)]
+    params = dict(model.named_parameters())
+    norms = [float(params[n].detach().norm()) for n in names]
+    exact = dense_traces(model, x, y, names)
+    est = layer_traces(model, x, y, names, method="hutchinson", tol=tol, max_probes=400, weight_norms=norms, seed=4)
+    wci, wci_se = weight_curvature_index(norms, [e.trace for e in est], [e.se for e in est])
+    capped = any(e.probes == 400 for e in est)
+    assert wci_se <= tol * wci or capped
+    assert all(e.stop_reason == "tol" and e.converged for e in est) or capped
+    for e in est:
+        assert abs(e.trace - exact[e.name]) < 4 * e.se
+        assert e.history[-1][0] == e.probes
+    # probes went where WCI's variance is: not every layer was pushed to tol itself
+    per_layer = layer_traces(model, x, y, names, method="hutchinson", tol=tol, max_probes=400, seed=4)
+    assert sum(e.probes for e in est) <= sum(e.probes for e in per_layer)
+    assert math.isfinite(wci_se)
+
+
+def test_wci_target_needs_the_weight_norms() -> None:
+    model = mlp()
+    x, y = torch.randn(8, 12, dtype=torch.float64), torch.randint(0, 3, (8,))
+    with pytest.raises(ValueError, match="weight_norms"):
+        layer_traces(model, x, y, ["1.weight"], tol_target="wci")
+
+
+class _Custom(nn.Module):
+    """A linear map that is not an nn.Linear: no hooks, Jacobian or vmap routes only."""
+
+    def __init__(self, fan_in: int, fan_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(fan_out, fan_in) / fan_in**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
+def test_a_layer_too_big_for_its_jacobian_rows_takes_sampled_labels_beside_the_exact_route() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), _Custom(8, 6), nn.ReLU(), nn.Linear(6, 10)).double().eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 12, generator=g, dtype=torch.float64), torch.randint(0, 10, (64,), generator=g)
+    names = [layer.name for layer in weight_layers(model)]
+    # 10 Jacobian rows of 48 float64 weights are 3 840 bytes: over this budget
+    est = {e.name: e for e in layer_traces(model, x, y, names, memory_bytes=2000, seed=1)}
+    assert [est[n].method for n in names] == ["exact-ggn", "mc-ggn", "exact-ggn"]
+    assert "memory budget" in est["2.weight"].route_reason
+    exact = dense_traces(model, x, y, ["2.weight"])["2.weight"]
+    assert abs(est["2.weight"].trace - exact) < 4 * est["2.weight"].se

@@ -1,0 +1,120 @@
+"""Hutch++ per diagonal block (Meyer, Musco, Musco, Woodruff 2021, "Hutch++: optimal
+stochastic trace estimation").
+
+For one layer's block H = H_kk and a Rademacher sketch S (numel x s):
+
+    Q = orth(H S),   Tr(H) = Tr(Q^T H Q) + Tr((I - QQ^T) H (I - QQ^T))
+
+The first term is computed exactly from s more products (H Q); the second, the trace
+of the deflated block, by Hutchinson with probes g' = (I - QQ^T) g. Where the block
+has a few dominant eigenvalues (they carry most of the Rademacher variance
+2 (||H||_F^2 - sum H_ii^2)) deflation removes them and the residual probes are far
+less noisy.
+
+Standard error: given Q the estimate is the exact first term plus an unbiased mean of
+residual probe values, and its expectation given Q is Tr(H) for every Q, so
+Var = E[Var(. | Q)]: the residual values' sample sd / sqrt(n) is the SE, and it covers
+the sketch as well. Cost: 2 s + n products against Hutchinson's n.
+
+Example:
+    >>> import torch
+    >>> from wciaudit.curvature.objective import Objective
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    >>> obj = Objective(net, torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)),
+    ...                 ["0.weight"], 8, torch.device("cpu"))
+    >>> [e.method for e in hutchpp_traces(obj, sketch=2, min_probes=10, max_probes=20)]
+    ['hutch++']
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .estimate import TraceEstimate, mean_and_se
+from .hutchinson import rademacher
+from .objective import Objective
+
+
+def hutchpp_traces(
+    objective: Objective,
+    names: list[str] | None = None,
+    *,
+    sketch: int = 10,
+    tol: float = 0.05,
+    min_probes: int = 10,
+    max_probes: int = 200,
+    seed: int = 0,
+) -> list[TraceEstimate]:
+    """Per-layer Hutch++ estimates of Tr(H_kk) with a valid standard error.
+
+    Args:
+        objective: model, fixed examples, layers.
+        names: layers (default all of ``objective.names``).
+        sketch: s, the sketch width (2 s products go to the low-rank part).
+        tol, min_probes, max_probes: residual probes are added in rounds until the
+            relative SE is <= ``tol`` or ``max_probes`` residual probes.
+        seed: sketch and probe seed (CPU generator).
+
+    Returns:
+        One :class:`TraceEstimate` per layer (``method="hutch++"``, ``probes`` = the
+        residual probes; 2 ``sketch`` more products were spent).
+    """
+    names = list(objective.names if names is None else names)
+    weights = objective.weights()
+    out = []
+    for li, n in enumerate(names):
+        g = torch.Generator(device="cpu")
+        g.manual_seed(seed * 7_919 + li * 104_729 + 31)
+        hvp = _block_hvp(objective, weights, n)
+        shape = tuple(weights[n].shape)
+        numel = weights[n].numel()
+        s = min(sketch, numel)
+        hs = hvp(rademacher((s, *shape), g).to(objective.dtype)).reshape(s, numel)
+        q, _ = torch.linalg.qr(hs.T)  # (numel, s)
+        hq = hvp(q.T.reshape(s, *shape)).reshape(s, numel)
+        low_rank = float((hq * q.T).sum())
+        values: list[float] = []
+        history: list[list[float]] = []
+        want = min(min_probes, max_probes)
+        while want > 0:
+            probes = rademacher((want, numel), g).to(objective.dtype)
+            probes = probes - (probes @ q) @ q.T
+            hv = hvp(probes.reshape(want, *shape)).reshape(want, numel)
+            values.extend((hv * probes).sum(1).tolist())
+            mean, se = mean_and_se(values)
+            history.append([len(values), low_rank + mean, se])
+            total = abs(low_rank + mean)
+            if se <= tol * total or len(values) >= max_probes:
+                break
+            needed = math.inf if total == 0 else (se * math.sqrt(len(values)) / (tol * total)) ** 2
+            want = int(min(max(math.ceil(1.1 * needed) - len(values), len(values) // 2, 4), max_probes - len(values)))
+        mean, se = mean_and_se(values)
+        trace = low_rank + mean
+        converged = se <= tol * abs(trace)
+        out.append(
+            TraceEstimate(
+                name=n, trace=trace, se=se, probes=len(values), method="hutch++", converged=converged,
+                stop_reason="tol" if converged else "cap", history=history, probe_se=se,
+                se_covers=("probes",),
+            )
+        )
+    return out
+
+
+def _block_hvp(objective: Objective, weights: dict[str, torch.Tensor], name: str):
+    """v -> H_kk v for a stack of directions (m, *shape), summed over data batches."""
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        v = v.to(objective.device, objective.dtype)
+        total = torch.zeros(v.shape, dtype=torch.float64)
+        for xb, yb in objective.batches():
+            loss = objective.loss(weights, xb, yb)
+            (grad,) = torch.autograd.grad(loss, weights[name], create_graph=True)
+            for i in range(v.shape[0]):
+                (hv,) = torch.autograd.grad(grad, weights[name], grad_outputs=v[i], retain_graph=True)
+                total[i] += hv.double().cpu()
+        return objective.reduce(total)
+
+    return hvp
