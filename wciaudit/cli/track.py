@@ -22,10 +22,10 @@ def track(
     run: Annotated[list[str], typer.Argument(help="A run folder (its *.safetensors/*.pt/*.pth/*.bin files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.", show_default=False)],
     *,
     settings: ScanSettings,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Folder of per-checkpoint results [default: RUN/.wciaudit-cache].", file_okay=False, show_default=False)] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Folder of per-checkpoint results (default: RUN/.wciaudit-cache).", file_okay=False, show_default=False)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Scan every checkpoint again (the cache is then refreshed).")] = False,
-    html: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML page [default: <run name>.track.html in the current folder].", dir_okay=False, show_default=False)] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="The JSON series [default: <run name>.track.json in the current folder].", dir_okay=False, show_default=False)] = None,
+    html: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML page (default: <run name>.track.html in the current folder).", dir_okay=False, show_default=False)] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="The JSON series (default: <run name>.track.json in the current folder).", dir_okay=False, show_default=False)] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
