@@ -87,7 +87,7 @@ def _robustness_table(result: AuditResult) -> Table:
 
 def route(layer: LayerResult) -> str:
     """How the trace was taken: ``exact-ggn`` or ``hutchinson, 60 probes``."""
-    if layer.method.startswith("exact") or layer.probes == "exact":
+    if layer.exact or layer.probes == "exact":
         return layer.method
     return f"{layer.method}, {layer.probes} probes"
 

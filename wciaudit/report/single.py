@@ -118,7 +118,8 @@ class _LayerRow:
 
     @property
     def probes(self) -> str:
-        return str(self.layer.probes)
+        """The count, or "exact" for a route without probes (JSON: 0)."""
+        return "exact" if self.layer.exact or self.layer.probes == "exact" else str(self.layer.probes)
 
     def __getattr__(self, name: str) -> Any:
         # name, frob_norm, trace, trace_se, method, wci_term, wci_term_se, flag, stop_reason
