@@ -324,7 +324,7 @@ def test_size_200_layers(tmp_path: Path) -> None:
 def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "report.html"
 
-    def boom(results: object) -> str:
+    def boom(results: object, **options: object) -> str:
         raise RuntimeError("render failed")
 
     monkeypatch.setattr(report_mod, "render_report", boom)
