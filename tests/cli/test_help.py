@@ -4,6 +4,7 @@ result file's name, the config key spellings, one type for ``probes``."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,14 @@ from wciaudit.cli.app import app
 from wciaudit.result import AuditResult, DatasetInfo, LayerResult
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``wciaudit``: this checkout first on the path, so the
+    child runs the code under test even where another copy is installed."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 ARGUMENT = {"scan": "CHECKPOINT", "gate": "RESULT", "report": "RESULTS", "track": "RUN"}
 
 
@@ -48,7 +57,8 @@ def test_bare_command_names_the_missing_argument(command: str) -> None:
 
 
 def test_bare_scan_subprocess_is_one_line(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "wciaudit", "scan"], capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run([sys.executable, "-m", "wciaudit", "scan"], capture_output=True, text=True,
+                         cwd=tmp_path, env=_env())
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == "wciaudit: error: Missing argument 'CHECKPOINT'.\n"
 

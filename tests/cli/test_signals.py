@@ -13,6 +13,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``wciaudit``: this checkout first on the path, so the
+    child runs the code under test even where another copy is installed."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
 
 # The child pauses at a chosen point, says so through a marker file, and waits there for
@@ -44,7 +51,7 @@ def test_sigterm_exits_143_and_leaves_no_files(tmp_path: Path, where: str) -> No
     out_dir.mkdir()
     marker = tmp_path / "ready"
     args = ["scan", str(RESNET), "--weights-only", "-q", "--json", str(out_dir / "r.json")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _env()
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(marker), where, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out_dir, env=env,

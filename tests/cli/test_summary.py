@@ -16,6 +16,13 @@ from wciaudit.cli.summary import SHOWN_LAYERS, print_summary
 from wciaudit.result import AuditResult, DatasetInfo, LayerResult
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``wciaudit``: this checkout first on the path, so the
+    child runs the code under test even where another copy is installed."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
 FAST = ["--train-samples", "40", "--test-samples", "40", "--hessian-samples", "20", "--steps", "1"]
 
@@ -85,7 +92,7 @@ def test_weights_only_shows_no_data_figures() -> None:
 def test_scan_subprocess_at_80_columns(tmp_path: Path) -> None:
     ckpt = tmp_path / "[red]m.safetensors"
     shutil.copy(RESNET, ckpt)
-    env = {**os.environ, "COLUMNS": "80", "OMP_NUM_THREADS": "1"}
+    env = _env(COLUMNS="80")
     res = subprocess.run([sys.executable, "-m", "wciaudit", "scan", str(ckpt), *FAST, "--json", "r.json"],
                          capture_output=True, text=True, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
