@@ -324,7 +324,7 @@ def test_size_200_layers(tmp_path: Path) -> None:
 def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "report.html"
 
-    def boom(results: object) -> str:
+    def boom(results: object, **options: object) -> str:
         raise RuntimeError("render failed")
 
     monkeypatch.setattr(report_mod, "render_report", boom)
@@ -414,3 +414,99 @@ def test_cli_report_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size > 0
     assert "wrote" in proc.stdout
+
+
+# -- plotly modes, comparison noise and warnings, notes, footer, names -----------------------
+def test_plotly_cdn_mode_is_small_and_names_the_installed_version() -> None:
+    from plotly.offline import get_plotlyjs_version
+
+    inline = render_report([make_result()])
+    cdn = render_report([make_result()], plotly="cdn")
+    url = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+    assert f'<script src="{url}" charset="utf-8"></script>' in cdn
+    assert len(cdn) < len(inline) - len(get_plotlyjs()) + 10_000
+    assert "no network request" in inline and "network needed" in cdn
+    with pytest.raises(report_mod.ConfigError, match="plotly mode"):
+        render_report([make_result()], plotly="offline")
+
+
+def test_comparison_colours_only_differences_beyond_noise() -> None:
+    a = make_result()
+    b = make_result(scale=1.0)
+    b.wci = a.wci + 0.5 * math.hypot(a.wci_se, b.wci_se) * 2  # 1 SE of the difference: noise
+    c = make_result(scale=1.0)
+    c.wci = a.wci + 3.0 * 2 * math.hypot(a.wci_se, c.wci_se)  # 6 SE: real
+    row = report_mod._summary_row([a, b, c], "WCI", "wci", True)
+    assert [cell["better"] for cell in row["cells"]][1:] == [None, False]
+    assert [cell["noise"] for cell in row["cells"]][1:] == [True, False]
+    assert row["cells"][0]["se"] == a.wci_se
+    html = render_report([a, b, c])
+    assert "within noise" in html and f"± {a.wci_se:.2g}"[:4] in html
+    # the rule: |a - b| > 2 sqrt(se_a^2 + se_b^2); no SE on either side says nothing
+    assert report_mod.beyond_noise(0.3, 0.1, 0.1) is True
+    assert report_mod.beyond_noise(0.28, 0.1, 0.1) is False
+    assert report_mod.beyond_noise(0.01, None, None) is None
+
+
+def test_comparison_warns_when_eps_data_or_arch_differ() -> None:
+    a, b = make_result(), make_result()
+    assert "measured differently" not in render_report([a, b])
+    b.config["eps"] = 0.1
+    b.dataset.name = "cifar10"
+    b.checkpoint.arch = "resnet18"
+    warnings = report_mod.comparison_warnings([a, b])
+    assert warnings == [
+        "result 2 differs from result 1 in eps: 0.1 vs 8/255",
+        "result 2 differs from result 1 in dataset: cifar10 vs digits",
+        "result 2 differs from result 1 in architecture: resnet18 vs DigitsCNN",
+    ]
+    html = render_report([a, b])
+    assert "measured differently" in html and "eps: 0.1 vs 8/255" in html
+
+
+def test_single_report_states_the_disclaimer_once_and_cites_no_spec() -> None:
+    html = render_report([make_result()], plotly="cdn")
+    assert html.count("not a certificate") == 1
+    assert "the project's SPEC" not in html and "arXiv 2410.07719" in html and "docs/spec.md" in html
+
+
+def test_long_names_break_between_parts() -> None:
+    r = make_result(layer_prefix="features.denseblock4.denselayer16")
+    html = render_report([r])
+    assert "features.<wbr>denseblock4.<wbr>denselayer16.<wbr>" in html
+    assert 'class="hash"' in html
+
+
+def test_report_cli_plotly_and_csv(tmp_path: Path) -> None:
+    make_result().save(tmp_path / "a.json")
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "a.json"), "-o", str(tmp_path / "r.html"),
+                                   "--plotly", "cdn", "--csv", str(tmp_path / "t.csv"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r.html").stat().st_size < 200_000
+    assert (tmp_path / "t.csv").read_text().startswith("checkpoint,sha256,")
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "a.json"), "--csv", str(tmp_path / "no" / "t.csv")])
+    assert res.exit_code == 2 and "output folder does not exist" in res.output
+
+
+def test_track_page_settings_name_what_was_used() -> None:
+    from wciaudit.report import render_track
+    from wciaudit.report.track_page import _settings_rows
+    from wciaudit.track.result import TrackEntry, TrackResult
+
+    entries = []
+    for epoch in (1, 2, 3):
+        r = make_result(scale=epoch)
+        r.checkpoint.arch = "digits_cnn.py:DigitsCNN"
+        r.dataset.hessian_samples = 300  # the setting is a cap: the train split had 300
+        entries.append(TrackEntry(epoch, f"run/epoch_{epoch}.safetensors", "ab" * 32, False, r))
+    run = TrackResult(entries=entries, epoch_source="file names", settings={
+        "arch": {"file_sha256": "0" * 64, "class": None},
+        "config": {**make_result().config, "hessian_samples": 1000},
+    })
+    rows = dict(_settings_rows(run))
+    assert rows["arch"] == "digits_cnn.py:DigitsCNN"
+    assert "Hessian 300 (at most 1000 asked)" in rows["samples"]
+    html = render_track(run, plotly="cdn")
+    assert "a models.py file" not in html and "Hessian 300" in html
+    gap = json.loads(re.search(r'id="wciaudit-figures">(.*?)</script>', html, re.S).group(1))["fig-gap"]
+    assert gap["layout"]["yaxis2"]["tickformat"] == ".0%" and gap["layout"]["modebar"]["orientation"] == "v"

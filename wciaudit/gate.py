@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .formatting import fmt_estimate, fmt_num, fmt_pm, fmt_sigmas
+from .formatting import fmt_estimate, fmt_num, fmt_pm, fmt_sigmas, format_eps
 from .result import AuditResult, Gate
 
 if sys.version_info >= (3, 11):
@@ -225,12 +225,24 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     data = _read_toml(p)
     if p.name != "pyproject.toml":
-        return data
+        return _underscored(data, p)
     table = data.get("tool", {})
     table = table.get("wciaudit", {}) if isinstance(table, dict) else {}
     if not isinstance(table, dict):
         raise ConfigError(f"{p}: [tool.wciaudit] must be a table")
-    return table
+    return _underscored(table, p)
+
+
+def _underscored(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Keys in either spelling, the flag's (``max-wci``) or Python's (``max_wci``), as
+    Python's; both spellings of one key in one file is an error."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_") if isinstance(key, str) else key
+        if name in out:
+            raise ConfigError(f"{path}: key '{name}' is given twice (as '{name}' and '{name.replace('_', '-')}')")
+        out[name] = value
+    return out
 
 
 def load_gate_config(
@@ -515,7 +527,9 @@ def _incomparable(result: AuditResult, baseline: AuditResult) -> list[str]:
     for key in _COMPARABLE:
         a, b = result.config.get(key), baseline.config.get(key)
         if a is not None and b is not None and a != b:
-            notes.append(f"{key} differs from the baseline ({a!r} vs {b!r})")
+            # eps as the user writes it (8/255), not as 0.03137254901960784
+            shown = (format_eps(a), format_eps(b)) if key == "eps" else (repr(a), repr(b))
+            notes.append(f"{key} differs from the baseline ({shown[0]} vs {shown[1]})")
     if result.dataset.name and baseline.dataset.name and result.dataset.name != baseline.dataset.name:
         notes.append(f"dataset differs from the baseline ({result.dataset.name!r} vs {baseline.dataset.name!r})")
     return notes

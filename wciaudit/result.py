@@ -93,7 +93,9 @@ class LayerResult:
     frob_norm: float = 0.0
     trace: float | None = None
     trace_se: float | None = None
-    probes: int | str = 0
+    # Rademacher probes averaged; 0 for an exact route (``method`` says which). Results
+    # written before this was settled hold the string "exact" there: read as 0.
+    probes: int = 0
     method: str = "hutchinson"
     converged: bool | None = None
     wci_term: float | None = None
@@ -109,6 +111,15 @@ class LayerResult:
     sample_se: float | None = None
     attack_se: float | None = None
     se_covers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.probes == "exact":
+            self.probes = 0
+
+    @property
+    def exact(self) -> bool:
+        """True for a trace computed without probes (no estimator noise)."""
+        return self.method.startswith("exact")
 
 
 @dataclass
@@ -224,7 +235,11 @@ class AuditResult:
 
     # -- JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return json_safe(asdict(self))
+        d = json_safe(asdict(self))
+        for layer in d["layers"]:  # one type per key: a count, 0 for an exact route
+            if layer.get("probes") == "exact":
+                layer["probes"] = 0
+        return d
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
@@ -281,7 +296,10 @@ class AuditResult:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read result file {p}: {exc}") from None
-        return cls.from_json(text)
+        try:
+            return cls.from_json(text)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON atomically (temp file in the same folder, then rename)."""

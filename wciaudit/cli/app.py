@@ -9,6 +9,7 @@ from . import gate as gate_cmd
 from . import report as report_cmd
 from . import scan as scan_cmd
 from . import track as track_cmd
+from .help import HelpCommand
 
 app = typer.Typer(
     name="wciaudit",
@@ -22,10 +23,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-app.command("scan", no_args_is_help=True)(scan_cmd.scan)
-app.command("gate", no_args_is_help=True)(gate_cmd.gate)
-app.command("report", no_args_is_help=True)(report_cmd.report)
-app.command("track", no_args_is_help=True)(track_cmd.track)
+# without its argument a command says which one is missing (exit 2), as any usage error
+app.command("scan", cls=HelpCommand)(scan_cmd.scan)
+app.command("gate", cls=HelpCommand)(gate_cmd.gate)
+app.command("report", cls=HelpCommand)(report_cmd.report)
+app.command("track", cls=HelpCommand)(track_cmd.track)
 
 
 def _version(value: bool) -> None:
@@ -42,16 +44,21 @@ def main_options(
 
 
 def main() -> None:
-    """Console entry point: usage errors also end in one line and exit code 2."""
-    from .common import EXIT_INTERRUPTED, fail
+    """Console entry point: usage errors also end in one line and exit code 2; Ctrl-C
+    and SIGTERM, wherever they arrive, in one line and 130 or 143."""
+    from .common import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, fail, watch_signals
 
+    watch_signals([])
     try:
         code = app(standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         fail("interrupted; no output was written", EXIT_INTERRUPTED)
         code = EXIT_INTERRUPTED
+    except Terminated:
+        fail("terminated (SIGTERM); no output was written", EXIT_TERMINATED)
+        code = EXIT_TERMINATED
     except typer.exceptions.TyperException as exc:  # click's usage errors
         code = getattr(exc, "exit_code", 2)
         if type(exc).__name__ == "NoArgsIsHelpError":
@@ -59,3 +66,4 @@ def main() -> None:
         else:
             fail(exc.format_message() if hasattr(exc, "format_message") else str(exc), code)
     raise SystemExit(code or 0)
+

@@ -25,7 +25,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+#: 128 + the signal's number, as a shell reports a process the signal ended
+EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+#: the one line for each signal that ends a command, and its exit code
+_STOPPED = {
+    signal.SIGINT: ("interrupted; no output was written", EXIT_INTERRUPTED),
+    signal.SIGTERM: ("terminated (SIGTERM); no output was written", EXIT_TERMINATED),
+}
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler: unwinds the command like Ctrl-C does, so that every
+    ``finally`` and ``except BaseException`` (temporary files) runs. Not an ``Exception``,
+    so that library code catching ``Exception`` does not swallow it."""
+
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print one line on stderr and return the Exit to raise."""
@@ -36,42 +51,50 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 def handle_errors(func: F) -> F:
     """One map from exception types to one-line messages and exit codes.
 
-    WCIAuditError (bad checkpoint, data, setting) -> 2; Ctrl-C -> 130; anything else is
-    a bug in wciaudit -> 3, still one line (set WCIAUDIT_DEBUG=1 for the traceback).
-    A Ctrl-C is recorded by a signal handler while the command runs, because inside a C
-    extension it can surface as another exception (torch turns it into a ValueError).
+    WCIAuditError (bad checkpoint, data, setting) -> 2; Ctrl-C -> 130; SIGTERM (what CI
+    timeouts send) -> 143; anything else is a bug in wciaudit -> 3, still one line (set
+    WCIAUDIT_DEBUG=1 for the traceback). Both signals unwind the command as an exception,
+    so temporary files are removed and an output is either whole or absent. A signal is
+    recorded by its handler while the command runs, because inside a C extension the
+    exception can surface as another one (torch turns it into a ValueError).
     """
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        interrupted: list[bool] = []
-        previous = _watch_sigint(interrupted)
+        received: list[int] = []
+        previous = watch_signals(received)
         try:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
         except BaseException as exc:
-            if interrupted:
-                raise fail("interrupted; no output was written", EXIT_INTERRUPTED) from None
+            if received:
+                message, code = _STOPPED[received[0]]
+                raise fail(message, code) from None
             raise _exit_for(exc) from None
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     return wrapper  # type: ignore[return-value]
 
 
-def _watch_sigint(record: list[bool]) -> Any:
-    """Install a SIGINT handler that records the signal; returns the previous handler
-    (None where signals cannot be handled: not the main thread)."""
+def watch_signals(record: list[int]) -> dict[int, Any]:
+    """Install SIGINT and SIGTERM handlers that append the signal's number to ``record``
+    and raise (KeyboardInterrupt, :class:`Terminated`); return the previous handlers
+    (none where signals cannot be handled: not the main thread)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        record.append(True)
+    def on_signal(signum: int, frame: Any) -> None:
+        record.append(signum)
+        if signum == signal.SIGTERM:
+            # ignore a second SIGTERM while the first one unwinds (cleanup must finish)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise Terminated
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGINT, on_sigint)
+    return {signum: signal.signal(signum, on_signal) for signum in _STOPPED}
 
 
 def _exit_for(exc: BaseException) -> typer.Exit:
@@ -79,7 +102,9 @@ def _exit_for(exc: BaseException) -> typer.Exit:
     if isinstance(exc, WCIAuditError):
         return fail(str(exc), EXIT_USAGE)
     if isinstance(exc, KeyboardInterrupt):
-        return fail("interrupted; no output was written", EXIT_INTERRUPTED)
+        return fail(*_STOPPED[signal.SIGINT])
+    if isinstance(exc, Terminated):
+        return fail(*_STOPPED[signal.SIGTERM])
     if isinstance(exc, MemoryError) or "OutOfMemoryError" in type(exc).__name__:
         return fail("out of memory; try a smaller --batch-size or --hessian-samples", EXIT_USAGE)
     if os.environ.get("WCIAUDIT_DEBUG") or not isinstance(exc, Exception):

@@ -1,7 +1,8 @@
-"""``wciaudit report``: render saved JSON results as one self-contained HTML page."""
+"""``wciaudit report``: render saved JSON results as one HTML page (and a CSV table)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,32 @@ import typer
 from ..result import AuditResult
 from .common import check_output_folders, handle_errors, out
 from .options import QuietOpt
+
+
+class PlotlyMode(str, Enum):
+    """How the page gets plotly.js (``wciaudit.report.html.PLOTLY_MODES``)."""
+
+    inline = "inline"
+    cdn = "cdn"
+
+
+PlotlyOpt = Annotated[
+    PlotlyMode,
+    typer.Option(
+        "--plotly",
+        help="inline: plotly.js inside the page (about 4.8 MB, opens offline); cdn: a script tag "
+        "to plotly's CDN (a small file, but the charts need the network).",
+    ),
+]
+CsvOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--csv",
+        help="Also write the layer table with the headline figures as CSV (one row per layer).",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
 
 
 @handle_errors
@@ -24,13 +51,19 @@ def report(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write the HTML report.", dir_okay=False)
     ] = Path("report.html"),
+    plotly: PlotlyOpt = PlotlyMode.inline,
+    csv_path: CsvOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write the self-contained HTML report (no network needed to open it) for saved results."""
+    """Write the HTML report (self-contained unless --plotly cdn) for saved results."""
+    from ..export import write_csv
     from ..report import write_report
 
+    check_output_folders(output, csv_path)
     loaded = [AuditResult.load(p) for p in results]
-    check_output_folders(output)
-    written = write_report(loaded, output)
+    written = [write_report(loaded, output, plotly=plotly.value)]
+    if csv_path is not None:
+        written.append(write_csv(loaded, csv_path))
     if not quiet:
-        out.print(f"wrote {written}", markup=False, highlight=False)
+        for path in written:
+            out.print(f"wrote {path}", markup=False, highlight=False)

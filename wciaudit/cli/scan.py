@@ -71,7 +71,7 @@ def scan(
     if not quiet:
         print_summary(result, out)
         for path in written:
-            out.print(f"wrote {path}")
+            out.print(f"wrote {path}", markup=False)
     code = report_gates(result, gates, quiet=quiet)
     if code:
         raise typer.Exit(code)

@@ -1,12 +1,25 @@
-"""The human summary of a result, printed by ``scan`` (rich tables on stdout)."""
+"""The human summary of a result, printed by ``scan`` (rich tables on stdout).
+
+Layer names are shown whole at any width (CI logs and pipes render at 80 columns): a
+name too long for its column wraps, it is never cut to ``conv1.6.…``. Below
+:data:`WIDE` columns the layer table is compact: shape, route and flag go on the lines
+under the name, and the figures keep their own columns.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..formatting import fmt_estimate, format_eps
-from ..result import AuditResult
+from ..result import AuditResult, LayerResult
+
+#: console width from which the layer table has one column per field
+WIDE = 120
+#: layers listed; the JSON has all of them
+SHOWN_LAYERS = 12
 
 
 def fmt(value: float | None, se: float | None = None) -> str:
@@ -14,10 +27,43 @@ def fmt(value: float | None, se: float | None = None) -> str:
     return fmt_estimate(value, se or None, missing="-")
 
 
+def has_data(result: AuditResult) -> bool:
+    """False for a weights-only result (``--weights-only``, or no usable data)."""
+    return result.dataset.n_train is not None or result.dataset.n_test is not None
+
+
 def print_summary(result: AuditResult, console: Console) -> None:
-    cfg, ds, m = result.config, result.dataset, result.metrics
-    ck = result.checkpoint
-    console.print(f"[bold]wciaudit {result.tool_version}[/] {ck.path} ({ck.format}, {ck.arch}, {ck.num_params:,} parameters, sha256 {ck.sha256[:12]})", markup=True, highlight=False)
+    """The checkpoint, data and threat model, the robustness table, the layer table, WCI,
+    the PAC-Bayes terms, the notes and the timings."""
+    _print_header(result, console)
+    m = result.metrics
+    if result.wci is not None or m.robust_acc_train is not None or m.robust_acc_test is not None:
+        console.print(_robustness_table(result))
+    ranked = sorted(result.layers, key=lambda la: -(la.wci_term or 0.0))
+    shown = ranked[:SHOWN_LAYERS]
+    if not has_data(result):
+        console.print(_weights_table(shown))
+    elif console.width >= WIDE:
+        console.print(_wide_layer_table(shown))
+    else:
+        console.print(_compact_layer_table(shown, console.width))
+    if len(ranked) > SHOWN_LAYERS:
+        console.print(f"... {len(ranked) - SHOWN_LAYERS} more layers in the JSON", markup=False)
+    _print_figures(result, console)
+
+
+def _print_header(result: AuditResult, console: Console) -> None:
+    ck, ds, cfg = result.checkpoint, result.dataset, result.config
+    console.print(
+        f"[bold]wciaudit {escape(result.tool_version)}[/] {escape(ck.path)} "
+        f"({escape(ck.format)}, {escape(ck.arch)}, {ck.num_params:,} parameters, "
+        f"sha256 {ck.sha256[:12]})",
+        highlight=False,
+    )
+    if not has_data(result):
+        reason = f" ({ds.reason})" if ds.reason else ""
+        console.print(f"data: none{reason}; weight norms and parameter inventory only", markup=False)
+        return
     console.print(f"data: {ds.name} (train {ds.n_train}, test {ds.n_test}); {ds.reason}", markup=False)
     if cfg:
         console.print(
@@ -25,27 +71,79 @@ def print_summary(result: AuditResult, console: Console) -> None:
             f"alpha={cfg['step_size']:.4g} restarts={cfg['restarts']} seed={cfg['seed']} device={cfg['device']}",
             markup=False,
         )
-    if result.wci is not None or m.robust_acc_train is not None or m.robust_acc_test is not None:
-        t = Table(title="Robustness", show_edge=False)
-        for col in ("", "train", "test", "gap"):
-            t.add_column(col, justify="right")
-        t.add_row("clean acc", fmt(m.clean_acc_train, m.clean_acc_train_se), fmt(m.clean_acc_test, m.clean_acc_test_se), "")
-        t.add_row("robust acc", fmt(m.robust_acc_train, m.robust_acc_train_se), fmt(m.robust_acc_test, m.robust_acc_test_se), fmt(m.gap_err, m.gap_err_se))
-        t.add_row("clean loss", fmt(m.clean_loss_train, m.clean_loss_train_se), fmt(m.clean_loss_test, m.clean_loss_test_se), "")
-        t.add_row("robust loss", fmt(m.robust_loss_train, m.robust_loss_train_se), fmt(m.robust_loss_test, m.robust_loss_test_se), fmt(m.gap_loss, m.gap_loss_se))
-        console.print(t)
+
+
+def _robustness_table(result: AuditResult) -> Table:
+    m = result.metrics
+    t = Table(title="Robustness", show_edge=False)
+    for col in ("", "train", "test", "gap"):
+        t.add_column(col, justify="right")
+    t.add_row("clean acc", fmt(m.clean_acc_train, m.clean_acc_train_se), fmt(m.clean_acc_test, m.clean_acc_test_se), "")
+    t.add_row("robust acc", fmt(m.robust_acc_train, m.robust_acc_train_se), fmt(m.robust_acc_test, m.robust_acc_test_se), fmt(m.gap_err, m.gap_err_se))
+    t.add_row("clean loss", fmt(m.clean_loss_train, m.clean_loss_train_se), fmt(m.clean_loss_test, m.clean_loss_test_se), "")
+    t.add_row("robust loss", fmt(m.robust_loss_train, m.robust_loss_train_se), fmt(m.robust_loss_test, m.robust_loss_test_se), fmt(m.gap_loss, m.gap_loss_se))
+    return t
+
+
+def route(layer: LayerResult) -> str:
+    """How the trace was taken: ``exact-ggn`` or ``hutchinson, 60 probes``."""
+    if layer.exact or layer.probes == "exact":
+        return layer.method
+    return f"{layer.method}, {layer.probes} probes"
+
+
+def _shape(layer: LayerResult) -> str:
+    return "x".join(map(str, layer.shape))
+
+
+def _name_column(t: Table, layers: list[LayerResult], limit: int) -> None:
+    # a name wraps (fold) instead of being cut; it gets the width of the longest name
+    # the console allows, so that names wrap only when they cannot fit at all
+    longest = max((len(la.name) for la in layers), default=5)
+    t.add_column("layer", justify="left", overflow="fold", min_width=max(5, min(longest, limit)))
+
+
+def _wide_layer_table(layers: list[LayerResult]) -> Table:
     t = Table(title="Layers (largest WCI terms first)", show_edge=False)
-    for col in ("layer", "shape", "||W||_F", "Tr(H)", "method", "probes", "WCI term", "flag"):
-        t.add_column(col, justify="left" if col in ("layer", "method", "flag") else "right")
-    ranked = sorted(result.layers, key=lambda la: -(la.wci_term or 0.0))
-    for la in ranked[:12]:
-        t.add_row(la.name, "x".join(map(str, la.shape)), f"{la.frob_norm:.4g}", fmt(la.trace, la.trace_se),
-                  la.method, str(la.probes), fmt(la.wci_term), la.flag or "")
-    if len(ranked) > 12:
-        t.add_row(f"... {len(ranked) - 12} more layers in the JSON", "", "", "", "", "", "", "")
-    console.print(t)
-    pb = result.pac_bayes
-    console.print(f"WCI = {fmt(result.wci, result.wci_se)}  (SE: delta method)", markup=False)
+    _name_column(t, layers, 60)
+    for col in ("shape", "||W||_F", "Tr(H)", "route", "WCI term", "flag"):
+        left = col in ("route", "flag")
+        t.add_column(col, justify="left" if left else "right", overflow="fold", no_wrap=not left)
+    for la in layers:
+        t.add_row(escape(la.name), _shape(la), f"{la.frob_norm:.4g}", fmt(la.trace, la.trace_se),
+                  route(la), fmt(la.wci_term), escape(la.flag or ""))
+    return t
+
+
+def _compact_layer_table(layers: list[LayerResult], width: int) -> Table:
+    """The name column holds the name, then ``shape, route`` and any flag beneath it."""
+    t = Table(title="Layers (largest WCI terms first)", show_edge=False)
+    _name_column(t, layers, max(20, width - 42))
+    for col in ("||W||_F", "Tr(H) ± SE", "WCI term"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for la in layers:
+        cell = Text(la.name)
+        cell.append(f"\n  {_shape(la)}, {route(la)}", style="dim")
+        if la.flag:
+            cell.append(f"\n  flag: {la.flag}", style="bold red")
+        t.add_row(cell, f"{la.frob_norm:.4g}", fmt(la.trace, la.trace_se), fmt(la.wci_term))
+    return t
+
+
+def _weights_table(layers: list[LayerResult]) -> Table:
+    t = Table(title="Layers (weights only)", show_edge=False)
+    _name_column(t, layers, 60)
+    for col in ("shape", "numel", "||W||_F"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for la in layers:
+        t.add_row(escape(la.name), _shape(la), f"{la.numel:,}", f"{la.frob_norm:.4g}")
+    return t
+
+
+def _print_figures(result: AuditResult, console: Console) -> None:
+    pb, ti = result.pac_bayes, result.timings
+    if has_data(result):
+        console.print(f"WCI = {fmt(result.wci, result.wci_se)}  (SE: delta method)", markup=False)
     if pb.bound is not None:
         console.print(
             f"PAC-Bayes (second order, c* chosen after seeing the data): bound {pb.bound:.4g} = "
@@ -55,5 +153,7 @@ def print_summary(result: AuditResult, console: Console) -> None:
         )
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
-    ti = result.timings
-    console.print(f"time: load {ti.load_s:.1f}s, attack {ti.attack_s:.1f}s, trace {ti.trace_s:.1f}s, total {ti.total_s:.1f}s", markup=False)
+    if has_data(result):
+        console.print(f"time: load {ti.load_s:.1f}s, attack {ti.attack_s:.1f}s, trace {ti.trace_s:.1f}s, total {ti.total_s:.1f}s", markup=False)
+    else:
+        console.print(f"time: load {ti.load_s:.1f}s, total {ti.total_s:.1f}s", markup=False)

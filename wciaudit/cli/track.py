@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..formatting import fmt_estimate, fmt_fixed, fmt_signed
 from ..report import write_track_page
@@ -22,10 +23,10 @@ def track(
     run: Annotated[list[str], typer.Argument(help="A run folder (its *.safetensors/*.pt/*.pth/*.bin files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.", show_default=False)],
     *,
     settings: ScanSettings,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Folder of per-checkpoint results [default: RUN/.wciaudit-cache].", file_okay=False, show_default=False)] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Folder of per-checkpoint results (default: RUN/.wciaudit-cache).", file_okay=False, show_default=False)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Scan every checkpoint again (the cache is then refreshed).")] = False,
-    html: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML page [default: <run name>.track.html in the current folder].", dir_okay=False, show_default=False)] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="The JSON series [default: <run name>.track.json in the current folder].", dir_okay=False, show_default=False)] = None,
+    html: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML page (default: <run name>.track.html in the current folder).", dir_okay=False, show_default=False)] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="The JSON series (default: <run name>.track.json in the current folder).", dir_okay=False, show_default=False)] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
@@ -49,22 +50,30 @@ def track(
 
 
 def _print_summary(result: TrackResult) -> None:
-    table = Table(title=f"{len(result.entries)} checkpoint(s), epoch from {result.epoch_source}", title_justify="left")
-    for name in ("epoch", "checkpoint", "WCI ± SE", "gap_loss", "gap_err", "rob.acc T", "rob.loss T", "from"):
-        table.add_column(name, justify="left" if name in ("checkpoint", "from") else "right",
-                         no_wrap=name == "checkpoint")
+    # at 80 columns (CI logs) the headers stay whole and a long file name wraps; whether a
+    # checkpoint came from the cache is said under its name rather than in a column
+    table = Table(title=f"{len(result.entries)} checkpoint(s), epoch from {result.epoch_source}",
+                  title_justify="left", show_edge=False)
+    table.add_column("epoch", justify="right", no_wrap=True)
+    table.add_column("checkpoint", overflow="fold", min_width=10)
+    for name in ("WCI ± SE", "gap_loss", "gap_err", "rob.acc T", "rob.loss T"):
+        table.add_column(name, justify="right", no_wrap=True)
     for e in result.entries:
         m = e.result.metrics
         wci = fmt_estimate(e.result.wci, e.result.wci_se or None)
+        name = Text(Path(e.path).name)
+        if e.cached:
+            name.append(" (cache)", style="dim")
         table.add_row(
-            fmt_estimate(e.epoch, digits=6), Path(e.path).name, wci, fmt_fixed(m.gap_loss), fmt_fixed(m.gap_err),
-            fmt_fixed(m.robust_acc_test), fmt_fixed(m.robust_loss_test), "cache" if e.cached else "scan",
+            fmt_estimate(e.epoch, digits=6), name, wci, fmt_fixed(m.gap_loss), fmt_fixed(m.gap_err),
+            fmt_fixed(m.robust_acc_test), fmt_fixed(m.robust_loss_test),
         )
     out.print(table)
-    corr = Table(title="Rank correlation with the robust gap (Kendall tau / Spearman rho)", title_justify="left")
-    corr.add_column("measure")
+    corr = Table(title="Rank correlation with the robust gap (Kendall tau / Spearman rho)",
+                 title_justify="left", show_edge=False)
+    corr.add_column("measure", overflow="fold")
     for t in TARGETS:
-        corr.add_column(f"vs {t}", justify="right")
+        corr.add_column(f"vs {t}", justify="right", no_wrap=True)
     for m, label in MEASURES.items():
         cells = []
         for t in TARGETS:

@@ -41,8 +41,10 @@ def base_layout(**extra: Any) -> dict[str, Any]:
         },
         "paper_bgcolor": "#fff",
         "plot_bgcolor": "#fff",
-        "margin": {"l": 60, "r": 20, "t": 60, "b": 50},
+        "margin": {"l": 60, "r": 44, "t": 60, "b": 50},
         "hovermode": "closest",
+        # a vertical toolbar down the right edge stays clear of the chart's title
+        "modebar": {"orientation": "v"},
         "legend": {"orientation": "h", "x": 0, "y": 1.02, "xanchor": "left", "yanchor": "bottom"},
     }
     layout.update(extra)

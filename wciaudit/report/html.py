@@ -10,6 +10,7 @@ autoescaping, and the figure JSON escapes ``<``, ``>`` and ``&`` so that a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -19,9 +20,22 @@ import jinja2
 from markupsafe import Markup
 
 from .._version import __version__
+from ..errors import ConfigError
 from ..formatting import fmt_int, fmt_num, fmt_p, fmt_pct, fmt_pm, fmt_secs, fmt_signed, sort_key
 
-__all__ = ["inline_plotly", "render_page", "script_json", "template_environment"]
+__all__ = [
+    "PLOTLY_MODES",
+    "check_plotly_mode",
+    "inline_plotly",
+    "plotly_cdn_url",
+    "render_page",
+    "script_json",
+    "template_environment",
+]
+
+#: how a page gets plotly.js: "inline" (about 4.8 MB in the page, opens offline) or
+#: "cdn" (a script tag to plotly's CDN: a small file, but opening it needs the network)
+PLOTLY_MODES = ("inline", "cdn")
 
 #: jinja2 filter name -> formatter of :mod:`wciaudit.formatting`
 FILTERS: dict[str, Callable[..., str]] = {
@@ -50,6 +64,14 @@ def _load_template(name: str) -> tuple[str, str, Any] | None:
     return None
 
 
+def breakable(text: Any) -> Markup:
+    """``text`` escaped, with a line-break opportunity (``<wbr>``) after each ``.``,
+    ``_``, ``/``, ``-`` and ``:``, so a long layer or file name wraps between its parts
+    rather than in the middle of a word."""
+    escaped = str(Markup.escape("" if text is None else text))
+    return Markup(re.sub(r"([._/:-])(?=.)", r"\1<wbr>", escaped))
+
+
 def _defined(formatter: Callable[..., str]) -> Callable[..., str]:
     """A formatter that reads an undefined template variable as a missing figure."""
 
@@ -69,18 +91,46 @@ def template_environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update({name: _defined(f) for name, f in FILTERS.items()})
+    env.filters["breakable"] = breakable
     return env
 
 
-def render_page(template: str, figures: dict[str, Any], **context: Any) -> str:
+def check_plotly_mode(plotly: str) -> str:
+    """``plotly`` if it is one of :data:`PLOTLY_MODES`; else a :class:`ConfigError`."""
+    if plotly not in PLOTLY_MODES:
+        raise ConfigError(f"plotly mode must be one of {', '.join(PLOTLY_MODES)}, got {plotly!r}")
+    return plotly
+
+
+def render_page(
+    template: str, figures: dict[str, Any], *, plotly: str = "inline", **context: Any
+) -> str:
     """Render ``template`` (which extends ``base.html.j2``) with its figures and
-    plotly.js inline; ``tool_version`` defaults to this wciaudit's."""
+    plotly.js inline (``plotly="inline"``) or from plotly's CDN (``"cdn"``);
+    ``tool_version`` defaults to this wciaudit's.
+
+    Raises:
+        ConfigError: for a ``plotly`` mode not in :data:`PLOTLY_MODES`.
+    """
     context.setdefault("tool_version", __version__)
+    if check_plotly_mode(plotly) == "cdn":
+        scripts = {"plotly_js": None, "plotly_cdn": plotly_cdn_url()}
+    else:
+        scripts = {"plotly_js": inline_plotly(), "plotly_cdn": None}
     return (
         template_environment()
         .get_template(template)
-        .render(figures_json=script_json(figures), plotly_js=inline_plotly(), **context)
+        .render(figures_json=script_json(figures), **scripts, **context)
     )
+
+
+def plotly_cdn_url() -> str:
+    """The CDN address of the plotly.js that the installed plotly ships (what plotly's
+    own ``include_plotlyjs="cdn"`` writes), so the figures meet the version they were
+    made for."""
+    from plotly.offline import get_plotlyjs_version
+
+    return f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
 
 
 _SCRIPT_ESCAPES = {

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..formatting import format_eps, shorten
 from ..gate import GateCheck
-from ..result import AuditResult, LayerResult, write_atomic
+from ..result import AuditResult, LayerResult, PacBayes, write_atomic
 from ..track.result import figure_of
 from .charts import (
     PALETTE,
@@ -41,6 +41,8 @@ CONVERGENCE_LAYERS = 4
 MAX_META_CHARS = 300
 #: rows of the "layers that differ most" table
 MAX_DIFF_ROWS = 15
+#: a difference of two results is coloured when beyond this many SEs of the difference
+NOISE_SIGMAS = 2.0
 #: (label, figure, lower is better) of the comparison table
 COMPARED = (
     ("WCI", "wci", True),
@@ -56,18 +58,20 @@ COMPARED = (
 _TEMPLATE = "report.html.j2"
 
 
-def render_report(results: Sequence[AuditResult]) -> str:
-    """Render one or more audit results as a self-contained HTML page.
+def render_report(results: Sequence[AuditResult], *, plotly: str = "inline") -> str:
+    """Render one or more audit results as one HTML page.
 
     Args:
         results: one result (the single report) or several (adds a comparison view,
             the first result being the reference the differences are taken against).
+        plotly: "inline" (plotly.js in the page: self-contained, opens offline) or
+            "cdn" (a script tag to plotly's CDN: about 4.8 MB smaller, needs the network).
 
     Returns:
-        The HTML text, plotly.js inlined once.
+        The HTML text.
 
     Raises:
-        ConfigError: if ``results`` is empty.
+        ConfigError: if ``results`` is empty or ``plotly`` is not a mode.
     """
     results = list(results)
     if not results:
@@ -87,15 +91,18 @@ def render_report(results: Sequence[AuditResult]) -> str:
         sections=sections,
         comparison=comparison,
         tool_version=results[0].tool_version,
+        plotly=plotly,
     )
 
 
-def write_report(results: Sequence[AuditResult], path: str | os.PathLike[str]) -> Path:
+def write_report(
+    results: Sequence[AuditResult], path: str | os.PathLike[str], *, plotly: str = "inline"
+) -> Path:
     """Render ``results`` and write the page atomically to ``path``.
 
     A failing render leaves no file behind and an existing file untouched.
     """
-    text = render_report(results)
+    text = render_report(results, plotly=plotly)
     return write_atomic(path, text)
 
 
@@ -118,7 +125,8 @@ class _LayerRow:
 
     @property
     def probes(self) -> str:
-        return str(self.layer.probes)
+        """The count, or "exact" for a route without probes (JSON: 0)."""
+        return "exact" if self.layer.exact or self.layer.probes == "exact" else str(self.layer.probes)
 
     def __getattr__(self, name: str) -> Any:
         # name, frob_norm, trace, trace_se, method, wci_term, wci_term_se, flag, stop_reason
@@ -177,6 +185,8 @@ def _section(index: int, result: AuditResult) -> dict[str, Any]:
             la.name for la in result.layers if not la.history and la.trace is not None
         ],
         "checks": [GateCheck.from_dict(c).row() for c in result.gate.checks],
+        # the notes state the approximation once; a result's own note only when it says more
+        "pb_note": "" if result.pac_bayes.note == PacBayes().note else result.pac_bayes.note,
         "sqrt_term": _sqrt_term(result),
         "timings": _timings(result),
         "has_layers": f"{prefix}-layers" in figures,
@@ -212,10 +222,13 @@ def _comparison(results: list[AuditResult], sections: list[dict[str, Any]]) -> d
     names = [s["name"] for s in sections]
     order = list(dict.fromkeys(la.name for r in results for la in r.layers))
     terms = [{la.name: la.wci_term for la in r.layers} for r in results]
-    diffs = _layer_differences(order, terms)
+    ses = [{la.name: la.wci_term_se for la in r.layers} for r in results]
+    diffs = _layer_differences(order, terms, ses)
     return {
         "names": names,
         "colours": [s["colour"] for s in sections],
+        "mismatches": comparison_warnings(results),
+        "noise_sigmas": NOISE_SIGMAS,
         "summary": [_summary_row(results, *compared) for compared in COMPARED],
         "diffs": diffs[:MAX_DIFF_ROWS],
         "n_layers": len(order),
@@ -224,34 +237,87 @@ def _comparison(results: list[AuditResult], sections: list[dict[str, Any]]) -> d
     }
 
 
+def se_of(result: AuditResult, key: str) -> float | None:
+    """The standard error of :func:`figure_of`'s figure; None where none is measured
+    (the PAC-Bayes bound carries none)."""
+    if key == "wci":
+        return result.wci_se
+    return getattr(result.metrics, f"{key}_se", None)
+
+
+def beyond_noise(diff: float, se_a: float | None, se_b: float | None) -> bool | None:
+    """Whether a difference of two independent estimates exceeds its noise:
+    ``|a - b| > NOISE_SIGMAS * sqrt(se_a^2 + se_b^2)``. A figure without an SE counts
+    as exact (SE 0); None when neither has one, so the reader is not told it is noise
+    or not when nothing says."""
+    if se_a is None and se_b is None:
+        return None
+    return abs(diff) > NOISE_SIGMAS * math.hypot(se_a or 0.0, se_b or 0.0)
+
+
+def comparison_warnings(results: list[AuditResult]) -> list[str]:
+    """Settings that differ from the first result's: threat model, data, architecture.
+    Results that differ there measure different things; their WCIs need not compare."""
+    ref = results[0]
+    warnings = []
+    for i, r in enumerate(results[1:], start=2):
+        for label, a, b in (
+            ("eps", ref.config.get("eps"), r.config.get("eps")),
+            ("norm", ref.config.get("norm"), r.config.get("norm")),
+            ("attack", ref.config.get("attack"), r.config.get("attack")),
+            ("dataset", ref.dataset.name or None, r.dataset.name or None),
+            ("architecture", ref.checkpoint.arch or None, r.checkpoint.arch or None),
+        ):
+            if a is None or b is None or a == b:
+                continue
+            if label == "eps":
+                a, b = format_eps(float(a)), format_eps(float(b))
+            warnings.append(f"result {i} differs from result 1 in {label}: {b} vs {a}")
+    return warnings
+
+
 def _summary_row(
     results: list[AuditResult], label: str, key: str, lower_is_better: bool
 ) -> dict[str, Any]:
-    """One figure of every result, with its difference from the first."""
+    """One figure of every result with its SE, and its difference from the first;
+    ``better`` is set only for a difference beyond noise (:func:`beyond_noise`)."""
     values = [figure_of(r, key) for r in results]
-    ref = values[0]
+    ses = [se_of(r, key) for r in results]
+    ref, ref_se = values[0], ses[0]
     cells = []
-    for v in values:
+    for v, se in zip(values, ses, strict=True):
         diff = None if v is None or ref is None else v - ref
         rel = None if diff is None or not ref else diff / abs(ref)
-        better = None if diff is None or diff == 0 else (diff < 0) == lower_is_better
-        cells.append({"value": v, "diff": diff, "rel": rel, "better": better})
+        real = None if diff is None else beyond_noise(diff, ref_se, se)
+        better = None if diff is None or diff == 0 or real is False else (diff < 0) == lower_is_better
+        cells.append({"value": v, "se": se, "diff": diff, "rel": rel, "better": better,
+                      "noise": real is False})
     pct = key.endswith("acc_test") or key.endswith("acc_train") or key == "gap_err"
     return {"label": label, "pct": pct, "cells": cells}
 
 
 def _layer_differences(
-    order: list[str], terms: list[dict[str, float | None]]
+    order: list[str], terms: list[dict[str, float | None]], ses: list[dict[str, float | None]]
 ) -> list[dict[str, Any]]:
-    """Per layer: its WCI terms across results and their spread, largest spread first."""
+    """Per layer: its WCI terms (± SE) across results and their spread, largest spread
+    first; a term is marked lower/higher than result 1's only beyond noise."""
     diffs = []
     for n in order:
         values = [t.get(n) for t in terms]
+        errors = [e.get(n) for e in ses]
         present = [v for v in values if v is not None]
+        ref = values[0]
+        cells = []
+        for v, se in zip(values, errors, strict=True):
+            mark = None
+            if v is not None and ref is not None and v != ref and beyond_noise(v - ref, errors[0], se) is not False:
+                mark = "better" if v < ref else "worse"
+            cells.append({"value": v, "se": se, "mark": mark})
         diffs.append(
             {
                 "name": n,
                 "terms": values,
+                "cells": cells,
                 "spread": max(present) - min(present) if len(present) > 1 else None,
                 "missing": any(n not in t for t in terms),
                 "ref": terms[0].get(n),

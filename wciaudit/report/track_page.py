@@ -34,8 +34,9 @@ _MARKERS = (
 )
 
 
-def render_track(result: TrackResult, title: str | None = None) -> str:
-    """The run as one self-contained HTML page (plotly.js inline, no network request).
+def render_track(result: TrackResult, title: str | None = None, *, plotly: str = "inline") -> str:
+    """The run as one HTML page: self-contained with ``plotly="inline"`` (no network
+    request), a script tag to plotly's CDN with ``"cdn"``.
 
     Every string from a file name, metadata or the user is autoescaped by jinja2; the
     figure JSON has ``<``, ``>`` and ``&`` escaped so that it cannot end its ``<script>``.
@@ -54,14 +55,19 @@ def render_track(result: TrackResult, title: str | None = None) -> str:
         tau_null_sd=tau_null_sd(len(result.entries)),
         settings=_settings_rows(result),
         tool_version=result.tool_version,
+        plotly=plotly,
     )
 
 
 def write_track_page(
-    result: TrackResult, path: str | os.PathLike[str], title: str | None = None
+    result: TrackResult,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    *,
+    plotly: str = "inline",
 ) -> Path:
     """Render the page and write it atomically."""
-    return write_atomic(path, render_track(result, title))
+    return write_atomic(path, render_track(result, title, plotly=plotly))
 
 
 # -- tables and sentences ------------------------------------------------------------------
@@ -148,14 +154,7 @@ def _settings_rows(result: TrackResult) -> list[tuple[str, str]]:
     arch = s.get("arch") or {}
     return [
         ("data", str((s.get("data") or {}).get("spec") or "the dataset each checkpoint names")),
-        (
-            "arch",
-            str(
-                arch.get("spec")
-                or arch.get("class")
-                or ("a models.py file" if arch else "from the checkpoints")
-            ),
-        ),
+        ("arch", _arch_text(result, arch)),
         (
             "attack",
             f"{cfg.get('attack')} {cfg.get('norm')} eps={format_eps(cfg.get('eps', 0.0))}, "
@@ -165,7 +164,7 @@ def _settings_rows(result: TrackResult) -> list[tuple[str, str]]:
         (
             "samples",
             f"train {cfg.get('train_samples') or 'all'}, "
-            f"test {cfg.get('test_samples') or 'all'}, Hessian {cfg.get('hessian_samples')}",
+            f"test {cfg.get('test_samples') or 'all'}, Hessian {_hessian_text(result, cfg)}",
         ),
         (
             "curvature",
@@ -179,6 +178,28 @@ def _settings_rows(result: TrackResult) -> list[tuple[str, str]]:
             f"{len(result.entries) - result.scanned} from the cache)",
         ),
     ]
+
+
+def _arch_text(result: TrackResult, arch: dict[str, Any]) -> str:
+    """The architecture as the scans recorded it (``digits_cnn.py:DigitsCNN``, a timm
+    name); the settings keep a models.py file by its hash only."""
+    if arch.get("spec"):
+        return str(arch["spec"])
+    used = list(dict.fromkeys(e.result.checkpoint.arch for e in result.entries if e.result.checkpoint.arch))
+    if used:
+        return ", ".join(used) + ("" if arch else " (from the checkpoints)")
+    return str(arch.get("class") or ("a models.py file" if arch else "from the checkpoints"))
+
+
+def _hessian_text(result: TrackResult, cfg: dict[str, Any]) -> str:
+    """The examples the Hessian was taken over, as the scans used them (the setting is
+    a cap: a smaller train split uses all of it)."""
+    used = sorted({e.result.dataset.hessian_samples for e in result.entries} - {None})
+    asked = cfg.get("hessian_samples")
+    if not used:
+        return str(asked)
+    text = str(used[0]) if len(used) == 1 else f"{used[0]}-{used[-1]}"
+    return text if asked is None or [asked] == used else f"{text} (at most {asked} asked)"
 
 
 # -- the curves ----------------------------------------------------------------------------
@@ -261,7 +282,11 @@ def _figures(
     """Every chart of the page, keyed by the id of its ``<div>``."""
     c = _Curves(result, s, markers)
     blue, orange, green, red, pink = PALETTE[0], PALETTE[1], PALETTE[2], PALETTE[3], PALETTE[4]
-    gap_err_axis = axis(title={"text": "gap_err"}, overlaying="y", side="right", zeroline=False)
+    # gap_err is a difference of accuracies: whole percentage points, a few round ticks
+    gap_err_axis = axis(
+        title={"text": "gap_err"}, overlaying="y", side="right", zeroline=False,
+        tickformat=".0%", nticks=6,
+    )
     figs: dict[str, Any] = {
         "fig-wci": {
             "data": [c.line("WCI ± SE", s["wci"], blue, s["wci_se"])],

@@ -1,0 +1,75 @@
+"""SIGTERM (what CI timeouts send) ends a command like Ctrl-C: one line, exit 143, no
+temporary file left and no output half-written; tested on a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``wciaudit``: this checkout first on the path, so the
+    child runs the code under test even where another copy is installed."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
+
+# The child pauses at a chosen point, says so through a marker file, and waits there for
+# the signal: during the scan itself, or inside the atomic write (temp file present).
+CHILD = r"""
+import os, sys, time
+from pathlib import Path
+marker = Path(sys.argv[1])
+where = sys.argv[2]
+
+def pause(*args, **kwargs):
+    marker.write_text("ready")
+    time.sleep(120)
+
+if where == "write":
+    os.fsync = pause
+else:
+    import wciaudit.cli.scan as cli_scan
+    cli_scan.run_scan = pause
+from wciaudit.cli.app import main
+sys.argv = ["wciaudit", *sys.argv[3:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("where", ["scan", "write"])
+def test_sigterm_exits_143_and_leaves_no_files(tmp_path: Path, where: str) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    marker = tmp_path / "ready"
+    args = ["scan", str(RESNET), "--weights-only", "-q", "--json", str(out_dir / "r.json")]
+    env = _env()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(marker), where, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out_dir, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the child never reached the pause"
+            time.sleep(0.05)
+        if where == "write":
+            assert [p.name for p in out_dir.iterdir() if p.name.endswith(".tmp")], "no temp file"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip() == "wciaudit: error: terminated (SIGTERM); no output was written"
+    assert "Traceback" not in stderr and stdout == ""
+    assert list(out_dir.iterdir()) == []

@@ -1,0 +1,105 @@
+"""The terminal summary at 80 columns (CI logs, pipes): full layer names, no ellipsis,
+file names printed literally, a weights-only scan without attack or data figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from wciaudit.cli.summary import SHOWN_LAYERS, print_summary
+from wciaudit.result import AuditResult, DatasetInfo, LayerResult
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``wciaudit``: this checkout first on the path, so the
+    child runs the code under test even where another copy is installed."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
+FAST = ["--train-samples", "40", "--test-samples", "40", "--hessian-samples", "20", "--steps", "1"]
+
+
+def _render(result: AuditResult, width: int = 80) -> str:
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    print_summary(result, console)
+    return console.export_text()
+
+
+def _result(names: list[str], **layer: object) -> AuditResult:
+    r = AuditResult(dataset=DatasetInfo(name="digits", n_train=40, n_test=40, reason="asked"))
+    r.layers = [
+        LayerResult(name=n, shape=[8, 4, 3, 3], numel=288, frob_norm=1.0 + i, trace=2.0, trace_se=0.1,
+                    wci_term=10.0 - i, **layer)  # type: ignore[arg-type]
+        for i, n in enumerate(names)
+    ]
+    r.wci = sum(la.wci_term for la in r.layers)
+    return r
+
+
+def test_long_names_are_whole_at_80_columns() -> None:
+    names = ["features.denseblock4.denselayer16.conv2.weight",
+             "features.denseblock4.denselayer15.conv2.weight",
+             "stages.3.blocks.2.attn.qkv_projection_with_a_very_long_suffix.weight"]
+    text = _render(_result(names, method="hutchinson", probes=60, flag="not converged"))
+    # a name too long for its column wraps, never cut: the first column's pieces, joined
+    flat = "".join(line.split("│")[0].strip() for line in text.splitlines() if "│" in line)
+    assert "…" not in text
+    for name in names:
+        assert name in flat
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "hutchinson, 60 probes" in text and "flag: not converged" in text
+    # a row takes at most name + shape/route + flag lines (not one line per word)
+    assert text.count("\n") < 8 * len(names) + 20
+
+
+def test_wide_console_has_one_column_per_field() -> None:
+    text = _render(_result(["a.weight"], method="exact-ggn", probes="exact"), width=140)
+    assert "route" in text and "exact-ggn" in text and "shape" in text
+
+
+def test_more_layers_than_shown_is_one_line() -> None:
+    text = _render(_result([f"l{i}.weight" for i in range(SHOWN_LAYERS + 3)]))
+    assert "... 3 more layers in the JSON" in text
+
+
+def test_markup_in_a_file_name_prints_literally() -> None:
+    r = _result(["a.weight"])
+    r.checkpoint.path = "m[bold].safetensors"
+    r.layers[0].name = "x[red].weight"
+    assert "m[bold].safetensors" in _render(r)
+    assert "x[red].weight" in _render(r) and "x[red].weight" in _render(r, width=140)
+
+
+def test_weights_only_shows_no_data_figures() -> None:
+    r = _result(["a.weight"])
+    r.dataset = DatasetInfo(name="none", reason="weights only: no data asked for")
+    r.config = {"eps": 8 / 255, "attack": "pgd", "steps": 10, "step_size": 0.01, "restarts": 1,
+                "seed": 0, "device": "cpu"}
+    r.wci = None
+    text = _render(r)
+    assert "None" not in text and "threat:" not in text and "attack" not in text
+    assert "WCI =" not in text and "weights only" in text
+
+
+def test_scan_subprocess_at_80_columns(tmp_path: Path) -> None:
+    ckpt = tmp_path / "[red]m.safetensors"
+    shutil.copy(RESNET, ckpt)
+    env = _env(COLUMNS="80")
+    res = subprocess.run([sys.executable, "-m", "wciaudit", "scan", str(ckpt), *FAST, "--json", "r.json"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "…" not in res.stdout and "[red]m.safetensors" in res.stdout
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80
+    layers = json.loads((tmp_path / "r.json").read_text())["layers"]
+    shown = sorted(layers, key=lambda la: -(la["wci_term"] or 0))[:SHOWN_LAYERS]
+    words = res.stdout.split()
+    for la in shown:
+        assert la["name"] in words
