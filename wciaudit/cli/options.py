@@ -15,6 +15,7 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -45,6 +46,32 @@ JsonOpt = Annotated[
         dir_okay=False,
     ),
 ]
+class PlotlyMode(str, Enum):
+    """How the page gets plotly.js (``wciaudit.report.html.PLOTLY_MODES``)."""
+
+    inline = "inline"
+    cdn = "cdn"
+
+
+PlotlyOpt = Annotated[
+    PlotlyMode,
+    typer.Option(
+        "--plotly",
+        help="inline: plotly.js inside the page (about 4.8 MB, opens offline); cdn: a script tag "
+        "to plotly's CDN (a small file, but the charts need the network).",
+    ),
+]
+CsvOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--csv",
+        help="Also write the layer table with the headline figures as CSV (one row per layer).",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+
+
 HtmlOpt = Annotated[
     Path | None,
     typer.Option("--html", help="Also write the self-contained HTML report here.", dir_okay=False),

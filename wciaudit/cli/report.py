@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,33 +9,7 @@ import typer
 
 from ..result import AuditResult
 from .common import check_output_folders, handle_errors, out
-from .options import QuietOpt
-
-
-class PlotlyMode(str, Enum):
-    """How the page gets plotly.js (``wciaudit.report.html.PLOTLY_MODES``)."""
-
-    inline = "inline"
-    cdn = "cdn"
-
-
-PlotlyOpt = Annotated[
-    PlotlyMode,
-    typer.Option(
-        "--plotly",
-        help="inline: plotly.js inside the page (about 4.8 MB, opens offline); cdn: a script tag "
-        "to plotly's CDN (a small file, but the charts need the network).",
-    ),
-]
-CsvOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--csv",
-        help="Also write the layer table with the headline figures as CSV (one row per layer).",
-        dir_okay=False,
-        show_default=False,
-    ),
-]
+from .options import CsvOpt, PlotlyMode, PlotlyOpt, QuietOpt
 
 
 @handle_errors

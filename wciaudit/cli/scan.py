@@ -15,8 +15,11 @@ from ..scan import scan as run_scan
 from .common import check_output_folders, handle_errors, out, progress_bars
 from .gating import GateSetup, report_gates
 from .options import (
+    CsvOpt,
     HtmlOpt,
     JsonOpt,
+    PlotlyMode,
+    PlotlyOpt,
     QuietOpt,
     ScanSettings,
     gate_options,
@@ -35,6 +38,8 @@ def scan(
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Weight norms and parameter inventory only; no data, no attack.")] = False,
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
+    plotly: PlotlyOpt = PlotlyMode.inline,
+    csv_path: CsvOpt = None,
     gates: GateSetup,
     distributed: Annotated[bool, typer.Option("--distributed", help="Run as one process of a torchrun group (NCCL on GPUs, gloo on CPU): each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs.")] = False,
     fail_on_masking: Annotated[bool, typer.Option("--fail-on-masking", help="Fail (exit 1) when a gradient-masking check fails.", rich_help_panel="Gates (exit 1 when one fails)")] = False,
@@ -44,7 +49,7 @@ def scan(
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
     set_threads(threads)
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
-    check_output_folders(target, html)
+    check_output_folders(target, html, csv_path)
     shard = shard_from_env() if distributed else Shard()
     try:
         with progress_bars(not quiet and shard.is_main) as progress:
@@ -67,7 +72,11 @@ def scan(
     if html is not None:
         from ..report import write_report
 
-        written.append(write_report([result], html))
+        written.append(write_report([result], html, plotly=plotly.value))
+    if csv_path is not None:
+        from ..export import write_csv
+
+        written.append(write_csv([result], csv_path))
     if not quiet:
         print_summary(result, out)
         for path in written:

@@ -143,7 +143,7 @@ def _weights_table(layers: list[LayerResult]) -> Table:
 def _print_figures(result: AuditResult, console: Console) -> None:
     pb, ti = result.pac_bayes, result.timings
     if has_data(result):
-        console.print(f"WCI = {fmt(result.wci, result.wci_se)}  (SE: delta method)", markup=False)
+        console.print(f"WCI = {fmt(result.wci, result.wci_se)}  ({se_words(result)})", markup=False)
     if pb.bound is not None:
         console.print(
             f"PAC-Bayes (second order, c* chosen after seeing the data): bound {pb.bound:.4g} = "
@@ -157,3 +157,13 @@ def _print_figures(result: AuditResult, console: Console) -> None:
         console.print(f"time: load {ti.load_s:.1f}s, attack {ti.attack_s:.1f}s, trace {ti.trace_s:.1f}s, total {ti.total_s:.1f}s", markup=False)
     else:
         console.print(f"time: load {ti.load_s:.1f}s, total {ti.total_s:.1f}s", markup=False)
+
+
+def se_words(result: AuditResult) -> str:
+    """What WCI's SE covers, in words; an SE of 0 says why it is 0."""
+    covers = result.se_covers.get("wci")
+    if covers is None:
+        return "SE: delta method"
+    if not covers:
+        return "SE 0: exact routes on the whole split, attack spread not measured"
+    return "SE covers " + ", ".join(covers)

@@ -10,9 +10,6 @@ checkpoints) is read here and nowhere else in ``track``.
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -20,20 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..checkpoints import CHECKPOINT_SUFFIXES, read_epoch
 from ..errors import ConfigError
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "RunCheckpoint",
-    "checkpoint_sha256",
     "find_checkpoints",
     "natural_key",
     "order_checkpoints",
     "read_epoch",
 ]
-
-#: file suffixes taken as checkpoints inside a run folder
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 @dataclass(frozen=True)
@@ -113,36 +107,6 @@ def natural_key(name: str) -> tuple[Any, ...]:
     )
 
 
-def read_epoch(path: str | os.PathLike[str]) -> float | None:
-    """The ``epoch`` a checkpoint states about itself, or None.
-
-    Read from the safetensors header metadata, a timm folder's ``config.json``, or the
-    top level of a ``.pt`` dict (``torch.load(weights_only=True)``); nothing else is run.
-    """
-    p = Path(path)
-    value: Any = None
-    try:
-        if p.is_dir():
-            value = json.loads((p / "config.json").read_text(encoding="utf-8")).get("epoch")
-        elif p.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt") as fh:
-                value = (fh.metadata() or {}).get("epoch")
-        elif p.suffix in (".pt", ".pth", ".bin"):
-            import torch
-
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
-            value = obj.get("epoch") if isinstance(obj, dict) else None
-    except Exception:  # an unreadable header only means "no epoch"; the scan reports the file
-        return None
-    try:
-        epoch = float(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        return None
-    return epoch if epoch is not None and math.isfinite(epoch) else None
-
-
 def order_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[RunCheckpoint]:
     """Order a run's checkpoints by epoch.
 
@@ -166,21 +130,3 @@ def order_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[RunCheckp
             for p, n in zip(by_name, numbers, strict=True)
         ]
     return [RunCheckpoint(p, float(i + 1), "position") for i, p in enumerate(by_name)]
-
-
-def checkpoint_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a checkpoint file; for a timm folder, of its config and weights files."""
-    p = Path(path)
-    files = (
-        [p]
-        if p.is_file()
-        else sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-    )
-    digest = hashlib.sha256()
-    for f in files:
-        if len(files) > 1:
-            digest.update(f.name.encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(2**20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()

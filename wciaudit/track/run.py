@@ -14,17 +14,20 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
+from ..checkpoints import file_sha256
 from ..config import ScanConfig
 from ..errors import ConfigError
 from ..result import write_atomic
 from ..scan import scan
 from .cache import cache_folder, key_settings, read_cache, settings_digest
-from .files import checkpoint_sha256, find_checkpoints, order_checkpoints
+from .files import find_checkpoints, order_checkpoints
 from .result import MEASURES, TARGETS, TrackEntry, TrackResult, correlate
 
 #: progress(stage, advance, total): stage "checkpoints" after each checkpoint (done or
@@ -85,8 +88,13 @@ def track(
         cache_dir=str(cache) if cache is not None else None,
     )
     for item in ordered:
-        sha = checkpoint_sha256(item.path)
-        cache_file = cache / f"{sha[:24]}-{digest[:16]}.json" if cache is not None else None
+        sha = file_sha256(item.path)
+        config = Path(item.path) / "config.json"
+        # a timm folder's config builds the model too: it is part of the cache key
+        ident = (
+            hashlib.sha256(sha.encode() + config.read_bytes()).hexdigest() if config.is_file() else sha
+        )
+        cache_file = cache / f"{ident[:24]}-{digest[:16]}.json" if cache is not None else None
         result = read_cache(cache_file) if use_cache and cache_file is not None else None
         cached = result is not None
         if result is None:
