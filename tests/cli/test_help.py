@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from wciaudit.cli.app import app
 from wciaudit.result import AuditResult, DatasetInfo, LayerResult
 
-runner = CliRunner()
+# wide enough that no help line wraps inside a phrase the tests look for
+runner = CliRunner(env={"TERMINAL_WIDTH": "250", "COLUMNS": "250"})
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -190,7 +190,9 @@ def _layer_traces(
         _mark_wci_stop(estimates, dict(zip(names, weight_norms, strict=True)), tol)
     for n in names:
         estimates[n].method = routes[n].route
-        estimates[n].route_reason = routes[n].reason
+        # why the route, then how the estimator served the layer (e.g. tied weights)
+        how = estimates[n].route_reason
+        estimates[n].route_reason = f"{routes[n].reason}; {how}" if how else routes[n].reason
     return [estimates[n] for n in names]
 
 

@@ -89,10 +89,12 @@ def track(
     )
     for item in ordered:
         sha = file_sha256(item.path)
-        config = Path(item.path) / "config.json"
+        config_json = Path(item.path) / "config.json"
         # a timm folder's config builds the model too: it is part of the cache key
         ident = (
-            hashlib.sha256(sha.encode() + config.read_bytes()).hexdigest() if config.is_file() else sha
+            hashlib.sha256(sha.encode() + config_json.read_bytes()).hexdigest()
+            if config_json.is_file()
+            else sha
         )
         cache_file = cache / f"{ident[:24]}-{digest[:16]}.json" if cache is not None else None
         result = read_cache(cache_file) if use_cache and cache_file is not None else None
