@@ -46,39 +46,15 @@ from torch import nn
 
 from ..config import Norm
 from ..errors import ConfigError
+from .seeding import example_generators
 
-__all__ = ["example_generators", "square_attack"]
+__all__ = ["square_attack"]
 
 # Random numbers are drawn per example in chunks of this many iterations, from a
 # generator keyed by (seed, example index, chunk): creating one generator per example
 # and iteration would cost more than a forward pass of a small model.
 _CHUNK = 64
-_MASK64 = (1 << 64) - 1
 _SQUARE_TAG = 0x5175  # keeps this attack's streams apart from other users of the keys
-
-
-def _splitmix64(z: int) -> int:
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def example_generators(seed: int, indices: torch.Tensor, *key: int) -> list[torch.Generator]:
-    """One CPU generator per example, seeded by a hash of (seed, global index, *key).
-
-    What example i draws depends only on its global index ``indices[i]``, the seed and
-    the key (which attack, iteration chunk, restart, ...), never on its batch.
-    """
-    gens = []
-    for index in indices.tolist():
-        h = 0
-        for part in (seed, int(index), *key):
-            h = _splitmix64(h ^ (int(part) & _MASK64))
-        g = torch.Generator(device="cpu")
-        g.manual_seed(h)
-        gens.append(g)
-    return gens
 
 
 def _uniform(seed: int, indices: torch.Tensor, key: tuple[int, ...], shape: tuple[int, ...]):
