@@ -121,7 +121,6 @@ def choose_routes(
     labels = expected_labels(k_labels, objective.n, tol)
     slow = [n for n in candidates if n not in fast]
     mc_cost = float(labels * ((1 if fast else 0) + (1 if slow else 0)))
-    hutch_all = hutch_cost * len(candidates)
     big = [n for n in candidates if n not in exact_layers]
     if method == "ggn":
         exact_pick = {n: "residual vanishes; exact route requested" for n in exact_layers}
@@ -134,31 +133,55 @@ def choose_routes(
         for n in candidates:
             routes[n] = Route(n, "mc-ggn", "residual vanishes; sampled-label GGN requested", mc_cost / len(candidates))
     else:
-        c = f"{classes} classes"
-        exact_line = f"exact GGN {exact_cost:g} backward passes"
-        mc_line = f"sampled-label GGN {mc_cost:g}"
-        hutch_line = f"Hutchinson {hutch_all:g} ({probes} probes per layer)"
-        # layers whose C Jacobian rows do not fit take sampled labels beside the exact route
-        exact_plan = exact_cost + (labels if big else 0)
-        if exact_layers and exact_plan <= mc_cost and exact_plan <= hutch_all:
-            reason = f"residual vanishes; {c}: {exact_line} <= {mc_line}, {hutch_line}"
-            for n in exact_layers:
-                routes[n] = Route(n, "exact-ggn", reason, exact_cost / len(exact_layers))
-            for n in big:
-                routes[n] = Route(n, "mc-ggn", _too_big(objective, n, classes) + "; sampled labels", float(labels))
-        elif mc_cost <= hutch_all:
-            why = (
-                f"{mc_line} passes < {exact_line}" if not big
-                else f"{mc_line} passes; C Jacobian rows of some layers exceed the memory budget"
-            )
-            reason = f"residual vanishes; {c}: {why}, {hutch_line}"
-            for n in candidates:
-                routes[n] = Route(n, "mc-ggn", reason, mc_cost / len(candidates))
-        else:
-            reason = f"residual vanishes, but {hutch_line} < {mc_line} and {exact_line}"
-            for n in candidates:
-                routes[n] = Route(n, "hutchinson", reason, hutch_cost)
+        routes.update(_auto_routes(objective, candidates, exact_layers, big, classes, probes, labels,
+                                   exact_cost, mc_cost, hutch_cost))
     return [routes[n] for n in names]
+
+
+def _auto_routes(
+    objective: Objective,
+    candidates: list[str],
+    exact_layers: set[str],
+    big: list[str],
+    classes: int,
+    probes: int,
+    labels: int,
+    exact_cost: float,
+    mc_cost: float,
+    hutch_cost: float,
+) -> dict[str, Route]:
+    """``auto`` among the layers whose residual vanishes: the cheapest expected route.
+
+    Costs are backward passes: ``exact_cost`` for every exact layer together, ``mc_cost``
+    for the sampled-label route over all candidates, ``hutch_cost`` per layer.
+    """
+    routes: dict[str, Route] = {}
+    hutch_all = hutch_cost * len(candidates)
+    c = f"{classes} classes"
+    exact_line = f"exact GGN {exact_cost:g} backward passes"
+    mc_line = f"sampled-label GGN {mc_cost:g}"
+    hutch_line = f"Hutchinson {hutch_all:g} ({probes} probes per layer)"
+    # layers whose C Jacobian rows do not fit take sampled labels beside the exact route
+    exact_plan = exact_cost + (labels if big else 0)
+    if exact_layers and exact_plan <= mc_cost and exact_plan <= hutch_all:
+        reason = f"residual vanishes; {c}: {exact_line} <= {mc_line}, {hutch_line}"
+        for n in exact_layers:
+            routes[n] = Route(n, "exact-ggn", reason, exact_cost / len(exact_layers))
+        for n in big:
+            routes[n] = Route(n, "mc-ggn", _too_big(objective, n, classes) + "; sampled labels", float(labels))
+    elif mc_cost <= hutch_all:
+        why = (
+            f"{mc_line} passes < {exact_line}" if not big
+            else f"{mc_line} passes; C Jacobian rows of some layers exceed the memory budget"
+        )
+        reason = f"residual vanishes; {c}: {why}, {hutch_line}"
+        for n in candidates:
+            routes[n] = Route(n, "mc-ggn", reason, mc_cost / len(candidates))
+    else:
+        reason = f"residual vanishes, but {hutch_line} < {mc_line} and {exact_line}"
+        for n in candidates:
+            routes[n] = Route(n, "hutchinson", reason, hutch_cost)
+    return routes
 
 
 def _too_big(objective: Objective, name: str, classes: int) -> str:
