@@ -36,6 +36,7 @@ PROBE_SPREAD = 0.5
 LABEL_SPREAD = 1.0
 # backward passes per block-restricted Hessian-vector product
 HVP_PASSES = 2
+_NOT_PIECEWISE_LINEAR = "residual does not vanish (output not piecewise linear in this weight)"
 
 
 @dataclass(frozen=True)
@@ -104,23 +105,12 @@ def choose_routes(
     routes: dict[str, Route] = {}
     for n in names:
         if not vanishes[n]:
-            routes[n] = Route(
-                n, "hutchinson", "residual does not vanish (output not piecewise linear in this weight)",
-                hutch_cost,
-            )
+            routes[n] = Route(n, "hutchinson", _NOT_PIECEWISE_LINEAR, hutch_cost)
     candidates = [n for n in names if n not in routes]
     if not candidates:
         return [routes[n] for n in names]
-    fast = set(hookable(objective, candidates))
-    groups = ([[n for n in candidates if n in fast]] if fast else []) + memory_groups(
-        objective, [n for n in candidates if n not in fast], classes, memory_bytes
-    )
-    exact_layers = {n for g in groups for n in g}
-    # Linear/Conv2d share C + 1 passes; a Jacobian group costs C products
-    exact_cost = float(sum(classes + 1 if g[0] in fast else classes for g in groups))
     labels = expected_labels(k_labels, objective.n, tol)
-    slow = [n for n in candidates if n not in fast]
-    mc_cost = float(labels * ((1 if fast else 0) + (1 if slow else 0)))
+    exact_layers, exact_cost, mc_cost = _ggn_costs(objective, candidates, classes, memory_bytes, labels)
     big = [n for n in candidates if n not in exact_layers]
     if method == "ggn":
         exact_pick = {n: "residual vanishes; exact route requested" for n in exact_layers}
@@ -136,6 +126,25 @@ def choose_routes(
         routes.update(_auto_routes(objective, candidates, exact_layers, big, classes, probes, labels,
                                    exact_cost, mc_cost, hutch_cost))
     return [routes[n] for n in names]
+
+
+def _ggn_costs(
+    objective: Objective, candidates: list[str], classes: int, memory_bytes: int, labels: int
+) -> tuple[set[str], float, float]:
+    """The layers the exact GGN can take within ``memory_bytes``, its cost and the MC cost.
+
+    Costs are backward passes: Linear/Conv2d layers share C + 1, each Jacobian group of
+    other layers costs C; the sampled-label route costs ``labels`` per kind of layer.
+    """
+    fast = set(hookable(objective, candidates))
+    slow = [n for n in candidates if n not in fast]
+    groups = ([[n for n in candidates if n in fast]] if fast else []) + memory_groups(
+        objective, slow, classes, memory_bytes
+    )
+    exact_layers = {n for g in groups for n in g}
+    exact_cost = float(sum(classes + 1 if g[0] in fast else classes for g in groups))
+    mc_cost = float(labels * ((1 if fast else 0) + (1 if slow else 0)))
+    return exact_layers, exact_cost, mc_cost
 
 
 def _auto_routes(
