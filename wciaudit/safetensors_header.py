@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .errors import CheckpointError
@@ -157,7 +158,14 @@ def parse_header(
         begin, end = tensors[name]["data_offsets"]
         spans.append((begin, end, name))
 
-    # the tensors must tile the buffer: no gap, no overlap, nothing after the last one
+    _check_tiling(spans, buffer_bytes, bad)
+    return Header(tensors, metadata, 8 + n)
+
+
+def _check_tiling(
+    spans: list[tuple[int, int, str]], buffer_bytes: int, bad: Callable[[str], CheckpointError]
+) -> None:
+    """The tensors must tile the buffer: no gap, no overlap, nothing after the last one."""
     position, previous = 0, None
     for begin, end, name in sorted(spans):
         if begin < position:
@@ -167,7 +175,6 @@ def parse_header(
         position, previous = end, name
     if position != buffer_bytes:
         raise bad(f"the tensors cover {position} bytes but the data buffer holds {buffer_bytes}")
-    return Header(tensors, metadata, 8 + n)
 
 
 class _DuplicateKey(ValueError):

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import wciaudit.attacks.square as square
-from wciaudit.attacks.square import example_generators, square_attack, window_pattern
+from wciaudit.attacks.seeding import example_generators
+from wciaudit.attacks.square import square_attack, window_pattern
 from wciaudit.checkpoints import load_checkpoint
 from wciaudit.data import load_data
 from wciaudit.errors import ConfigError

@@ -135,16 +135,8 @@ def apgd_run(
     k = max(int(0.22 * steps), 1)
     k_min, k_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
 
-    def evaluate(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z = z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(z)
-            loss = loss_fn(logits)
-            (g,) = torch.autograd.grad(loss.sum(), z)
-        return loss.detach(), g.detach(), logits.argmax(1).detach() != y
-
     x_cur = x0.detach().clone()
-    loss, grad, miss = evaluate(x_cur)
+    loss, grad, miss = _evaluate(model, loss_fn, y, x_cur)
     broken, x_found = miss.clone(), x_cur.clone()
     x_best, loss_best, grad_best = x_cur.clone(), loss.clone(), grad.clone()
     eta = torch.full((n,), 2.0 * eps, device=x.device, dtype=x.dtype)
@@ -155,16 +147,9 @@ def apgd_run(
     best_at_check = loss_best.clone()
     halved_at_check = torch.ones(n, dtype=torch.bool, device=x.device)
     for i in range(steps):
-        with torch.no_grad():
-            if norm is Norm.linf:
-                direction = grad.sign()
-            else:
-                direction = grad / _bcast(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-            z = project(x_cur + _bcast(eta, x) * direction, x, eps, norm, lo, hi)
-            a = 1.0 if i == 0 else momentum
-            x_next = project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, eps, norm, lo, hi)
-            x_prev, x_cur = x_cur, x_next
-        loss, grad, miss = evaluate(x_cur)
+        a = 1.0 if i == 0 else momentum
+        x_prev, x_cur = x_cur, _momentum_step(x, x_cur, x_prev, grad, eta, a, eps, norm, lo, hi)
+        loss, grad, miss = _evaluate(model, loss_fn, y, x_cur)
         with torch.no_grad():
             # the first misclassified iterate, so that stopping early changes nothing
             newly = miss & ~broken
@@ -192,6 +177,40 @@ def apgd_run(
             break
     x_adv = torch.where(_bcast(broken, x), x_found, x_best)
     return APGDBatch(x_best.detach(), loss_best, broken, x_adv.detach())
+
+
+def _evaluate(
+    model: nn.Module, loss_fn: LossFn, y: torch.Tensor, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss per example, its gradient at ``z`` and whether ``z`` is misclassified."""
+    z = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(z)
+        loss = loss_fn(logits)
+        (g,) = torch.autograd.grad(loss.sum(), z)
+    return loss.detach(), g.detach(), logits.argmax(1).detach() != y
+
+
+@torch.no_grad()
+def _momentum_step(
+    x: torch.Tensor,
+    x_cur: torch.Tensor,
+    x_prev: torch.Tensor,
+    grad: torch.Tensor,
+    eta: torch.Tensor,
+    a: float,
+    eps: float,
+    norm: Norm,
+    lo: float,
+    hi: float,
+) -> torch.Tensor:
+    """z = P(x_k + eta s(grad)); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))."""
+    if norm is Norm.linf:
+        direction = grad.sign()
+    else:
+        direction = grad / _bcast(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+    z = project(x_cur + _bcast(eta, x) * direction, x, eps, norm, lo, hi)
+    return project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, eps, norm, lo, hi)
 
 
 def _indices(x: torch.Tensor, indices: torch.Tensor | None, index_offset: int) -> torch.Tensor:

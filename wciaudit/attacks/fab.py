@@ -42,7 +42,7 @@ from torch import nn
 
 from ..config import Norm
 from ..errors import ConfigError
-from .square import example_generators
+from .seeding import example_generators
 
 __all__ = ["fab_targeted", "project_onto_hyperplane"]
 

@@ -32,12 +32,31 @@ def _splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def mix(*values: int) -> int:
-    """A 63-bit seed from a tuple of non-negative integers (order matters)."""
+def _chain(values: Iterable[int]) -> int:
+    """SplitMix64 applied in a chain over ``values``: a 64-bit hash (order matters)."""
     h = 0
     for v in values:
         h = _splitmix64(h ^ (int(v) & _MASK))
-    return h >> 1
+    return h
+
+
+def mix(*values: int) -> int:
+    """A 63-bit seed from a tuple of non-negative integers (order matters)."""
+    return _chain(values) >> 1
+
+
+def example_generators(seed: int, indices: torch.Tensor, *key: int) -> list[torch.Generator]:
+    """One CPU generator per example, seeded by a hash of (seed, global index, *key).
+
+    What example i draws depends only on its global index ``indices[i]``, the seed and
+    the key (which attack, iteration chunk, restart, ...), never on its batch.
+    """
+    gens = []
+    for index in indices.tolist():
+        g = torch.Generator(device="cpu")
+        g.manual_seed(_chain((seed, int(index), *key)))
+        gens.append(g)
+    return gens
 
 
 def _indices(indices: Iterable[int] | torch.Tensor) -> list[int]:

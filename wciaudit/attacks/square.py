@@ -46,39 +46,15 @@ from torch import nn
 
 from ..config import Norm
 from ..errors import ConfigError
+from .seeding import example_generators
 
-__all__ = ["example_generators", "square_attack"]
+__all__ = ["square_attack"]
 
 # Random numbers are drawn per example in chunks of this many iterations, from a
 # generator keyed by (seed, example index, chunk): creating one generator per example
 # and iteration would cost more than a forward pass of a small model.
 _CHUNK = 64
-_MASK64 = (1 << 64) - 1
 _SQUARE_TAG = 0x5175  # keeps this attack's streams apart from other users of the keys
-
-
-def _splitmix64(z: int) -> int:
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def example_generators(seed: int, indices: torch.Tensor, *key: int) -> list[torch.Generator]:
-    """One CPU generator per example, seeded by a hash of (seed, global index, *key).
-
-    What example i draws depends only on its global index ``indices[i]``, the seed and
-    the key (which attack, iteration chunk, restart, ...), never on its batch.
-    """
-    gens = []
-    for index in indices.tolist():
-        h = 0
-        for part in (seed, int(index), *key):
-            h = _splitmix64(h ^ (int(part) & _MASK64))
-        g = torch.Generator(device="cpu")
-        g.manual_seed(h)
-        gens.append(g)
-    return gens
 
 
 def _uniform(seed: int, indices: torch.Tensor, key: tuple[int, ...], shape: tuple[int, ...]):
@@ -250,6 +226,51 @@ def _l2_proposal(x, x_best, u, s, eps, lo, hi, pattern):
     return (x + eps * _l2_normalise(delta)).clamp(lo, hi)
 
 
+@torch.no_grad()
+def _search(
+    model: nn.Module,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    idx: torch.Tensor,
+    x_best: torch.Tensor,
+    margin: torch.Tensor,
+    draws: int,
+    norm: Norm,
+    eps: float,
+    lo: float,
+    hi: float,
+    n_queries: int,
+    p_init: float,
+    seed: int,
+) -> torch.Tensor:
+    """The random search from ``x_best`` (margin ``margin``): the best point of each example."""
+    noise = torch.zeros(len(xs), _CHUNK, draws, device=xs.device)
+    h, w = xs.shape[-2:]
+    side = min(h, w)
+    for i in range(n_queries - 1):
+        active = (margin > 0).nonzero().flatten()
+        if active.numel() == 0:
+            break
+        if i % _CHUNK == 0:
+            chunk = _uniform(seed, idx[active.cpu()], (1, i // _CHUNK), (_CHUNK, draws))
+            noise[active] = chunk.to(xs.device)
+        u = noise[active, i % _CHUNK]
+        p = _p_schedule(i, n_queries, p_init)
+        if norm is Norm.linf:
+            s = min(max(round(math.sqrt(p * h * w)), 1), side)
+            x_new = _linf_proposal(xs[active], x_best[active], u, s, eps, lo, hi)
+        else:
+            s = max(round(math.sqrt(p * h * w)), 3)
+            s = min(s + 1 if s % 2 == 0 else s, side)
+            pattern = window_pattern(s).to(xs.device, xs.dtype)
+            x_new = _l2_proposal(xs[active], x_best[active], u, s, eps, lo, hi, pattern)
+        m_new = _margin(model(x_new), ys[active])
+        better = m_new < margin[active]
+        x_best[active[better]] = x_new[better]
+        margin[active[better]] = m_new[better]
+    return x_best
+
+
 def square_attack(
     model: nn.Module,
     x: torch.Tensor,
@@ -317,30 +338,7 @@ def square_attack(
             draws = c + 5
         margin = _margin(model(x_best), ys)
 
-        noise = torch.zeros(len(todo), _CHUNK, draws, device=x.device)
-        side = min(h, w)
-        for i in range(n_queries - 1):
-            active = (margin > 0).nonzero().flatten()
-            if active.numel() == 0:
-                break
-            if i % _CHUNK == 0:
-                chunk = _uniform(seed, idx[active.cpu()], (1, i // _CHUNK), (_CHUNK, draws))
-                noise[active] = chunk.to(x.device)
-            u = noise[active, i % _CHUNK]
-            p = _p_schedule(i, n_queries, p_init)
-            if norm is Norm.linf:
-                s = min(max(round(math.sqrt(p * h * w)), 1), side)
-                x_new = _linf_proposal(xs[active], x_best[active], u, s, eps, lo, hi)
-            else:
-                s = max(round(math.sqrt(p * h * w)), 3)
-                s = min(s + 1 if s % 2 == 0 else s, side)
-                pattern = window_pattern(s).to(x.device, x.dtype)
-                x_new = _l2_proposal(xs[active], x_best[active], u, s, eps, lo, hi, pattern)
-            m_new = _margin(model(x_new), ys[active])
-            better = m_new < margin[active]
-            x_best[active[better]] = x_new[better]
-            margin[active[better]] = m_new[better]
-
+        x_best = _search(model, xs, ys, idx, x_best, margin, draws, norm, eps, lo, hi, n_queries, p_init, seed)
         broken = model(x_best).argmax(1) != ys
         x_adv[todo[broken]] = x_best[broken]
     return x_adv

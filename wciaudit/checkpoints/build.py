@@ -175,22 +175,28 @@ def _timm_kwargs(args: Mapping[str, Any], where: str) -> dict[str, Any]:
     return kwargs
 
 
+def _named_weight(
+    modules: Any, state_dict: Mapping[str, torch.Tensor], min_dim: int
+) -> torch.Tensor | None:
+    """The weight of the first module ``modules`` names (timm: a name or a list of names)
+    that the state dict holds with at least ``min_dim`` dimensions."""
+    names = [modules] if isinstance(modules, str) else list(modules or [])
+    for name in names:
+        weight = state_dict.get(f"{name}.weight")
+        if weight is not None and weight.dim() >= min_dim:
+            return weight
+    return None
+
+
 def _head_classes(classifier: Any, state_dict: Mapping[str, torch.Tensor]) -> int | None:
     """Classes from the classifier weight that timm's ``pretrained_cfg`` names."""
-    names = [classifier] if isinstance(classifier, str) else list(classifier or [])
-    for head in names:
-        weight = state_dict.get(f"{head}.weight")
-        if weight is not None and weight.dim() >= 1:
-            return int(weight.shape[0])
-    return None
+    weight = _named_weight(classifier, state_dict, 1)
+    return None if weight is None else int(weight.shape[0])
 
 
 def _first_conv_channels(first_conv: Any, state_dict: Mapping[str, torch.Tensor]) -> int | None:
     """Input channels from the first conv's weight ``[out, in, k, k]``, if not the default 3."""
-    names = [first_conv] if isinstance(first_conv, str) else list(first_conv or [])
-    for conv in names:
-        weight = state_dict.get(f"{conv}.weight")
-        if weight is not None and weight.dim() >= 3:
-            channels = int(weight.shape[1])
-            return channels if channels != 3 else None
-    return None
+    weight = _named_weight(first_conv, state_dict, 3)
+    if weight is None or int(weight.shape[1]) == 3:
+        return None
+    return int(weight.shape[1])

@@ -41,7 +41,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 import torch
 
@@ -188,13 +189,8 @@ def hutchinson_traces(
     names = list(objective.names if names is None else names)
     index = {n: objective.names.index(n) for n in names}
     weights = objective.weights()
-    n_groups = group_count(objective.n, groups)
-    assignment = probe_groups(objective.n, groups, seed if group_seed is None else group_seed)
-    sizes = torch.bincount(assignment, minlength=n_groups)
-    offset = objective.offset()
-    local = assignment[offset : offset + objective.n_local]
-    members = [torch.nonzero(local == g).flatten() for g in range(n_groups)]
-    values = {n: torch.zeros(n_groups, 0, dtype=torch.float64) for n in names}
+    sizes, members = _split(objective, groups, seed if group_seed is None else group_seed)
+    values = {n: torch.zeros(len(sizes), 0, dtype=torch.float64) for n in names}
     history: dict[str, list[list[float]]] = {n: [] for n in names}
     stop: dict[str, str] = {}
     hvp = _BatchedHvp()
@@ -204,66 +200,141 @@ def hutchinson_traces(
     cached: list[tuple[int, dict[str, torch.Tensor]]] | None = None
     round_ = 0
     while want:
-        sums = {n: torch.zeros(n_groups, k, dtype=torch.float64) for n, k in want.items()}
-        probes: dict[int, dict[str, torch.Tensor]] = {}
         graphs = cached if cached is not None else _group_graphs(objective, weights, names, members)
-        built: list[tuple[int, dict[str, torch.Tensor]]] = []
-        for g, grads in graphs:
-            if keep_graphs and cached is None:
-                built.append((g, grads))
-            if g not in probes:  # one probe set per group and round, shared by its batches
-                probes[g] = {
-                    n: _probes(seed, index[n], round_, g, k, tuple(weights[n].shape)) for n, k in want.items()
-                }
-            for n in want:
-                p = probes[g][n]
-                for c in range(0, p.shape[0], _PROBE_CHUNK):
-                    chunk = p[c : c + _PROBE_CHUNK].to(objective.device, objective.dtype)
-                    sums[n][g, c : c + chunk.shape[0]] += hvp(n, grads[n], weights[n], chunk)
-                    if progress is not None:
-                        progress(chunk.shape[0])
-            del grads
-        if keep_graphs and cached is None:
+        built: list[tuple[int, dict[str, torch.Tensor]]] | None = (
+            [] if keep_graphs and cached is None else None
+        )
+        draw = partial(_probes, seed, round_=round_)
+        sums = _round_sums(objective, hvp, graphs, weights, want, index, draw, len(sizes), progress, built)
+        if built is not None:
             cached = built
         # one collective per round: every process gets every group's probe values
         flat = objective.reduce(torch.cat([sums[n].flatten() for n in want]))
-        parts = torch.split(flat, [n_groups * k for k in want.values()])
+        parts = torch.split(flat, [len(sizes) * k for k in want.values()])
         next_want: dict[str, int] = {}
         for (n, k), part in zip(want.items(), parts, strict=True):
-            values[n] = torch.cat([values[n], part.reshape(n_groups, k)], dim=1)
+            values[n] = torch.cat([values[n], part.reshape(len(sizes), k)], dim=1)
             mean, se, probe_se, sample_se = grouped_mean_and_se(values[n], sizes, objective.n, objective.n_population)
             count = values[n].shape[1]
             history[n].append([count, mean, se])
-            target = (tol * abs(mean)) ** 2
-            if se <= tol * abs(mean):
-                stop[n] = "tol"
-            elif count >= max_probes:
-                stop[n] = "cap"
-            elif probe_se <= tol * abs(mean):
-                stop[n] = "subset"  # the subset's spread alone is above tol: probes cannot help
+            reason, extra = stop_rule(count, mean, se, probe_se, sample_se, tol=tol, max_probes=max_probes)
+            if reason is None:
+                next_want[n] = extra
             else:
-                # only the probe part shrinks with more probes: aim it at what the
-                # subset part leaves of the tolerance
-                room = target - sample_se**2 if target > sample_se**2 else target
-                needed = math.inf if mean == 0 else count * probe_se**2 / room
-                extra = max(needed * 1.1 - count, count / 2, 4)
-                next_want[n] = math.ceil(min(extra, max_probes - count))
+                stop[n] = reason
         want = next_want
         round_ += 1
-    out = []
-    for n in names:
-        mean, se, probe_se, sample_se = grouped_mean_and_se(values[n], sizes, objective.n, objective.n_population)
-        subset = objective.n_population is not None and objective.n < objective.n_population
-        out.append(
-            TraceEstimate(
-                name=n, trace=mean, se=se, probes=values[n].shape[1], method="hutchinson",
-                converged=stop[n] == "tol", stop_reason=stop[n], history=history[n],
-                probe_se=probe_se, sample_se=sample_se,
-                se_covers=("probes", "hessian-subset") if subset else ("probes",),
-                group_shares=tuple(values[n].mean(1).tolist()),
-            )
-        )
-    return out
+    return [_estimate(objective, n, values[n], sizes, stop[n], history[n]) for n in names]
+
+
+def _split(objective: Objective, groups: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Each group's size, and the positions of its examples among this process's."""
+    n_groups = group_count(objective.n, groups)
+    assignment = probe_groups(objective.n, groups, seed)
+    sizes = torch.bincount(assignment, minlength=n_groups)
+    offset = objective.offset()
+    local = assignment[offset : offset + objective.n_local]
+    return sizes, [torch.nonzero(local == g).flatten() for g in range(n_groups)]
+
+
+def stop_rule(
+    count: int, mean: float, se: float, probe_se: float, sample_se: float, *, tol: float, max_probes: int
+) -> tuple[str | None, int]:
+    """Hutchinson's stop rule for one layer after a round (module docstring, "rounds").
+
+    Args:
+        count: probes so far; mean, se: the estimate and its total SE;
+        probe_se, sample_se: the probe and Hessian-subset parts of ``se``.
+        tol: target relative SE; max_probes: the probe cap.
+
+    Returns:
+        ``(reason, 0)`` when the layer stops, reason "tol", "cap" or "subset"; else
+        ``(None, k)``, the k more probes its running variance says it needs (at least
+        half again what it has, at least 4, at most up to the cap).
+    """
+    target = (tol * abs(mean)) ** 2
+    if se <= tol * abs(mean):
+        return "tol", 0
+    if count >= max_probes:
+        return "cap", 0
+    if probe_se <= tol * abs(mean):
+        return "subset", 0  # the subset's spread alone is above tol: probes cannot help
+    # only the probe part shrinks with more probes: aim it at what the
+    # subset part leaves of the tolerance
+    room = target - sample_se**2 if target > sample_se**2 else target
+    needed = math.inf if mean == 0 else count * probe_se**2 / room
+    extra = max(needed * 1.1 - count, count / 2, 4)
+    return None, math.ceil(min(extra, max_probes - count))
+
+
+def _round_sums(
+    objective: Objective,
+    hvp: _BatchedHvp,
+    graphs: Iterable[tuple[int, dict[str, torch.Tensor]]],
+    weights: dict[str, torch.Tensor],
+    want: dict[str, int],
+    index: dict[str, int],
+    draw: Callable[..., torch.Tensor],
+    n_groups: int,
+    progress: Progress | None,
+    built: list[tuple[int, dict[str, torch.Tensor]]] | None,
+) -> dict[str, torch.Tensor]:
+    """One round: each group's summed probe values per layer, shape (G, probes wanted).
+
+    ``built``, when given, collects the graphs so that later rounds reuse them.
+    """
+    sums = {n: torch.zeros(n_groups, k, dtype=torch.float64) for n, k in want.items()}
+    probes: dict[int, dict[str, torch.Tensor]] = {}
+    for g, grads in graphs:
+        if built is not None:
+            built.append((g, grads))
+        if g not in probes:  # one probe set per group and round, shared by its batches
+            probes[g] = {
+                n: draw(index[n], group=g, count=k, shape=tuple(weights[n].shape)) for n, k in want.items()
+            }
+        _push_probes(objective, hvp, grads, weights, probes[g], sums, g, progress)
+        del grads
+    return sums
+
+
+def _push_probes(
+    objective: Objective,
+    hvp: _BatchedHvp,
+    grads: dict[str, torch.Tensor],
+    weights: dict[str, torch.Tensor],
+    probes: dict[str, torch.Tensor],
+    sums: dict[str, torch.Tensor],
+    g: int,
+    progress: Progress | None,
+) -> None:
+    """Add v^T H v of every probe of group ``g`` through one batch's graph to ``sums``."""
+    for n, p in probes.items():
+        for c in range(0, p.shape[0], _PROBE_CHUNK):
+            chunk = p[c : c + _PROBE_CHUNK].to(objective.device, objective.dtype)
+            sums[n][g, c : c + chunk.shape[0]] += hvp(n, grads[n], weights[n], chunk)
+            if progress is not None:
+                progress(chunk.shape[0])
+
+
+def _estimate(
+    objective: Objective,
+    name: str,
+    values: torch.Tensor,
+    sizes: torch.Tensor,
+    stop: str,
+    history: list[list[float]],
+) -> TraceEstimate:
+    mean, se, probe_se, sample_se = grouped_mean_and_se(values, sizes, objective.n, objective.n_population)
+    subset = objective.n_population is not None and objective.n < objective.n_population
+    return TraceEstimate(
+        name=name, trace=mean, se=se, probes=values.shape[1], method="hutchinson",
+        converged=stop == "tol", stop_reason=stop, history=history,
+        probe_se=probe_se, sample_se=sample_se,
+        se_covers=("probes", "hessian-subset") if subset else ("probes",),
+        group_shares=tuple(values.mean(1).tolist()),
+    )
+
+
 
 
 def _group_graphs(

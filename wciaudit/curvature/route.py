@@ -36,6 +36,7 @@ PROBE_SPREAD = 0.5
 LABEL_SPREAD = 1.0
 # backward passes per block-restricted Hessian-vector product
 HVP_PASSES = 2
+_NOT_PIECEWISE_LINEAR = "residual does not vanish (output not piecewise linear in this weight)"
 
 
 @dataclass(frozen=True)
@@ -104,24 +105,12 @@ def choose_routes(
     routes: dict[str, Route] = {}
     for n in names:
         if not vanishes[n]:
-            routes[n] = Route(
-                n, "hutchinson", "residual does not vanish (output not piecewise linear in this weight)",
-                hutch_cost,
-            )
+            routes[n] = Route(n, "hutchinson", _NOT_PIECEWISE_LINEAR, hutch_cost)
     candidates = [n for n in names if n not in routes]
     if not candidates:
         return [routes[n] for n in names]
-    fast = set(hookable(objective, candidates))
-    groups = ([[n for n in candidates if n in fast]] if fast else []) + memory_groups(
-        objective, [n for n in candidates if n not in fast], classes, memory_bytes
-    )
-    exact_layers = {n for g in groups for n in g}
-    # Linear/Conv2d share C + 1 passes; a Jacobian group costs C products
-    exact_cost = float(sum(classes + 1 if g[0] in fast else classes for g in groups))
     labels = expected_labels(k_labels, objective.n, tol)
-    slow = [n for n in candidates if n not in fast]
-    mc_cost = float(labels * ((1 if fast else 0) + (1 if slow else 0)))
-    hutch_all = hutch_cost * len(candidates)
+    exact_layers, exact_cost, mc_cost = _ggn_costs(objective, candidates, classes, memory_bytes, labels)
     big = [n for n in candidates if n not in exact_layers]
     if method == "ggn":
         exact_pick = {n: "residual vanishes; exact route requested" for n in exact_layers}
@@ -134,31 +123,74 @@ def choose_routes(
         for n in candidates:
             routes[n] = Route(n, "mc-ggn", "residual vanishes; sampled-label GGN requested", mc_cost / len(candidates))
     else:
-        c = f"{classes} classes"
-        exact_line = f"exact GGN {exact_cost:g} backward passes"
-        mc_line = f"sampled-label GGN {mc_cost:g}"
-        hutch_line = f"Hutchinson {hutch_all:g} ({probes} probes per layer)"
-        # layers whose C Jacobian rows do not fit take sampled labels beside the exact route
-        exact_plan = exact_cost + (labels if big else 0)
-        if exact_layers and exact_plan <= mc_cost and exact_plan <= hutch_all:
-            reason = f"residual vanishes; {c}: {exact_line} <= {mc_line}, {hutch_line}"
-            for n in exact_layers:
-                routes[n] = Route(n, "exact-ggn", reason, exact_cost / len(exact_layers))
-            for n in big:
-                routes[n] = Route(n, "mc-ggn", _too_big(objective, n, classes) + "; sampled labels", float(labels))
-        elif mc_cost <= hutch_all:
-            why = (
-                f"{mc_line} passes < {exact_line}" if not big
-                else f"{mc_line} passes; C Jacobian rows of some layers exceed the memory budget"
-            )
-            reason = f"residual vanishes; {c}: {why}, {hutch_line}"
-            for n in candidates:
-                routes[n] = Route(n, "mc-ggn", reason, mc_cost / len(candidates))
-        else:
-            reason = f"residual vanishes, but {hutch_line} < {mc_line} and {exact_line}"
-            for n in candidates:
-                routes[n] = Route(n, "hutchinson", reason, hutch_cost)
+        routes.update(_auto_routes(objective, candidates, exact_layers, big, classes, probes, labels,
+                                   exact_cost, mc_cost, hutch_cost))
     return [routes[n] for n in names]
+
+
+def _ggn_costs(
+    objective: Objective, candidates: list[str], classes: int, memory_bytes: int, labels: int
+) -> tuple[set[str], float, float]:
+    """The layers the exact GGN can take within ``memory_bytes``, its cost and the MC cost.
+
+    Costs are backward passes: Linear/Conv2d layers share C + 1, each Jacobian group of
+    other layers costs C; the sampled-label route costs ``labels`` per kind of layer.
+    """
+    fast = set(hookable(objective, candidates))
+    slow = [n for n in candidates if n not in fast]
+    groups = ([[n for n in candidates if n in fast]] if fast else []) + memory_groups(
+        objective, slow, classes, memory_bytes
+    )
+    exact_layers = {n for g in groups for n in g}
+    exact_cost = float(sum(classes + 1 if g[0] in fast else classes for g in groups))
+    mc_cost = float(labels * ((1 if fast else 0) + (1 if slow else 0)))
+    return exact_layers, exact_cost, mc_cost
+
+
+def _auto_routes(
+    objective: Objective,
+    candidates: list[str],
+    exact_layers: set[str],
+    big: list[str],
+    classes: int,
+    probes: int,
+    labels: int,
+    exact_cost: float,
+    mc_cost: float,
+    hutch_cost: float,
+) -> dict[str, Route]:
+    """``auto`` among the layers whose residual vanishes: the cheapest expected route.
+
+    Costs are backward passes: ``exact_cost`` for every exact layer together, ``mc_cost``
+    for the sampled-label route over all candidates, ``hutch_cost`` per layer.
+    """
+    routes: dict[str, Route] = {}
+    hutch_all = hutch_cost * len(candidates)
+    c = f"{classes} classes"
+    exact_line = f"exact GGN {exact_cost:g} backward passes"
+    mc_line = f"sampled-label GGN {mc_cost:g}"
+    hutch_line = f"Hutchinson {hutch_all:g} ({probes} probes per layer)"
+    # layers whose C Jacobian rows do not fit take sampled labels beside the exact route
+    exact_plan = exact_cost + (labels if big else 0)
+    if exact_layers and exact_plan <= mc_cost and exact_plan <= hutch_all:
+        reason = f"residual vanishes; {c}: {exact_line} <= {mc_line}, {hutch_line}"
+        for n in exact_layers:
+            routes[n] = Route(n, "exact-ggn", reason, exact_cost / len(exact_layers))
+        for n in big:
+            routes[n] = Route(n, "mc-ggn", _too_big(objective, n, classes) + "; sampled labels", float(labels))
+    elif mc_cost <= hutch_all:
+        why = (
+            f"{mc_line} passes < {exact_line}" if not big
+            else f"{mc_line} passes; C Jacobian rows of some layers exceed the memory budget"
+        )
+        reason = f"residual vanishes; {c}: {why}, {hutch_line}"
+        for n in candidates:
+            routes[n] = Route(n, "mc-ggn", reason, mc_cost / len(candidates))
+    else:
+        reason = f"residual vanishes, but {hutch_line} < {mc_line} and {exact_line}"
+        for n in candidates:
+            routes[n] = Route(n, "hutchinson", reason, hutch_cost)
+    return routes
 
 
 def _too_big(objective: Objective, name: str, classes: int) -> str:

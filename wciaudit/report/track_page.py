@@ -337,8 +337,14 @@ def _figures(
             ),
         },
     }
+    figs["fig-layers"] = _layers_figure(result, c)
+    return figs
+
+
+def _layers_figure(result: TrackResult, c: _Curves) -> dict[str, Any]:
+    """The heatmap of the per-layer WCI terms, one row a layer, one column an epoch."""
     names, rows = result.layer_terms()
-    figs["fig-layers"] = {
+    return {
         "data": [
             {
                 "type": "heatmap",
@@ -358,7 +364,6 @@ def _figures(
             height=max(320, 60 + 28 * len(names)),
         ),
     }
-    return figs
 
 
 def _scaled(values: list[Any]) -> list[float | None]:

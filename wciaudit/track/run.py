@@ -75,13 +75,7 @@ def track(
     key = key_settings(config, data, arch, arch_args, num_classes, mean, std)
     digest = settings_digest(key)
     if cache is not None:
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create the cache folder {cache}: {exc.strerror or exc}"
-            ) from None
-
+        _make_folder(cache)
     out = TrackResult(
         epoch_source=ordered[0].epoch_source if ordered else "",
         settings=key,
@@ -89,13 +83,7 @@ def track(
     )
     for item in ordered:
         sha = file_sha256(item.path)
-        config_json = Path(item.path) / "config.json"
-        # a timm folder's config builds the model too: it is part of the cache key
-        ident = (
-            hashlib.sha256(sha.encode() + config_json.read_bytes()).hexdigest()
-            if config_json.is_file()
-            else sha
-        )
+        ident = _checkpoint_ident(item.path, sha)
         cache_file = cache / f"{ident[:24]}-{digest[:16]}.json" if cache is not None else None
         result = read_cache(cache_file) if use_cache and cache_file is not None else None
         cached = result is not None
@@ -119,6 +107,24 @@ def track(
             progress("checkpoints", 1, len(ordered))
     _correlate_run(out)
     return out
+
+
+def _checkpoint_ident(path: str | os.PathLike[str], sha: str) -> str:
+    """The checkpoint's cache identity: its weights' sha256, with a timm folder's config.
+
+    A timm folder's ``config.json`` builds the model too, so it joins the key.
+    """
+    config_json = Path(path) / "config.json"
+    if not config_json.is_file():
+        return sha
+    return hashlib.sha256(sha.encode() + config_json.read_bytes()).hexdigest()
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the cache folder {folder}: {exc.strerror or exc}") from None
 
 
 def _settings_config(config: ScanConfig | None, settings: dict[str, Any]) -> ScanConfig:
