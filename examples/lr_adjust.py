@@ -64,7 +64,9 @@ def run(splits: wciaudit.Splits, adjust: bool) -> dict[str, float]:
     net = DigitsCNN(width=16, num_classes=10)
     model = Normalized(net)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
-    adjuster = WCILRAdjuster(opt, threshold=1.1, factor=0.5, cooldown=3, warmup=10) if adjust else None
+    adjuster = (
+        WCILRAdjuster(opt, threshold=1.1, factor=0.5, cooldown=3, warmup=10) if adjust else None
+    )
     monitor = wciaudit.WCIMonitor(model, x[:100], y[:100], eps=EPS, steps=5, on_measure=adjuster)
     gen = torch.Generator().manual_seed(0)
     for epoch in range(1, EPOCHS + 1):
@@ -83,8 +85,12 @@ def run(splits: wciaudit.Splits, adjust: bool) -> dict[str, float]:
     loss_t, acc_t = robust(model, splits.x_test, splits.y_test, stream=1)
     wcis = [r.wci for r in monitor.records]
     return {
-        "robust_acc_test": acc_t, "robust_acc_train": acc_s, "gap_loss": loss_t - loss_s,
-        "gap_err": acc_s - acc_t, "wci": wcis[-1], "wci_max": max(wcis),
+        "robust_acc_test": acc_t,
+        "robust_acc_train": acc_s,
+        "gap_loss": loss_t - loss_s,
+        "gap_err": acc_s - acc_t,
+        "wci": wcis[-1],
+        "wci_max": max(wcis),
         "lr": opt.param_groups[0]["lr"],
         "cuts": [monitor.records[i].step for i in adjuster.cuts] if adjuster else [],
         "monitor_s": sum(r.seconds for r in monitor.records),
@@ -95,18 +101,27 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny model: one thread is fastest and deterministic
     t0 = time.perf_counter()
     splits = wciaudit.load_data("sample", train_samples=300, seed=0)
-    print(f"DigitsCNN, PGD-5 eps={EPS} training on {splits.x_train.shape[0]} examples, {EPOCHS} epochs, "
-          f"Adam lr {LR:g}; evaluation PGD-10 eps={EPS} on train subset / {splits.x_test.shape[0]} test")
-    print(f"{'run':14s} {'robust acc test':>15s} {'robust acc train':>16s} {'gap_loss':>8s} {'gap_err':>7s} "
-          f"{'WCI end':>8s} {'WCI max':>8s} {'final lr':>9s}  lr cuts at epochs")
+    print(
+        f"DigitsCNN, PGD-5 eps={EPS} training on {splits.x_train.shape[0]} examples, {EPOCHS} epochs, "
+        f"Adam lr {LR:g}; evaluation PGD-10 eps={EPS} on train subset / {splits.x_test.shape[0]} test"
+    )
+    print(
+        f"{'run':14s} {'robust acc test':>15s} {'robust acc train':>16s} {'gap_loss':>8s} {'gap_err':>7s} "
+        f"{'WCI end':>8s} {'WCI max':>8s} {'final lr':>9s}  lr cuts at epochs"
+    )
     for name, adjust in (("constant lr", False), ("WCI-adjusted", True)):
         r = run(splits, adjust)
-        print(f"{name:14s} {r['robust_acc_test']:15.3f} {r['robust_acc_train']:16.3f} {r['gap_loss']:8.3f} "
-              f"{r['gap_err']:7.3f} {r['wci']:8.2f} {r['wci_max']:8.2f} {r['lr']:9.2e}  {r['cuts'] or '-'}"
-              f"   (monitor {r['monitor_s']:.1f}s)", flush=True)
-    print(f"total {time.perf_counter() - t0:.0f}s; one seed, one run each: a difference of a few points "
-          f"in robust test accuracy (SE ~{100 * (0.73 * 0.27 / splits.x_test.shape[0]) ** 0.5:.1f} points "
-          "from the test size alone) is within seed-to-seed noise")
+        print(
+            f"{name:14s} {r['robust_acc_test']:15.3f} {r['robust_acc_train']:16.3f} {r['gap_loss']:8.3f} "
+            f"{r['gap_err']:7.3f} {r['wci']:8.2f} {r['wci_max']:8.2f} {r['lr']:9.2e}  {r['cuts'] or '-'}"
+            f"   (monitor {r['monitor_s']:.1f}s)",
+            flush=True,
+        )
+    print(
+        f"total {time.perf_counter() - t0:.0f}s; one seed, one run each: a difference of a few points "
+        f"in robust test accuracy (SE ~{100 * (0.73 * 0.27 / splits.x_test.shape[0]) ** 0.5:.1f} points "
+        "from the test size alone) is within seed-to-seed noise"
+    )
 
 
 if __name__ == "__main__":

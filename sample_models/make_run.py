@@ -104,9 +104,15 @@ def robust_figures(model: nn.Module, splits: wciaudit.Splits) -> dict[str, float
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=RUN_DIR, help="folder to write (default: %(default)s)")
-    parser.add_argument("--verbose", action="store_true", help="print PGD-10 figures after every epoch")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=RUN_DIR, help="folder to write (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print PGD-10 figures after every epoch"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)"
+    )
     ns = parser.parse_args(argv)
     # a 24k-parameter net on batches of 50 gains nothing from more threads, and on a
     # busy machine extra threads make each step 10-30x slower; the weights depend on it
@@ -147,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
                 f" | acc train {m['acc_train']:.3f} test {m['acc_test']:.3f}{saved}",
                 flush=True,
             )
-    print(f"done in {time.perf_counter() - t0:.1f}s (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(
+        f"done in {time.perf_counter() - t0:.1f}s (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,11 @@ def main() -> None:
     )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        OUT, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+        OUT,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
         classes=np.array([str(i) for i in range(10)]),
     )
     print(f"wrote {OUT.name}: train {x_train.shape}, test {x_test.shape}")

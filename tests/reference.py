@@ -22,13 +22,13 @@ def dense_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -
         loss = F.cross_entropy(functional_call(model, {name: w}, (x,)), y)
         (grad,) = torch.autograd.grad(loss, w, create_graph=True)
         grad = grad.reshape(-1)
-        rows = [
-            torch.autograd.grad(grad[i], w, retain_graph=True)[0].reshape(-1) for i in range(k)
-        ]
+        rows = [torch.autograd.grad(grad[i], w, retain_graph=True)[0].reshape(-1) for i in range(k)]
     return torch.stack(rows).detach()
 
 
-def dense_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, float]:
+def dense_traces(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]
+) -> dict[str, float]:
     return {n: float(dense_block(model, x, y, n).diagonal().sum()) for n in names}
 
 
@@ -40,18 +40,28 @@ def rademacher_variance(block: torch.Tensor) -> float:
 
 def mlp(act: type[nn.Module] = nn.ReLU) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(12, 8), act(), nn.Linear(8, 6), act(), nn.Linear(6, 3)
-    ).double().eval()
+    return (
+        nn.Sequential(
+            nn.Flatten(), nn.Linear(12, 8), act(), nn.Linear(8, 6), act(), nn.Linear(6, 3)
+        )
+        .double()
+        .eval()
+    )
 
 
 def cnn_bn() -> nn.Module:
     """A CNN with eval-mode BatchNorm whose running statistics are not trivial."""
     torch.manual_seed(1)
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Flatten(), nn.Linear(16, 3),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16, 3),
     ).double()
     with torch.no_grad():
         for m in net.modules():
@@ -78,7 +88,9 @@ class TiedNet(nn.Module):
         return self.head(torch.relu(self.b(torch.relu(self.a(x.flatten(1))))))
 
 
-def dense_ggn_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, float]:
+def dense_ggn_traces(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]
+) -> dict[str, float]:
     """Tr of the Gauss-Newton block mean_i J_i^T (diag p_i - p_i p_i^T) J_i, from dense
     per-example Jacobians of the logits with respect to the (shared) weight tensor."""
     out = {}
@@ -88,7 +100,9 @@ def dense_ggn_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: 
         p = torch.softmax(z, dim=1)
         total = 0.0
         for i in range(x.shape[0]):
-            jac = torch.func.jacrev(lambda w, i=i, name=name: functional_call(model, {name: w}, (x[i : i + 1],))[0])(w0)
+            jac = torch.func.jacrev(
+                lambda w, i=i, name=name: functional_call(model, {name: w}, (x[i : i + 1],))[0]
+            )(w0)
             j = jac.reshape(z.shape[1], -1)
             g = torch.diag(p[i]) - torch.outer(p[i], p[i])
             total += float((j.T @ g @ j).diagonal().sum().detach())
@@ -124,7 +138,9 @@ class CalledTwice(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        return self.head(torch.cat([torch.relu(self.lin(x[:, :6])), torch.relu(self.lin(x[:, 6:]))], 1))
+        return self.head(
+            torch.cat([torch.relu(self.lin(x[:, :6])), torch.relu(self.lin(x[:, 6:]))], 1)
+        )
 
 
 class TwiceInOneCall(nn.Linear):
@@ -160,7 +176,9 @@ class FunctionalReuse(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        return self.head(torch.relu(self.lin(x[:, :6])) + torch.relu(F.linear(x[:, 6:], self.lin.weight)))
+        return self.head(
+            torch.relu(self.lin(x[:, :6])) + torch.relu(F.linear(x[:, 6:], self.lin.weight))
+        )
 
 
 class SerialCalledTwice(nn.Module):
@@ -188,4 +206,6 @@ class ConvTied(nn.Module):
         self.head = nn.Linear(3 * 16 + 3 * 4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([torch.relu(self.c1(x)).flatten(1), torch.relu(self.c2(x)).flatten(1)], 1))
+        return self.head(
+            torch.cat([torch.relu(self.c1(x)).flatten(1), torch.relu(self.c2(x)).flatten(1)], 1)
+        )

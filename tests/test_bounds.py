@@ -41,7 +41,9 @@ def test_terms_match_the_spec_formulas() -> None:
     assert t.curvature_term == pytest.approx(0.01 / 2 * wci)
     assert t.kl_term == pytest.approx(wci / (2 * 0.01))
     assert t.confidence_term == pytest.approx(math.log(2 * math.sqrt(m) / delta))
-    assert t.bound == pytest.approx(l_adv + t.curvature_term + math.sqrt((t.kl_term + t.confidence_term) / (2 * m)))
+    assert t.bound == pytest.approx(
+        l_adv + t.curvature_term + math.sqrt((t.kl_term + t.confidence_term) / (2 * m))
+    )
 
 
 def test_layer_form_of_the_terms() -> None:
@@ -50,12 +52,16 @@ def test_layer_form_of_the_terms() -> None:
     wci, _ = weight_curvature_index(frob, traces, [0, 0, 0])
     s2 = [c * f / math.sqrt(t) for f, t in zip(frob, traces, strict=True)]
     assert sum(s * t / 2 for s, t in zip(s2, traces, strict=True)) == pytest.approx(c / 2 * wci)
-    assert sum(f * f / (2 * s) for f, s in zip(frob, s2, strict=True)) == pytest.approx(wci / (2 * c))
+    assert sum(f * f / (2 * s) for f, s in zip(frob, s2, strict=True)) == pytest.approx(
+        wci / (2 * c)
+    )
 
 
 @settings(max_examples=200, deadline=None)
 @given(l_adv=losses, wci=wcis, m=ms, delta=deltas)
-def test_c_star_minimises_the_bound_on_a_grid(l_adv: float, wci: float, m: int, delta: float) -> None:
+def test_c_star_minimises_the_bound_on_a_grid(
+    l_adv: float, wci: float, m: int, delta: float
+) -> None:
     c_star = optimal_c(wci, m, delta)
     best = pac_bayes_bound(c_star, l_adv, wci, m, delta)
     for k in range(-40, 41):
@@ -64,13 +70,23 @@ def test_c_star_minimises_the_bound_on_a_grid(l_adv: float, wci: float, m: int, 
 
 
 @settings(max_examples=200, deadline=None)
-@given(l_adv=losses, wci=wcis, m=ms, delta=deltas,
-       a=st.floats(min_value=1e-6, max_value=10.0), b=st.floats(min_value=1e-6, max_value=10.0),
-       lam=st.floats(min_value=0.0, max_value=1.0))
-def test_bound_is_convex_in_c(l_adv: float, wci: float, m: int, delta: float, a: float, b: float, lam: float) -> None:
+@given(
+    l_adv=losses,
+    wci=wcis,
+    m=ms,
+    delta=deltas,
+    a=st.floats(min_value=1e-6, max_value=10.0),
+    b=st.floats(min_value=1e-6, max_value=10.0),
+    lam=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_bound_is_convex_in_c(
+    l_adv: float, wci: float, m: int, delta: float, a: float, b: float, lam: float
+) -> None:
     mid = lam * a + (1 - lam) * b
     lhs = pac_bayes_bound(mid, l_adv, wci, m, delta)
-    rhs = lam * pac_bayes_bound(a, l_adv, wci, m, delta) + (1 - lam) * pac_bayes_bound(b, l_adv, wci, m, delta)
+    rhs = lam * pac_bayes_bound(a, l_adv, wci, m, delta) + (1 - lam) * pac_bayes_bound(
+        b, l_adv, wci, m, delta
+    )
     assert lhs <= rhs * (1 + 1e-12) + 1e-12
 
 

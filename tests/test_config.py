@@ -10,7 +10,17 @@ from wciaudit.config import ScanConfig, format_eps, parse_eps
 from wciaudit.errors import ConfigError
 
 
-@pytest.mark.parametrize(("text", "value"), [("8/255", 8 / 255), ("0.03", 0.03), ("3e-2", 0.03), (" 2 / 255 ", 2 / 255), ("0", 0.0), (0.1, 0.1)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("8/255", 8 / 255),
+        ("0.03", 0.03),
+        ("3e-2", 0.03),
+        (" 2 / 255 ", 2 / 255),
+        ("0", 0.0),
+        (0.1, 0.1),
+    ],
+)
 def test_parse_eps(text: str, value: float) -> None:
     assert parse_eps(text) == pytest.approx(value)
 
@@ -38,9 +48,22 @@ def test_parse_eps_never_raises_anything_but_config_error(text: str) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(eps=2.0), dict(steps=0), dict(tol=0), dict(tol=1.5), dict(delta=1), dict(device="tpu"),
-     dict(device="cuda:x"), dict(attack="cw"), dict(max_probes=1), dict(batch_size=0), dict(dtype="float16"),
-     dict(hessian_samples=0), dict(step_size=-1.0), dict(seed=-1)],
+    [
+        dict(eps=2.0),
+        dict(steps=0),
+        dict(tol=0),
+        dict(tol=1.5),
+        dict(delta=1),
+        dict(device="tpu"),
+        dict(device="cuda:x"),
+        dict(attack="cw"),
+        dict(max_probes=1),
+        dict(batch_size=0),
+        dict(dtype="float16"),
+        dict(hessian_samples=0),
+        dict(step_size=-1.0),
+        dict(seed=-1),
+    ],
 )
 def test_out_of_range_settings(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
@@ -64,7 +87,17 @@ def test_memory_bytes_is_a_setting_in_the_json() -> None:
         ScanConfig(memory_bytes=0)
 
 
-@pytest.mark.parametrize(("text", "norm"), [("linf", "linf"), ("Linf", "linf"), ("L_inf", "linf"), ("inf", "linf"), ("l2", "l2"), ("L2", "l2")])
+@pytest.mark.parametrize(
+    ("text", "norm"),
+    [
+        ("linf", "linf"),
+        ("Linf", "linf"),
+        ("L_inf", "linf"),
+        ("inf", "linf"),
+        ("l2", "l2"),
+        ("L2", "l2"),
+    ],
+)
 def test_parse_norm(text: str, norm: str) -> None:
     from wciaudit.config import parse_norm
 

@@ -25,7 +25,9 @@ N = 40
 
 def _data(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn((N, *shape), generator=g, dtype=torch.float64), torch.randint(0, 3, (N,), generator=g)
+    return torch.randn((N, *shape), generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (N,), generator=g
+    )
 
 
 CASES = {
@@ -56,9 +58,16 @@ def test_hutchinson_within_four_standard_errors(case: str) -> None:
     x, y = _data(shape)
     names = [layer.name for layer in weight_layers(model)]
     exact = dense_traces(model, x, y, names)
-    for est in layer_traces(model, x, y, names, method="hutchinson", batch_size=16, max_probes=300, seed=3):
+    for est in layer_traces(
+        model, x, y, names, method="hutchinson", batch_size=16, max_probes=300, seed=3
+    ):
         assert est.method == "hutchinson" and isinstance(est.probes, int) and est.probes >= 10
-        assert abs(est.trace - exact[est.name]) < 4 * est.se, (est.name, est.trace, exact[est.name], est.se)
+        assert abs(est.trace - exact[est.name]) < 4 * est.se, (
+            est.name,
+            est.trace,
+            exact[est.name],
+            est.se,
+        )
 
 
 def test_smooth_layers_are_not_given_the_gauss_newton_route() -> None:
@@ -80,10 +89,14 @@ def test_standard_error_matches_the_rademacher_variance() -> None:
     x, y = _data((12,))
     name = "3.weight"
     groups = probe_groups(N, GROUPS, 0)
-    sigma = math.sqrt(sum(
-        rademacher_variance(dense_block(model, x[groups == g], y[groups == g], name) * (groups == g).sum() / N)
-        for g in range(int(groups.max()) + 1)
-    ))
+    sigma = math.sqrt(
+        sum(
+            rademacher_variance(
+                dense_block(model, x[groups == g], y[groups == g], name) * (groups == g).sum() / N
+            )
+            for g in range(int(groups.max()) + 1)
+        )
+    )
     obj = Objective(model, x, y, [name], 64, torch.device("cpu"))
     (est,) = hutchinson_traces(obj, tol=1e-9, max_probes=400, min_probes=400, seed=0)
     assert est.probes == 400 and est.stop_reason == "cap"
@@ -111,7 +124,9 @@ def test_tied_weight_is_one_layer_and_its_block_is_taken_on_the_shared_tensor() 
     assert names == ["a.weight", "head.weight"]
     x, y = _data((6,))
     exact = dense_traces(model, x, y, names)
-    estimates = {e.name: e for e in layer_traces(model, x, y, names, method="auto", max_probes=400, seed=1)}
+    estimates = {
+        e.name: e for e in layer_traces(model, x, y, names, method="auto", max_probes=400, seed=1)
+    }
     # the tied weight enters twice, so the output is quadratic in it: no exact GGN route
     assert estimates["a.weight"].method == "hutchinson"
     assert abs(estimates["a.weight"].trace - exact["a.weight"]) < 4 * estimates["a.weight"].se
@@ -183,7 +198,10 @@ def test_backward_route_equals_the_jacobian_route_and_the_dense_hessian() -> Non
 
     model = _Mixed().double().eval()
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(24, 2, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (24,), generator=g)
+    x, y = (
+        torch.randn(24, 2, 4, 4, generator=g, dtype=torch.float64),
+        torch.randint(0, 3, (24,), generator=g),
+    )
     names = [layer.name for layer in weight_layers(model)]
     obj = Objective(model, x, y, names, 10, torch.device("cpu"))
     assert all(residual_vanishes(obj).values())
@@ -201,13 +219,22 @@ def test_vit_attention_layers_against_the_dense_hessian() -> None:
     the smooth layers must take Hutchinson, the head the exact route."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.create_model("test_vit", num_classes=3, in_chans=1, img_size=8, patch_size=4).double().eval()
+    model = (
+        timm.create_model("test_vit", num_classes=3, in_chans=1, img_size=8, patch_size=4)
+        .double()
+        .eval()
+    )
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(12, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(12) % 3
     names = ["patch_embed.proj.weight", "head.weight"]
     exact = dense_traces(model, x, y, names)
-    est = {e.name: e for e in layer_traces(model, x, y, names, method="auto", max_probes=100, seed=2)}
+    est = {
+        e.name: e for e in layer_traces(model, x, y, names, method="auto", max_probes=100, seed=2)
+    }
     assert est["patch_embed.proj.weight"].method == "hutchinson"
-    assert abs(est["patch_embed.proj.weight"].trace - exact["patch_embed.proj.weight"]) < 4 * est["patch_embed.proj.weight"].se
+    assert (
+        abs(est["patch_embed.proj.weight"].trace - exact["patch_embed.proj.weight"])
+        < 4 * est["patch_embed.proj.weight"].se
+    )
     assert est["head.weight"].method == "exact-ggn"
     assert est["head.weight"].trace == pytest.approx(exact["head.weight"], rel=1e-6)

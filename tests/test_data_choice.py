@@ -16,7 +16,9 @@ CFG = ScanConfig(train_samples=20, test_samples=20)
 
 def _loaded(channels: int, size: int, **sources: str) -> LoadedCheckpoint:
     model = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, 10))
-    opts = LoadOptions(input_size=(channels, size, size), mean=[0.5] * channels, std=[0.5] * channels)
+    opts = LoadOptions(
+        input_size=(channels, size, size), mean=[0.5] * channels, std=[0.5] * channels
+    )
     loaded = loaded_from_module(model, opts)
     loaded.sources.update(sources)
     return loaded
@@ -36,7 +38,9 @@ def test_the_sample_asked_for_is_resized_with_a_note() -> None:
     notes: list[str] = []
     splits, reason = choose_data("sample", _loaded(3, 16, input_size="flag"), CFG, notes)
     assert splits.input_shape == [3, 16, 16] and "resized 1x8x8 -> 3x16x16" in reason
-    assert any("resized 1x8x8 -> 3x16x16" in n and "input size 3x16x16 from flag" in n for n in notes)
+    assert any(
+        "resized 1x8x8 -> 3x16x16" in n and "input size 3x16x16 from flag" in n for n in notes
+    )
     assert any("mean [0.5, 0.5, 0.5]" in n and "from flag" in n for n in notes)
 
 

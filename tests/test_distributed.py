@@ -19,19 +19,32 @@ from wciaudit import Splits, scan
 from wciaudit.distributed import Shard
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = dict(eps=0.1, steps=3, seed=2, hessian_samples=45, dtype="float64", batch_size=16, max_probes=60)
+SETTINGS = dict(
+    eps=0.1, steps=3, seed=2, hessian_samples=45, dtype="float64", batch_size=16, max_probes=60
+)
 
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 10), nn.GELU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 10), nn.GELU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)
+    )
 
 
 def _splits() -> Splits:
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(70, 1, 4, 4, generator=g), torch.arange(70) % 3
-    return Splits(name="toy", x_train=x[:41], y_train=y[:41], x_test=x[41:], y_test=y[41:], num_classes=3,
-                  source="generated", n_train_total=41, n_test_total=29)
+    return Splits(
+        name="toy",
+        x_train=x[:41],
+        y_train=y[:41],
+        x_test=x[41:],
+        y_test=y[41:],
+        num_classes=3,
+        source="generated",
+        n_train_total=41,
+        n_test_total=29,
+    )
 
 
 def _free_port() -> int:
@@ -41,7 +54,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         result = scan(_model(), _splits(), shard=Shard(rank=rank, world=world), **SETTINGS)
         if rank == 0:
@@ -95,16 +110,55 @@ def test_shard_bounds_cover_everything_once() -> None:
 def test_torchrun_cli(tmp_path: Path) -> None:
     """The real launcher: torchrun with 2 CPU processes, only rank 0 writes."""
     cnn = ROOT / "sample_models" / "digits_cnn.safetensors"
-    args = ["--arch", str(ROOT / "sample_models" / "digits_cnn.py"), "--data", "sample", "--train-samples", "60",
-            "--test-samples", "40", "--hessian-samples", "30", "--steps", "2", "--eps", "0.1", "-q"]
+    args = [
+        "--arch",
+        str(ROOT / "sample_models" / "digits_cnn.py"),
+        "--data",
+        "sample",
+        "--train-samples",
+        "60",
+        "--test-samples",
+        "40",
+        "--hessian-samples",
+        "30",
+        "--steps",
+        "2",
+        "--eps",
+        "0.1",
+        "-q",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "wciaudit", "scan", str(cnn), *args, "--json", "one.json"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    one = subprocess.run(
+        [sys.executable, "-m", "wciaudit", "scan", str(cnn), *args, "--json", "one.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", str(_free_port()), "-m", "wciaudit", "scan", str(cnn), *args,
-                          "--distributed", "--json", "two.json"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "wciaudit",
+            "scan",
+            str(cnn),
+            *args,
+            "--distributed",
+            "--json",
+            "two.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     a = json.loads((tmp_path / "one.json").read_text())
     b = json.loads((tmp_path / "two.json").read_text())

@@ -30,12 +30,19 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "ci.md"
 def _result(**over) -> AuditResult:
     """A hand-built result: WCI 12.3 ± 0.4, test split present, bound without SE."""
     metrics = dict(
-        gap_loss=0.9, gap_loss_se=0.1, gap_err=0.2, gap_err_se=0.02,
-        robust_acc_test=0.3, robust_acc_test_se=0.02,
+        gap_loss=0.9,
+        gap_loss_se=0.1,
+        gap_err=0.2,
+        gap_err_se=0.02,
+        robust_acc_test=0.3,
+        robust_acc_test_se=0.02,
     )
     metrics.update(over.pop("metrics", {}))
     base = dict(
-        wci=12.3, wci_se=0.4, metrics=Metrics(**metrics), pac_bayes=PacBayes(bound=7.14),
+        wci=12.3,
+        wci_se=0.4,
+        metrics=Metrics(**metrics),
+        pac_bayes=PacBayes(bound=7.14),
         dataset=DatasetInfo(name="digits", n_train=200, n_test=200),
         config={"eps": 0.1, "norm": "linf", "attack": "pgd", "steps": 3},
     )
@@ -53,10 +60,30 @@ def _only(gate):
 GATES = [
     # key, threshold that passes, threshold that fails, expected failure message
     ("max_wci", 20.0, 10.0, "wci = 12.3 ± 0.4 exceeds --max-wci 10 by 5.8 SE (limit 2 SE)"),
-    ("max_gap_loss", 1.0, 0.5, "gap_loss = 0.9 ± 0.1 exceeds --max-gap-loss 0.5 by 4.0 SE (limit 2 SE)"),
-    ("max_gap_err", 0.3, 0.1, "gap_err = 0.2 ± 0.02 exceeds --max-gap-err 0.1 by 5.0 SE (limit 2 SE)"),
-    ("min_robust_acc", 0.25, 0.4, "robust_acc_test = 0.3 ± 0.02 is below --min-robust-acc 0.4 by 5.0 SE (limit 2 SE)"),
-    ("max_bound", 8.0, 5.0, "bound = 7.14 exceeds --max-bound 5 by 2.14 (no SE, taken as 0: any excess fails)"),
+    (
+        "max_gap_loss",
+        1.0,
+        0.5,
+        "gap_loss = 0.9 ± 0.1 exceeds --max-gap-loss 0.5 by 4.0 SE (limit 2 SE)",
+    ),
+    (
+        "max_gap_err",
+        0.3,
+        0.1,
+        "gap_err = 0.2 ± 0.02 exceeds --max-gap-err 0.1 by 5.0 SE (limit 2 SE)",
+    ),
+    (
+        "min_robust_acc",
+        0.25,
+        0.4,
+        "robust_acc_test = 0.3 ± 0.02 is below --min-robust-acc 0.4 by 5.0 SE (limit 2 SE)",
+    ),
+    (
+        "max_bound",
+        8.0,
+        5.0,
+        "bound = 7.14 exceeds --max-bound 5 by 2.14 (no SE, taken as 0: any excess fails)",
+    ),
 ]
 
 
@@ -77,11 +104,17 @@ def test_messages_in_the_docs_are_the_real_ones():
     """Every example failure line in docs/ci.md is what the code prints."""
     result = _result()
     file_config = GateConfig(max_wci=10.0, max_gap_loss=0.5, min_robust_acc=0.4, max_bound=5.0)
-    real = apply_gates(result, file_config.updated({"max_gap_err": 0.1}, "/repo/pyproject.toml")).failures
-    real.append(_increase(_result(wci=12.3, wci_se=0.1), _result(wci=10.0, wci_se=0.1), "10%")["message"])
+    real = apply_gates(
+        result, file_config.updated({"max_gap_err": 0.1}, "/repo/pyproject.toml")
+    ).failures
+    real.append(
+        _increase(_result(wci=12.3, wci_se=0.1), _result(wci=10.0, wci_se=0.1), "10%")["message"]
+    )
     no_test = _result(dataset=DatasetInfo(name="digits", n_train=200), metrics={"gap_loss": None})
     real += apply_gates(no_test, GateConfig(max_gap_loss=0.5)).failures
-    documented = re.findall(r"^wciaudit: gate failed: (.*)$", DOCS.read_text(encoding="utf-8"), re.M)
+    documented = re.findall(
+        r"^wciaudit: gate failed: (.*)$", DOCS.read_text(encoding="utf-8"), re.M
+    )
     assert documented and set(documented) <= set(real)
 
 
@@ -110,7 +143,10 @@ def test_within_noise_passes_and_says_so():
     check = _only(gate)
     assert gate.passed and check["status"] == "within-noise"
     assert "within noise" in check["message"]
-    assert check["message"] == "wci = 10.5 ± 0.4 exceeds --max-wci 10 by 1.2 SE: within noise (limit 2 SE)"
+    assert (
+        check["message"]
+        == "wci = 10.5 ± 0.4 exceeds --max-wci 10 by 1.2 SE: within noise (limit 2 SE)"
+    )
 
 
 def test_min_gate_within_noise():
@@ -120,14 +156,21 @@ def test_min_gate_within_noise():
 
 def test_gate_sigmas_moves_the_line():
     # 2.3 / 0.4 = 5.75 SE beyond the threshold
-    assert _only(apply_gates(_result(), GateConfig(max_wci=10.0, gate_sigmas=6.0)))["status"] == "within-noise"
-    assert _only(apply_gates(_result(), GateConfig(max_wci=10.0, gate_sigmas=5.0)))["status"] == "fail"
+    assert (
+        _only(apply_gates(_result(), GateConfig(max_wci=10.0, gate_sigmas=6.0)))["status"]
+        == "within-noise"
+    )
+    assert (
+        _only(apply_gates(_result(), GateConfig(max_wci=10.0, gate_sigmas=5.0)))["status"] == "fail"
+    )
 
 
 def test_zero_se_fails_on_any_excess():
     gate = apply_gates(_result(wci=10.01, wci_se=0.0), GateConfig(max_wci=10.0))
     assert not gate.passed
-    assert gate.failures == ["wci = 10.01 ± 0 exceeds --max-wci 10 by 0.01 (SE 0: any excess fails)"]
+    assert gate.failures == [
+        "wci = 10.01 ± 0 exceeds --max-wci 10 by 0.01 (SE 0: any excess fails)"
+    ]
 
 
 def test_missing_se_is_taken_as_zero():
@@ -136,8 +179,10 @@ def test_missing_se_is_taken_as_zero():
 
 
 @given(
-    excess=st.floats(-1e6, 1e6), se=st.floats(0, 1e3),
-    s1=st.floats(0, 10), s2=st.floats(0, 10),
+    excess=st.floats(-1e6, 1e6),
+    se=st.floats(0, 1e3),
+    s1=st.floats(0, 10),
+    s2=st.floats(0, 10),
 )
 def test_noise_rule_is_monotonic_in_sigmas(excess, se, s1, s2):
     lo, hi = sorted((s1, s2))
@@ -148,15 +193,24 @@ def test_noise_rule_is_monotonic_in_sigmas(excess, se, s1, s2):
 
 
 @given(
-    value=st.floats(0, 1), threshold=st.floats(0, 1), se=st.floats(0, 1), sigmas=st.floats(0, 5),
+    value=st.floats(0, 1),
+    threshold=st.floats(0, 1),
+    se=st.floats(0, 1),
+    sigmas=st.floats(0, 5),
 )
 def test_min_gate_mirrors_max_gate(value, threshold, se, sigmas):
     """min_robust_acc t on v decides as max_wci -t on -v: the rule is mirrored exactly."""
-    as_min = _only(apply_gates(
-        _result(metrics={"robust_acc_test": value, "robust_acc_test_se": se}),
-        GateConfig(min_robust_acc=threshold, gate_sigmas=sigmas),
-    ))
-    as_max = _only(apply_gates(_result(wci=-value, wci_se=se), GateConfig(max_wci=-threshold, gate_sigmas=sigmas)))
+    as_min = _only(
+        apply_gates(
+            _result(metrics={"robust_acc_test": value, "robust_acc_test_se": se}),
+            GateConfig(min_robust_acc=threshold, gate_sigmas=sigmas),
+        )
+    )
+    as_max = _only(
+        apply_gates(
+            _result(wci=-value, wci_se=se), GateConfig(max_wci=-threshold, gate_sigmas=sigmas)
+        )
+    )
     assert as_min["status"] == as_max["status"] == noise_verdict(threshold - value, se, sigmas)
 
 
@@ -184,7 +238,9 @@ def test_null_figure_fails_with_reason():
 
 
 def _increase(result, base, text, **extra):
-    config = GateConfig(baseline=Path("base.json")).updated({"max_wci_increase": text, **extra}, "cli")
+    config = GateConfig(baseline=Path("base.json")).updated(
+        {"max_wci_increase": text, **extra}, "cli"
+    )
     return _only(apply_gates(result, config, base))
 
 
@@ -212,7 +268,10 @@ def test_absolute_increase():
 def test_increase_with_null_baseline_fails():
     check = _increase(_result(), AuditResult(), "10%")
     assert check["status"] == "fail"
-    assert check["message"] == "baseline wci is null (no data: weights-only scan): cannot check --max-wci-increase"
+    assert (
+        check["message"]
+        == "baseline wci is null (no data: weights-only scan): cannot check --max-wci-increase"
+    )
 
 
 def test_increase_warns_when_settings_differ():
@@ -237,8 +296,13 @@ def test_missing_baseline_file_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("10%", Increase(0.10, True)), (" 2.5 % ", Increase(0.025, True)), ("0.5", Increase(0.5, False)),
-     (3, Increase(3.0, False)), ("1e-1", Increase(0.1, False))],
+    [
+        ("10%", Increase(0.10, True)),
+        (" 2.5 % ", Increase(0.025, True)),
+        ("0.5", Increase(0.5, False)),
+        (3, Increase(3.0, False)),
+        ("1e-1", Increase(0.1, False)),
+    ],
 )
 def test_parse_increase(text, expected):
     got = parse_increase(text)
@@ -269,7 +333,9 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_discovery_walks_upward(tmp_path):
-    cfg = _write(tmp_path / "pyproject.toml", "[tool.wciaudit]\nmax_wci = 5\nmax_wci_increase = '10%'\n")
+    cfg = _write(
+        tmp_path / "pyproject.toml", "[tool.wciaudit]\nmax_wci = 5\nmax_wci_increase = '10%'\n"
+    )
     deep = tmp_path / "a" / "b"
     deep.mkdir(parents=True)
     config, found = load_gate_config(deep)
@@ -332,7 +398,10 @@ def test_sources_reach_the_checks(tmp_path):
     gate = apply_gates(_result(), config.updated({"max_wci": 10.0}, "cli"))
     sources = {c["figure"]: c["source"] for c in gate.checks}
     assert sources == {"wci": "cli", "gap_err": str(cfg.resolve())}
-    assert "gap_err = 0.2 ± 0.02 exceeds --max-gap-err 0.1 (from pyproject.toml) by 5.0 SE (limit 2 SE)" in gate.failures
+    assert (
+        "gap_err = 0.2 ± 0.02 exceeds --max-gap-err 0.1 (from pyproject.toml) by 5.0 SE (limit 2 SE)"
+        in gate.failures
+    )
 
 
 def test_baseline_path_is_relative_to_the_config_file(tmp_path):
@@ -346,14 +415,42 @@ def test_baseline_path_is_relative_to_the_config_file(tmp_path):
 
 
 MALFORMED = [
-    ("wciaudit.toml", "max_wci = 'ten'\n", r"wciaudit.toml: key 'max_wci' must be a number, got 'ten' \(str\)"),
-    ("wciaudit.toml", "max_wcii = 1\n", r"wciaudit.toml: unknown key 'max_wcii'; allowed keys: max_wci"),
-    ("pyproject.toml", "[tool.wciaudit]\nmin_robust_acc = 40\n", r"pyproject.toml: \[tool.wciaudit\] key 'min_robust_acc' is a fraction"),
-    ("pyproject.toml", "[tool.wciaudit]\ngate_sigmas = -1\n", r"pyproject.toml: \[tool.wciaudit\] key 'gate_sigmas' must be >= 0"),
-    ("pyproject.toml", "[tool.wciaudit]\nmax_bound = true\n", r"key 'max_bound' must be a number, got True"),
-    ("pyproject.toml", "[tool.wciaudit]\nmax_wci_increase = '10 percent'\n", r"key 'max_wci_increase' must be a percentage"),
+    (
+        "wciaudit.toml",
+        "max_wci = 'ten'\n",
+        r"wciaudit.toml: key 'max_wci' must be a number, got 'ten' \(str\)",
+    ),
+    (
+        "wciaudit.toml",
+        "max_wcii = 1\n",
+        r"wciaudit.toml: unknown key 'max_wcii'; allowed keys: max_wci",
+    ),
+    (
+        "pyproject.toml",
+        "[tool.wciaudit]\nmin_robust_acc = 40\n",
+        r"pyproject.toml: \[tool.wciaudit\] key 'min_robust_acc' is a fraction",
+    ),
+    (
+        "pyproject.toml",
+        "[tool.wciaudit]\ngate_sigmas = -1\n",
+        r"pyproject.toml: \[tool.wciaudit\] key 'gate_sigmas' must be >= 0",
+    ),
+    (
+        "pyproject.toml",
+        "[tool.wciaudit]\nmax_bound = true\n",
+        r"key 'max_bound' must be a number, got True",
+    ),
+    (
+        "pyproject.toml",
+        "[tool.wciaudit]\nmax_wci_increase = '10 percent'\n",
+        r"key 'max_wci_increase' must be a percentage",
+    ),
     ("pyproject.toml", "[tool.wciaudit]\nbaseline = 3\n", r"key 'baseline' must be a path"),
-    ("pyproject.toml", "[tool]\nwciaudit = 3\n", r"pyproject.toml: \[tool.wciaudit\] must be a table"),
+    (
+        "pyproject.toml",
+        "[tool]\nwciaudit = 3\n",
+        r"pyproject.toml: \[tool.wciaudit\] must be a table",
+    ),
     ("wciaudit.toml", "max_wci = \n", r"wciaudit.toml: invalid TOML"),
     ("pyproject.toml", "[tool.wciaudit\n", r"pyproject.toml: invalid TOML"),
 ]
@@ -369,10 +466,12 @@ def test_malformed_config_names_file_and_key(tmp_path, name, text, message):
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
-    [("max_wci", float("nan"), "--max-wci must be a finite number"),
-     ("gate_sigmas", -2.0, "--gate-sigmas must be >= 0"),
-     ("min_robust_acc", 1.5, "--min-robust-acc is a fraction"),
-     ("max_wci_increase", "x", "--max-wci-increase must be a percentage")],
+    [
+        ("max_wci", float("nan"), "--max-wci must be a finite number"),
+        ("gate_sigmas", -2.0, "--gate-sigmas must be >= 0"),
+        ("min_robust_acc", 1.5, "--min-robust-acc is a fraction"),
+        ("max_wci_increase", "x", "--max-wci-increase must be a percentage"),
+    ],
 )
 def test_bad_flags(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

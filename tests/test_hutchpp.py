@@ -23,7 +23,10 @@ SEEDS = 30
 def _setup():
     model = mlp(nn.GELU)
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(40, 12, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g)
+    x, y = (
+        torch.randn(40, 12, generator=g, dtype=torch.float64),
+        torch.randint(0, 3, (40,), generator=g),
+    )
     return model, x, y
 
 
@@ -34,7 +37,8 @@ def test_unbiased_and_calibrated() -> None:
     exact = float(block.trace())
     obj = Objective(model, x, y, [name], 40, torch.device("cpu"))
     runs = [
-        hutchpp_traces(obj, sketch=5, tol=1e-9, min_probes=20, max_probes=20, seed=s)[0] for s in range(SEEDS)
+        hutchpp_traces(obj, sketch=5, tol=1e-9, min_probes=20, max_probes=20, seed=s)[0]
+        for s in range(SEEDS)
     ]
     traces = [r.trace for r in runs]
     sd = statistics.stdev(traces)

@@ -28,7 +28,9 @@ CPU = torch.device("cpu")
 
 def _data(n: int, shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn((n, *shape), generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+    return torch.randn((n, *shape), generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (n,), generator=g
+    )
 
 
 CASES = {"mlp-relu": (mlp, (12,)), "cnn-batchnorm": (cnn_bn, (1, 4, 4))}
@@ -41,7 +43,10 @@ def test_unbiased_and_calibrated_against_the_dense_hessian(case: str) -> None:
     x, y = _data(40, shape)
     names = [layer.name for layer in weight_layers(model)]
     exact = dense_traces(model, x, y, names)
-    runs = [mc_ggn_traces(Objective(model, x, y, names, 16, CPU), k_labels=4, seed=s) for s in range(SEEDS)]
+    runs = [
+        mc_ggn_traces(Objective(model, x, y, names, 16, CPU), k_labels=4, seed=s)
+        for s in range(SEEDS)
+    ]
     for i, name in enumerate(names):
         traces = [r[i].trace for r in runs]
         ses = [r[i].se for r in runs]
@@ -106,7 +111,9 @@ def test_more_labels_until_the_tolerance_or_the_cap() -> None:
     model = mlp()
     x, y = _data(40, (12,))
     names = [layer.name for layer in weight_layers(model)]
-    estimates = mc_ggn_traces(Objective(model, x, y, names, 16, CPU), k_labels=2, tol=0.01, max_labels=64)
+    estimates = mc_ggn_traces(
+        Objective(model, x, y, names, 16, CPU), k_labels=2, tol=0.01, max_labels=64
+    )
     assert all(len(e.history) > 1 for e in estimates)  # 2 labels do not reach 1%
     for est in estimates:
         assert est.history[-1][0] == est.probes

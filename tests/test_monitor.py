@@ -88,7 +88,9 @@ def test_measure_preserves_mode_grads_weights_and_rng():
     assert record.step == 7 and record.wci > 0
     assert [m.training for m in net.modules()] == flags
     assert torch.equal(torch.get_rng_state(), rng)
-    assert torch.is_grad_enabled()  # the no_grad block above has ended; enable_grad inside was local
+    assert (
+        torch.is_grad_enabled()
+    )  # the no_grad block above has ended; enable_grad inside was local
     for n, p in net.named_parameters():
         assert torch.equal(p.grad, grads[n]), n
     for k, v in net.state_dict().items():
@@ -111,15 +113,28 @@ def test_wci_matches_a_scan_of_the_same_weights():
     rec = WCIMonitor(net, x, y, eps=0.0, steps=2).measure()
     from wciaudit.data import Splits
 
-    splits = Splits(name="t", x_train=x, y_train=y, x_test=None, y_test=None, num_classes=3, source="test",
-                    n_train_total=32, n_test_total=None)
+    splits = Splits(
+        name="t",
+        x_train=x,
+        y_train=y,
+        x_test=None,
+        y_test=None,
+        num_classes=3,
+        source="test",
+        n_train_total=32,
+        n_test_total=None,
+    )
     result = scan(net, splits, eps=0.0, steps=2, hessian_samples=32)
     assert math.isclose(rec.wci, result.wci, rel_tol=1e-5)
     frobs = [la.frob_norm for la in result.layers]
     assert math.isclose(rec.sum_frob_sq, sum(f * f for f in frobs), rel_tol=1e-9)
     assert rec.wci == pytest.approx(sum(rec.terms.values()))
     assert set(rec.methods.values()) == {"exact-ggn"}
-    assert math.isclose(rec.wci, bounds.weight_curvature_index(frobs, [la.trace for la in result.layers], [0.0] * 2)[0], rel_tol=1e-5)
+    assert math.isclose(
+        rec.wci,
+        bounds.weight_curvature_index(frobs, [la.trace for la in result.layers], [0.0] * 2)[0],
+        rel_tol=1e-5,
+    )
 
 
 def test_every_and_csv(tmp_path):

@@ -467,7 +467,9 @@ def test_comparison_warns_when_eps_data_or_arch_differ() -> None:
 def test_single_report_states_the_disclaimer_once_and_cites_no_spec() -> None:
     html = render_report([make_result()], plotly="cdn")
     assert html.count("not a certificate") == 1
-    assert "the project's SPEC" not in html and "arXiv 2410.07719" in html and "docs/spec.md" in html
+    assert (
+        "the project's SPEC" not in html and "arXiv 2410.07719" in html and "docs/spec.md" in html
+    )
 
 
 def test_long_names_break_between_parts() -> None:
@@ -479,12 +481,26 @@ def test_long_names_break_between_parts() -> None:
 
 def test_report_cli_plotly_and_csv(tmp_path: Path) -> None:
     make_result().save(tmp_path / "a.json")
-    res = CliRunner().invoke(app, ["report", str(tmp_path / "a.json"), "-o", str(tmp_path / "r.html"),
-                                   "--plotly", "cdn", "--csv", str(tmp_path / "t.csv"), "-q"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "report",
+            str(tmp_path / "a.json"),
+            "-o",
+            str(tmp_path / "r.html"),
+            "--plotly",
+            "cdn",
+            "--csv",
+            str(tmp_path / "t.csv"),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r.html").stat().st_size < 200_000
     assert (tmp_path / "t.csv").read_text().startswith("checkpoint,sha256,")
-    res = CliRunner().invoke(app, ["report", str(tmp_path / "a.json"), "--csv", str(tmp_path / "no" / "t.csv")])
+    res = CliRunner().invoke(
+        app, ["report", str(tmp_path / "a.json"), "--csv", str(tmp_path / "no" / "t.csv")]
+    )
     assert res.exit_code == 2 and "output folder does not exist" in res.output
 
 
@@ -499,14 +515,23 @@ def test_track_page_settings_name_what_was_used() -> None:
         r.checkpoint.arch = "digits_cnn.py:DigitsCNN"
         r.dataset.hessian_samples = 300  # the setting is a cap: the train split had 300
         entries.append(TrackEntry(epoch, f"run/epoch_{epoch}.safetensors", "ab" * 32, False, r))
-    run = TrackResult(entries=entries, epoch_source="file names", settings={
-        "arch": {"file_sha256": "0" * 64, "class": None},
-        "config": {**make_result().config, "hessian_samples": 1000},
-    })
+    run = TrackResult(
+        entries=entries,
+        epoch_source="file names",
+        settings={
+            "arch": {"file_sha256": "0" * 64, "class": None},
+            "config": {**make_result().config, "hessian_samples": 1000},
+        },
+    )
     rows = dict(_settings_rows(run))
     assert rows["arch"] == "digits_cnn.py:DigitsCNN"
     assert "Hessian 300 (at most 1000 asked)" in rows["samples"]
     html = render_track(run, plotly="cdn")
     assert "a models.py file" not in html and "Hessian 300" in html
-    gap = json.loads(re.search(r'id="wciaudit-figures">(.*?)</script>', html, re.S).group(1))["fig-gap"]
-    assert gap["layout"]["yaxis2"]["tickformat"] == ".0%" and gap["layout"]["modebar"]["orientation"] == "v"
+    gap = json.loads(re.search(r'id="wciaudit-figures">(.*?)</script>', html, re.S).group(1))[
+        "fig-gap"
+    ]
+    assert (
+        gap["layout"]["yaxis2"]["tickformat"] == ".0%"
+        and gap["layout"]["modebar"]["orientation"] == "v"
+    )

@@ -26,7 +26,11 @@ CPU = torch.device("cpu")
 
 def _net(classes: int, act: type[nn.Module] = nn.ReLU) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 8), act(), nn.Linear(8, 6), act(), nn.Linear(6, classes)).double().eval()
+    return (
+        nn.Sequential(nn.Linear(12, 8), act(), nn.Linear(8, 6), act(), nn.Linear(6, classes))
+        .double()
+        .eval()
+    )
 
 
 def _routes(model: nn.Module, classes: int, method: str = "auto", n: int = 64) -> list:
@@ -69,7 +73,10 @@ def test_requested_methods() -> None:
 def test_layer_traces_records_the_route_and_its_reason() -> None:
     model = _net(1000)
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(24, 12, generator=g, dtype=torch.float64), torch.randint(0, 1000, (24,), generator=g)
+    x, y = (
+        torch.randn(24, 12, generator=g, dtype=torch.float64),
+        torch.randint(0, 1000, (24,), generator=g),
+    )
     names = [layer.name for layer in weight_layers(model)]
     exact = dense_traces(model, x, y, names)
     for est in layer_traces(model, x, y, names, method="auto", k_labels=8, seed=2):
@@ -79,11 +86,16 @@ def test_layer_traces_records_the_route_and_its_reason() -> None:
 
 def test_pooling_two_runs_equals_one_run_over_all_probe_values() -> None:
     g = torch.Generator().manual_seed(0)
-    a_vals, b_vals = torch.randn(10, generator=g).tolist(), (torch.randn(23, generator=g) + 0.3).tolist()
+    a_vals, b_vals = (
+        torch.randn(10, generator=g).tolist(),
+        (torch.randn(23, generator=g) + 0.3).tolist(),
+    )
 
     def est(values: list[float]) -> TraceEstimate:
         mean, se = mean_and_se(values)
-        return TraceEstimate("w", mean, se, len(values), "hutchinson", False, "cap", [[len(values), mean, se]])
+        return TraceEstimate(
+            "w", mean, se, len(values), "hutchinson", False, "cap", [[len(values), mean, se]]
+        )
 
     pooled = pool(est(a_vals), est(b_vals))
     mean, se = mean_and_se(a_vals + b_vals)
@@ -97,12 +109,17 @@ def test_pooling_two_runs_equals_one_run_over_all_probe_values() -> None:
 def test_wci_target_is_met_on_the_reported_wci(tol: float) -> None:
     model = mlp(nn.GELU)
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(40, 12, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g)
+    x, y = (
+        torch.randn(40, 12, generator=g, dtype=torch.float64),
+        torch.randint(0, 3, (40,), generator=g),
+    )
     names = [layer.name for layer in weight_layers(model)]
     params = dict(model.named_parameters())
     norms = [float(params[n].detach().norm()) for n in names]
     exact = dense_traces(model, x, y, names)
-    est = layer_traces(model, x, y, names, method="hutchinson", tol=tol, max_probes=400, weight_norms=norms, seed=4)
+    est = layer_traces(
+        model, x, y, names, method="hutchinson", tol=tol, max_probes=400, weight_norms=norms, seed=4
+    )
     wci, wci_se = weight_curvature_index(norms, [e.trace for e in est], [e.se for e in est])
     capped = any(e.probes == 400 for e in est)
     assert wci_se <= tol * wci or capped
@@ -111,7 +128,9 @@ def test_wci_target_is_met_on_the_reported_wci(tol: float) -> None:
         assert abs(e.trace - exact[e.name]) < 4 * e.se
         assert e.history[-1][0] == e.probes
     # probes went where WCI's variance is: not every layer was pushed to tol itself
-    per_layer = layer_traces(model, x, y, names, method="hutchinson", tol=tol, max_probes=400, seed=4)
+    per_layer = layer_traces(
+        model, x, y, names, method="hutchinson", tol=tol, max_probes=400, seed=4
+    )
     assert sum(e.probes for e in est) <= sum(e.probes for e in per_layer)
     assert math.isfinite(wci_se)
 
@@ -134,11 +153,20 @@ class _Custom(nn.Module):
         return x @ self.weight.T
 
 
-def test_a_layer_too_big_for_its_jacobian_rows_takes_sampled_labels_beside_the_exact_route() -> None:
+def test_a_layer_too_big_for_its_jacobian_rows_takes_sampled_labels_beside_the_exact_route() -> (
+    None
+):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), _Custom(8, 6), nn.ReLU(), nn.Linear(6, 10)).double().eval()
+    model = (
+        nn.Sequential(nn.Linear(12, 8), nn.ReLU(), _Custom(8, 6), nn.ReLU(), nn.Linear(6, 10))
+        .double()
+        .eval()
+    )
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 12, generator=g, dtype=torch.float64), torch.randint(0, 10, (64,), generator=g)
+    x, y = (
+        torch.randn(64, 12, generator=g, dtype=torch.float64),
+        torch.randint(0, 10, (64,), generator=g),
+    )
     names = [layer.name for layer in weight_layers(model)]
     # 10 Jacobian rows of 48 float64 weights are 3 840 bytes: over this budget
     est = {e.name: e for e in layer_traces(model, x, y, names, memory_bytes=2000, seed=1)}

@@ -40,8 +40,17 @@ def _splits(n_train: int = 60, n_test: int = 50) -> Splits:
         return x, y
 
     (xa, ya), (xb, yb) = make(n_train), make(n_test)
-    return Splits(name="toy", x_train=xa, y_train=ya, x_test=xb, y_test=yb, num_classes=3,
-                  source="generated", n_train_total=n_train, n_test_total=n_test)
+    return Splits(
+        name="toy",
+        x_train=xa,
+        y_train=ya,
+        x_test=xb,
+        y_test=yb,
+        num_classes=3,
+        source="generated",
+        n_train_total=n_train,
+        n_test_total=n_test,
+    )
 
 
 CFG = dict(eps=0.1, steps=5, seed=3, hessian_samples=40, dtype="float64", max_probes=300)
@@ -65,7 +74,9 @@ def test_scan_figures_equal_exact_computations(act: type[nn.Module]) -> None:
     assert m.robust_loss_train == pytest.approx(robust_loss, rel=1e-12)
     assert m.robust_acc_train == pytest.approx(robust_acc)
     assert m.gap_loss == pytest.approx(robust_loss_test - robust_loss, rel=1e-9)
-    assert m.gap_loss_se > 0 and m.robust_acc_train_se == pytest.approx(math.sqrt(robust_acc * (1 - robust_acc) / 60))
+    assert m.gap_loss_se > 0 and m.robust_acc_train_se == pytest.approx(
+        math.sqrt(robust_acc * (1 - robust_acc) / 60)
+    )
 
     # per-layer traces against the dense Hessian of the mean CE on the Hessian subset
     idx = stratified_subset(splits.y_train, 40, cfg.seed)
@@ -78,9 +89,13 @@ def test_scan_figures_equal_exact_computations(act: type[nn.Module]) -> None:
             assert layer.trace == pytest.approx(ref, rel=1e-6)
         else:
             assert abs(layer.trace - ref) < 4 * layer.trace_se
-        assert layer.frob_norm == pytest.approx(dict(model.named_parameters())[layer.name].norm().item())
+        assert layer.frob_norm == pytest.approx(
+            dict(model.named_parameters())[layer.name].norm().item()
+        )
     methods = [la.method for la in result.layers]
-    assert methods == (["exact-ggn", "exact-ggn"] if act is nn.ReLU else ["hutchinson", "exact-ggn"])
+    assert methods == (
+        ["exact-ggn", "exact-ggn"] if act is nn.ReLU else ["hutchinson", "exact-ggn"]
+    )
 
     # WCI and the bound from the reported layers
     wci = sum(la.frob_norm * math.sqrt(max(la.trace, 0)) for la in result.layers)
@@ -114,8 +129,17 @@ def test_same_seed_same_json_apart_from_timings() -> None:
 
 def test_one_split_reports_curvature_and_a_null_gap() -> None:
     full = _splits()
-    only_train = Splits(name="toy", x_train=full.x_train, y_train=full.y_train, x_test=None, y_test=None,
-                        num_classes=3, source="generated", n_train_total=60, n_test_total=None)
+    only_train = Splits(
+        name="toy",
+        x_train=full.x_train,
+        y_train=full.y_train,
+        x_test=None,
+        y_test=None,
+        num_classes=3,
+        source="generated",
+        n_train_total=60,
+        n_test_total=None,
+    )
     result = scan(_tiny(), only_train, **CFG)
     assert result.metrics.gap_loss is None and result.metrics.robust_acc_test is None
     assert result.wci is not None and result.pac_bayes.bound is not None
@@ -136,17 +160,60 @@ def test_weights_only_has_every_data_figure_null() -> None:
 def test_schema_v1_keys_are_all_present() -> None:
     d = scan(_tiny(), _splits(), **CFG).to_dict()
     assert d["schema_version"] == 1
-    for key in ("tool_version", "checkpoint", "dataset", "config", "metrics", "layers", "wci", "wci_se",
-                "pac_bayes", "gate", "timings"):
+    for key in (
+        "tool_version",
+        "checkpoint",
+        "dataset",
+        "config",
+        "metrics",
+        "layers",
+        "wci",
+        "wci_se",
+        "pac_bayes",
+        "gate",
+        "timings",
+    ):
         assert key in d
-    for key in ("eps", "attack", "steps", "step_size", "restarts", "seed", "tol", "max_probes",
-                "hessian_samples", "delta", "device"):
+    for key in (
+        "eps",
+        "attack",
+        "steps",
+        "step_size",
+        "restarts",
+        "seed",
+        "tol",
+        "max_probes",
+        "hessian_samples",
+        "delta",
+        "device",
+    ):
         assert key in d["config"]
-    for key in ("clean_acc_train", "clean_acc_test", "clean_loss_train", "clean_loss_test", "robust_acc_train",
-                "robust_acc_test", "robust_loss_train", "robust_loss_test", "gap_loss", "gap_err"):
+    for key in (
+        "clean_acc_train",
+        "clean_acc_test",
+        "clean_loss_train",
+        "clean_loss_test",
+        "robust_acc_train",
+        "robust_acc_test",
+        "robust_loss_train",
+        "robust_loss_test",
+        "gap_loss",
+        "gap_err",
+    ):
         assert key in d["metrics"]
-    for key in ("name", "shape", "numel", "frob_norm", "trace", "trace_se", "probes", "method", "converged",
-                "wci_term", "flag"):
+    for key in (
+        "name",
+        "shape",
+        "numel",
+        "frob_norm",
+        "trace",
+        "trace_se",
+        "probes",
+        "method",
+        "converged",
+        "wci_term",
+        "flag",
+    ):
         assert key in d["layers"][0]
     for key in ("c", "curvature_term", "kl_term", "confidence_term", "bound", "delta", "m"):
         assert key in d["pac_bayes"]
@@ -168,7 +235,10 @@ def test_threat_model_from_checkpoint_metadata_unless_flagged() -> None:
     assert flag["eps"] == pytest.approx(8 / 255) and flag["norm"] == "l2"
     assert flag["threat_model_source"] == {"eps": "flag", "norm": "flag"}
     unset = scan(SAMPLE, weights_only=True, config=ScanConfig(eps=0.2), eps=None).config
-    assert unset["eps"] == pytest.approx(0.1) and unset["threat_model_source"]["eps"] == "checkpoint metadata"
+    assert (
+        unset["eps"] == pytest.approx(0.1)
+        and unset["threat_model_source"]["eps"] == "checkpoint metadata"
+    )
     module = scan(_tiny(), weights_only=True).config
     assert module["eps"] == pytest.approx(8 / 255)
     assert module["threat_model_source"] == {"eps": "default", "norm": "default"}
@@ -177,7 +247,9 @@ def test_threat_model_from_checkpoint_metadata_unless_flagged() -> None:
 def test_threat_model_norm_from_metadata_and_bad_metadata(tmp_path: Path) -> None:
     net = timm.create_model("test_resnet", num_classes=10, in_chans=1)
     path = tmp_path / "m.safetensors"
-    safetensors.torch.save_file(net.state_dict(), str(path), {"arch": "test_resnet", "norm": "L2", "eps": "0.5"})
+    safetensors.torch.save_file(
+        net.state_dict(), str(path), {"arch": "test_resnet", "norm": "L2", "eps": "0.5"}
+    )
     config = scan(path, weights_only=True).config
     assert config["norm"] == "l2" and config["eps"] == pytest.approx(0.5)
     bad = tmp_path / "bad.safetensors"
@@ -198,7 +270,9 @@ def test_load_options_as_one_object_or_keywords_not_both() -> None:
         scan(_tiny(), options=opts, mean=[0.5])
 
 
-def test_curvature_gets_the_population_and_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_curvature_gets_the_population_and_the_memory_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     scan_module = importlib.import_module("wciaudit.scan")  # the package exports the function
 
     seen: dict = {}

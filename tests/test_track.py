@@ -25,8 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "sample_models" / "run_digits_cnn"
 ARCH = str(ROOT / "sample_models" / "digits_cnn.py")
 SMALL = dict(eps="0.1", train_samples=100, test_samples=100, hessian_samples=64, steps=2)
-SMALL_CLI = ["--data", "sample", "--arch", ARCH, "--eps", "0.1", "--train-samples", "100",
-             "--test-samples", "100", "--hessian-samples", "64", "--steps", "2"]
+SMALL_CLI = [
+    "--data",
+    "sample",
+    "--arch",
+    ARCH,
+    "--eps",
+    "0.1",
+    "--train-samples",
+    "100",
+    "--test-samples",
+    "100",
+    "--hessian-samples",
+    "64",
+    "--steps",
+    "2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -63,10 +77,18 @@ def test_order_by_metadata_epoch_beats_file_names(tmp_path):
 
 
 def test_order_natural_sort_when_metadata_missing(tmp_path):
-    for name, epoch in (("ep_10.safetensors", 10), ("ep_2.safetensors", None), ("ep_1.safetensors", 1)):
+    for name, epoch in (
+        ("ep_10.safetensors", 10),
+        ("ep_2.safetensors", None),
+        ("ep_1.safetensors", 1),
+    ):
         _save(tmp_path / name, epoch)
     got = order_checkpoints(find_checkpoints([tmp_path]))
-    assert [p.path.name for p in got] == ["ep_1.safetensors", "ep_2.safetensors", "ep_10.safetensors"]
+    assert [p.path.name for p in got] == [
+        "ep_1.safetensors",
+        "ep_2.safetensors",
+        "ep_10.safetensors",
+    ]
     assert [p.epoch for p in got] == [1, 2, 10] and got[0].epoch_source == "file name"
 
 
@@ -81,7 +103,11 @@ def test_shipped_run_is_ordered_by_metadata_and_glob_and_list_work():
     got = order_checkpoints(find_checkpoints([RUN]))
     assert [p.epoch for p in got] == [1, 3, 6, 10, 15, 20, 30, 40]
     by_glob = find_checkpoints([str(RUN / "epoch_1*.safetensors")])
-    assert sorted(p.name for p in by_glob) == ["epoch_1.safetensors", "epoch_10.safetensors", "epoch_15.safetensors"]
+    assert sorted(p.name for p in by_glob) == [
+        "epoch_1.safetensors",
+        "epoch_10.safetensors",
+        "epoch_15.safetensors",
+    ]
     listed = find_checkpoints([RUN / "epoch_3.safetensors", RUN / "epoch_3.safetensors"])
     assert len(listed) == 1
 
@@ -158,7 +184,11 @@ def test_page_is_self_contained_and_escaped(run3, tmp_path):
     result = track([run3], "sample", arch=ARCH, **SMALL)
     page = render_track(result, title="<b>title</b> & co")
     assert page.startswith("<!DOCTYPE html>")
-    assert "<img src=x" not in page and "<script>alert" not in page and "&lt;b&gt;title&lt;/b&gt; &amp; co" in page
+    assert (
+        "<img src=x" not in page
+        and "<script>alert" not in page
+        and "&lt;b&gt;title&lt;/b&gt; &amp; co" in page
+    )
     assert page.count("</script>") == page.count("<script")  # nothing ends a tag early
     assert "<script src" not in page and "<link" not in page  # no external resource
     blob = page.split('id="wciaudit-figures">', 1)[1].split("</script>", 1)[0]
@@ -214,9 +244,21 @@ def test_cli_track_subprocess(tmp_path):
     for epoch in (1, 40, 6):
         shutil.copy(RUN / f"epoch_{epoch}.safetensors", run)
     proc = subprocess.run(
-        [sys.executable, "-m", "wciaudit", "track", str(run / "epoch_*.safetensors"), *SMALL_CLI,
-         "--cache", str(tmp_path / "cache"), "--quiet"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "wciaudit",
+            "track",
+            str(run / "epoch_*.safetensors"),
+            *SMALL_CLI,
+            "--cache",
+            str(tmp_path / "cache"),
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr

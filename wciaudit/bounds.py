@@ -121,7 +121,9 @@ class PacBayesTerms:
     l_adv: float
 
 
-def pac_bayes_terms(l_adv: float, wci: float, m: int, delta: float = 0.05, c: float | None = None) -> PacBayesTerms:
+def pac_bayes_terms(
+    l_adv: float, wci: float, m: int, delta: float = 0.05, c: float | None = None
+) -> PacBayesTerms:
     """Terms of the second-order PAC-Bayes bound at c (default: the minimiser c*).
 
     This is an approximation, not a certificate: the expansion keeps second-order

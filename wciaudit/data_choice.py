@@ -78,7 +78,6 @@ def choose_data(
     return splits, reason
 
 
-
 def _default_data(
     loaded: LoadedCheckpoint, input_size: Any, kwargs: dict[str, Any]
 ) -> tuple[Splits, str]:

@@ -106,9 +106,7 @@ def csv_text(results: AuditResult | Sequence[AuditResult]) -> str:
     return buffer.getvalue()
 
 
-def write_csv(
-    results: AuditResult | Sequence[AuditResult], path: str | os.PathLike[str]
-) -> Path:
+def write_csv(results: AuditResult | Sequence[AuditResult], path: str | os.PathLike[str]) -> Path:
     """Write :func:`csv_text` atomically to ``path`` (temp file, then rename): a failure
     leaves no file and an existing one untouched."""
     return write_atomic(path, csv_text(results))

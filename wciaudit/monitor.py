@@ -97,7 +97,11 @@ class WCIRecord:
 def _rng_preserved(device: torch.device) -> Iterator[None]:
     """Torch's global random states as they were, whatever runs inside."""
     cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda = (
+        torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else None
+    )
     try:
         yield
     finally:
@@ -145,10 +149,17 @@ class WCIMonitor:
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"every must be a positive integer, got {every!r}")
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        if (
+            not isinstance(x, torch.Tensor)
+            or not isinstance(y, torch.Tensor)
+            or x.shape[0] != y.shape[0]
+            or x.shape[0] == 0
+        ):
             raise ConfigError("x and y must be tensors with the same, non-zero number of examples")
         if y.dim() != 1 or y.is_floating_point():
-            raise ConfigError(f"y must hold integer class labels of shape (N,), got {y.dtype} {list(y.shape)}")
+            raise ConfigError(
+                f"y must hold integer class labels of shape (N,), got {y.dtype} {list(y.shape)}"
+            )
         if config is None:
             config = ScanConfig(**{**MONITOR_DEFAULTS, **settings})
         elif settings:
@@ -166,7 +177,9 @@ class WCIMonitor:
         self._writer = _writer(tensorboard)
         self._names = [layer.name for layer in weight_layers(model)]
         if not self._names:
-            raise ConfigError("the model has no parameter named *.weight with dim >= 2: nothing to measure")
+            raise ConfigError(
+                "the model has no parameter named *.weight with dim >= 2: nothing to measure"
+            )
 
     def step(self, step: int | None = None) -> WCIRecord | None:
         """Count one step (or epoch); measure when the count reaches a multiple of ``every``.
@@ -186,11 +199,19 @@ class WCIMonitor:
         param = next(self.model.parameters())
         device, dtype = param.device, param.dtype
         with _rng_preserved(device), torch.enable_grad(), eval_mode(self.model):
-            x_adv = torch.cat([
-                perturb(self.model, self.x[i : i + cfg.batch_size].to(device, dtype),
-                        self.y[i : i + cfg.batch_size].to(device), cfg, start=i, stream=_STREAM).cpu()
-                for i in range(0, self.x.shape[0], cfg.batch_size)
-            ])
+            x_adv = torch.cat(
+                [
+                    perturb(
+                        self.model,
+                        self.x[i : i + cfg.batch_size].to(device, dtype),
+                        self.y[i : i + cfg.batch_size].to(device),
+                        cfg,
+                        start=i,
+                        stream=_STREAM,
+                    ).cpu()
+                    for i in range(0, self.x.shape[0], cfg.batch_size)
+                ]
+            )
             with torch.no_grad():
                 losses, correct = [], []
                 for i in range(0, x_adv.shape[0], cfg.batch_size):
@@ -199,9 +220,17 @@ class WCIMonitor:
                     losses.append(F.cross_entropy(z, yb, reduction="sum").item())
                     correct.append((z.argmax(1) == yb).sum().item())
             estimates = layer_traces(
-                self.model, x_adv, self.y, self._names, method=cfg.curvature.value, tol=cfg.tol,
-                max_probes=cfg.max_probes, min_probes=cfg.min_probes, seed=cfg.seed,
-                batch_size=cfg.batch_size, device=device,
+                self.model,
+                x_adv,
+                self.y,
+                self._names,
+                method=cfg.curvature.value,
+                tol=cfg.tol,
+                max_probes=cfg.max_probes,
+                min_probes=cfg.min_probes,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                device=device,
             )
         params = dict(self.model.named_parameters())
         frobs = [float(params[n].detach().double().norm()) for n in self._names]
@@ -209,9 +238,13 @@ class WCIMonitor:
         wci, wci_se = bounds.weight_curvature_index(frobs, traces, [e.se for e in estimates])
         n = self.x.shape[0]
         record = WCIRecord(
-            step=int(len(self.records) if step is None else step), wci=wci, wci_se=wci_se,
-            loss_adv=math.fsum(losses) / n, acc_adv=sum(correct) / n,
-            sum_frob_sq=math.fsum(f * f for f in frobs), sum_trace=math.fsum(traces),
+            step=int(len(self.records) if step is None else step),
+            wci=wci,
+            wci_se=wci_se,
+            loss_adv=math.fsum(losses) / n,
+            acc_adv=sum(correct) / n,
+            sum_frob_sq=math.fsum(f * f for f in frobs),
+            sum_trace=math.fsum(traces),
             seconds=time.perf_counter() - t0,
             terms=dict(zip(self._names, bounds.wci_terms(frobs, traces), strict=True)),
             methods={e.name: e.method for e in estimates},
@@ -233,7 +266,9 @@ class WCIMonitor:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(scalars + [f"term:{n}" for n in self._names])
         for r in self.records:
-            writer.writerow([getattr(r, k) for k in scalars] + [r.terms.get(n) for n in self._names])
+            writer.writerow(
+                [getattr(r, k) for k in scalars] + [r.terms.get(n) for n in self._names]
+            )
         return buf.getvalue()
 
     def close(self) -> None:
@@ -260,7 +295,9 @@ def _writer(tensorboard: Any) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ConfigError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from None
+        raise ConfigError(
+            "TensorBoard logging needs the tensorboard package: pip install tensorboard"
+        ) from None
     writer = SummaryWriter(log_dir=os.fspath(tensorboard))
     writer._wciaudit_owned = True
     return writer
@@ -288,8 +325,14 @@ class WCILRAdjuster:
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, *, threshold: float = 1.2, factor: float = 0.5,
-        cooldown: int = 0, min_lr: float = 0.0, warmup: int = 0,
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        threshold: float = 1.2,
+        factor: float = 0.5,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        warmup: int = 0,
     ) -> None:
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 1):
             raise ConfigError(f"threshold must be a number > 1, got {threshold!r}")
@@ -302,7 +345,12 @@ class WCILRAdjuster:
         if not (isinstance(min_lr, (int, float)) and min_lr >= 0):
             raise ConfigError(f"min_lr must be >= 0, got {min_lr!r}")
         self.optimizer = optimizer
-        self.threshold, self.factor, self.cooldown, self.min_lr = float(threshold), float(factor), cooldown, float(min_lr)
+        self.threshold, self.factor, self.cooldown, self.min_lr = (
+            float(threshold),
+            float(factor),
+            cooldown,
+            float(min_lr),
+        )
         self.warmup = warmup
         self.reference: float | None = None
         self.since_cut = cooldown
@@ -332,7 +380,12 @@ class WCILRAdjuster:
         return self.step(record.wci)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "since_cut": self.since_cut, "cuts": list(self.cuts), "seen": self._seen}
+        return {
+            "reference": self.reference,
+            "since_cut": self.since_cut,
+            "cuts": list(self.cuts),
+            "seen": self._seen,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reference, self.since_cut = state["reference"], state["since_cut"]

@@ -263,7 +263,9 @@ class AuditResult:
                 config=dict(d.get("config") or {}),
                 metrics=_build(Metrics, d.get("metrics")),
                 layers=[_build(LayerResult, x) for x in d.get("layers") or []],
-                other_parameters=[_build(OtherParameter, x) for x in d.get("other_parameters") or []],
+                other_parameters=[
+                    _build(OtherParameter, x) for x in d.get("other_parameters") or []
+                ],
                 wci=d.get("wci"),
                 wci_se=d.get("wci_se"),
                 wci_se_method=str(d.get("wci_se_method", "")),

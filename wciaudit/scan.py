@@ -283,8 +283,13 @@ def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
     for split, outcome in outcomes.items():
         codes = run.shard.gather_cat(outcome.broken_code)
         gathered = AttackOutcome(
-            x_loss=outcome.x_loss, loss=outcome.loss, correct=codes < 0, broken_code=codes,
-            x_adv=outcome.x_adv, attack=outcome.attack, loss_attack=outcome.loss_attack,
+            x_loss=outcome.x_loss,
+            loss=outcome.loss,
+            correct=codes < 0,
+            broken_code=codes,
+            x_adv=outcome.x_adv,
+            attack=outcome.attack,
+            loss_attack=outcome.loss_attack,
             stages=outcome.stages,
         )
         broken_by[split] = gathered.broken_counts()

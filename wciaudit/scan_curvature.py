@@ -120,9 +120,7 @@ def hessian_subset(run: _Run, splits: Splits, adv: dict[str, torch.Tensor]) -> S
 
 
 def _hessian_loss(run: _Run, net: nn.Module, subset: Subset) -> float:
-    losses = run.batches.run(
-        partial(_losses, net=net, x=subset.x, y=subset.y, device=run.device)
-    )
+    losses = run.batches.run(partial(_losses, net=net, x=subset.x, y=subset.y, device=run.device))
     return float(run.shard.all_reduce_sum(losses.sum().reshape(1))[0]) / subset.n
 
 
@@ -139,8 +137,15 @@ def _attack_again(run: _Run, net: nn.Module, subset: Subset, loss_attack: str) -
     def job(batch_size: int) -> torch.Tensor:
         cfg = run.cfg.with_(batch_size=batch_size)
         outcome = run_attack(
-            net, subset.x_clean, subset.y, cfg, run.device, attack=loss_attack,
-            loss_attack=loss_attack, stream=_SPREAD_STREAM, index_offset=subset.offset,
+            net,
+            subset.x_clean,
+            subset.y,
+            cfg,
+            run.device,
+            attack=loss_attack,
+            loss_attack=loss_attack,
+            stream=_SPREAD_STREAM,
+            index_offset=subset.offset,
             progress=progress,
         )
         return outcome.x_loss
@@ -149,8 +154,14 @@ def _attack_again(run: _Run, net: nn.Module, subset: Subset, loss_attack: str) -
 
 
 def _traces(
-    batch_size: int, *, net: nn.Module, names: list[str], norms: list[float], x: torch.Tensor,
-    subset: Subset, run: _Run,
+    batch_size: int,
+    *,
+    net: nn.Module,
+    names: list[str],
+    norms: list[float],
+    x: torch.Tensor,
+    subset: Subset,
+    run: _Run,
 ) -> list[TraceEstimate]:
     cfg, shard = run.cfg, run.shard
     return layer_traces(
@@ -177,7 +188,11 @@ def _traces(
 
 
 def _curvature(
-    run: _Run, net: nn.Module, names: list[str], norms: list[float], x: torch.Tensor,
+    run: _Run,
+    net: nn.Module,
+    names: list[str],
+    norms: list[float],
+    x: torch.Tensor,
     subset: Subset,
 ) -> list[TraceEstimate]:
     """Per-layer Hessian traces at the points ``x`` of the subset, probes spent where
@@ -200,7 +215,8 @@ def fill_layer(layer: LayerResult, est: TraceEstimate, again: TraceEstimate | No
     from the paired second run (``again``), and flag what the reader must know."""
     attack_var = (
         attack_variance([1.0], [est.group_shares], [again.group_shares])
-        if _paired(est, again) else None
+        if _paired(est, again)
+        else None
     )
     se = math.sqrt(est.se**2 + (attack_var or 0.0))
     layer.trace, layer.trace_se, layer.probes = est.trace, se, est.probes
@@ -240,7 +256,9 @@ def _wci(
     groups = group_count(subset.n)
     if any(len(s) != groups for s in shares):
         # an estimate without group shares: per-layer SEs in quadrature (independent)
-        result.wci_se = bounds.weight_curvature_index(frob, traces, [la.trace_se for la in result.layers])[1]
+        result.wci_se = bounds.weight_curvature_index(
+            frob, traces, [la.trace_se for la in result.layers]
+        )[1]
         result.wci_se_method = "delta method from per-layer standard errors (layers independent)"
         result.se_covers["wci"] = sorted({c for la in result.layers for c in la.se_covers})
         return
@@ -251,8 +269,13 @@ def _wci(
             sensitivities(frob, traces), shares, [list(e.group_shares) for e in again]
         )
     err = wci_error(
-        frob, traces, [e.probe_se for e in estimates], shares, sizes,
-        subset.n_population, attack_var=attack_var,
+        frob,
+        traces,
+        [e.probe_se for e in estimates],
+        shares,
+        sizes,
+        subset.n_population,
+        attack_var=attack_var,
     )
     result.wci_se = err.se
     result.wci_se_method = (
@@ -260,4 +283,8 @@ def _wci(
         "(two-stage, finite-population factor), attack starts (paired second attack)"
     )
     result.se_covers["wci"] = list(err.covers)
-    result.wci_se_parts = {"probes": err.probe_se, "hessian-subset": err.sample_se, "attack-starts": err.attack_se}
+    result.wci_se_parts = {
+        "probes": err.probe_se,
+        "hessian-subset": err.sample_se,
+        "attack-starts": err.attack_se,
+    }

@@ -43,12 +43,16 @@ class WciError:
 
 def sensitivities(frob_norms: Sequence[float], traces: Sequence[float]) -> list[float]:
     """a_k = dWCI/dT_k = ||W_k||_F / (2 sqrt(T_k)), 0 where T_k <= 0 (the term is 0)."""
-    return [f / (2.0 * math.sqrt(t)) if t > 0 else 0.0 for f, t in zip(frob_norms, traces, strict=True)]
+    return [
+        f / (2.0 * math.sqrt(t)) if t > 0 else 0.0 for f, t in zip(frob_norms, traces, strict=True)
+    ]
 
 
 def _shares(a: Sequence[float], group_shares: Sequence[Sequence[float]]) -> list[float]:
     groups = len(group_shares[0])
-    return [math.fsum(a_k * s[g] for a_k, s in zip(a, group_shares, strict=True)) for g in range(groups)]
+    return [
+        math.fsum(a_k * s[g] for a_k, s in zip(a, group_shares, strict=True)) for g in range(groups)
+    ]
 
 
 def attack_variance(
@@ -110,8 +114,10 @@ def wci_error(
         f = n / n_population
         u = _shares(a, group_shares)
         total = math.fsum(u)
-        b = groups / (groups - 1) * math.fsum(
-            (u_g - m / n * total) ** 2 for u_g, m in zip(u, group_sizes, strict=True)
+        b = (
+            groups
+            / (groups - 1)
+            * math.fsum((u_g - m / n * total) ** 2 for u_g, m in zip(u, group_sizes, strict=True))
         )
         sample_var = max((1 - f) * (b - w), 0.0)
         covers.append("hessian-subset")

@@ -30,7 +30,12 @@ def _robust(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _agree(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     b = int((~ours & theirs).sum())
     c = int((ours & ~theirs).sum())
-    assert abs(b - c) <= 3 * math.sqrt(max(b + c, 1)), (ours.float().mean(), theirs.float().mean(), b, c)
+    assert abs(b - c) <= 3 * math.sqrt(max(b + c, 1)), (
+        ours.float().mean(),
+        theirs.float().mean(),
+        b,
+        c,
+    )
 
 
 @pytest.mark.parametrize(("norm", "eps", "their_norm"), NORMS)
@@ -81,21 +86,28 @@ def test_apgd_is_at_least_as_strong_as_pgd_10(digits_cnn, digits_test) -> None:
 
 def test_results_do_not_depend_on_the_batch_or_the_subset() -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 5)).double().eval()
+    net = (
+        nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 5)).double().eval()
+    )
     g = torch.Generator().manual_seed(1)
     x = torch.rand(40, 1, 4, 4, generator=g, dtype=torch.float64)
     with torch.no_grad():
         y = net(x).argmax(1)
     whole = apgd_ce(net, x, y, eps=0.1, norm="l2", steps=20, restarts=2, seed=3)
     a = apgd_ce(net, x[:15], y[:15], eps=0.1, norm="l2", steps=20, restarts=2, seed=3)
-    b = apgd_ce(net, x[15:], y[15:], eps=0.1, norm="l2", steps=20, restarts=2, seed=3, index_offset=15)
+    b = apgd_ce(
+        net, x[15:], y[15:], eps=0.1, norm="l2", steps=20, restarts=2, seed=3, index_offset=15
+    )
     assert torch.allclose(torch.cat([a.x_loss, b.x_loss]), whole.x_loss, atol=1e-9)
     assert torch.equal(torch.cat([a.broken, b.broken]), whole.broken)
     # any subset, given its global indices
     pick = torch.tensor([3, 17, 31])
-    sub_adv, sub_broken = apgd_targeted(net, x[pick], y[pick], eps=0.1, norm="linf", steps=10,
-                                        indices=pick, n_target_classes=2)
-    all_adv, all_broken = apgd_targeted(net, x, y, eps=0.1, norm="linf", steps=10, n_target_classes=2)
+    sub_adv, sub_broken = apgd_targeted(
+        net, x[pick], y[pick], eps=0.1, norm="linf", steps=10, indices=pick, n_target_classes=2
+    )
+    all_adv, all_broken = apgd_targeted(
+        net, x, y, eps=0.1, norm="linf", steps=10, n_target_classes=2
+    )
     assert torch.equal(sub_broken, all_broken[pick])
     assert torch.allclose(sub_adv, all_adv[pick], atol=1e-9)
     other = apgd_ce(net, x, y, eps=0.1, norm="l2", steps=20, restarts=2, seed=4)
@@ -105,4 +117,6 @@ def test_results_do_not_depend_on_the_batch_or_the_subset() -> None:
 def test_dlr_targeted_loss_by_hand() -> None:
     z = torch.tensor([[4.0, 1.0, 3.0, 0.0, 2.0]])
     # sorted 4, 3, 2, 1, 0; y = 0, t = 2: -(4 - 3) / (4 - (2 + 1) / 2)
-    assert dlr_targeted_loss(z, torch.tensor([0]), torch.tensor([2])).item() == pytest.approx(-1 / 2.5)
+    assert dlr_targeted_loss(z, torch.tensor([0]), torch.tensor([2])).item() == pytest.approx(
+        -1 / 2.5
+    )

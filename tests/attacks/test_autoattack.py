@@ -21,8 +21,9 @@ def _correct(net, x, y):
 
 def test_apgd_stages_compose_on_the_still_robust(digits_cnn, digits_test) -> None:
     x, y = digits_test
-    out = autoattack_batch(digits_cnn, x, y, eps=0.1, stages=("apgd-ce", "apgd-t"),
-                           n_target_classes=3, apgd_steps=50)
+    out = autoattack_batch(
+        digits_cnn, x, y, eps=0.1, stages=("apgd-ce", "apgd-t"), n_target_classes=3, apgd_steps=50
+    )
     code = out["broken_code"]
     clean = _correct(digits_cnn, x, y)
     assert torch.equal(code == STAGES.index("clean"), ~clean)
@@ -47,8 +48,9 @@ def test_run_attack_records_which_attack_gave_what(digits_cnn, digits_test) -> N
     assert set(out.broken_by) <= {None, "clean", "apgd-t"}
     assert out.robust_accuracy == pytest.approx(float(out.correct.float().mean()))
     with torch.no_grad():
-        assert torch.allclose(F.cross_entropy(digits_cnn(out.x_loss), y, reduction="none"), out.loss,
-                              atol=1e-5)
+        assert torch.allclose(
+            F.cross_entropy(digits_cnn(out.x_loss), y, reduction="none"), out.loss, atol=1e-5
+        )
     counts = out.broken_counts()
     assert sum(counts.values()) + int(out.correct.sum()) == x.shape[0]
     pgd = run_attack(digits_cnn, x, y, cfg)  # cfg.attack: pgd serves both figures
@@ -77,10 +79,18 @@ def test_full_autoattack_matches_torchattacks(digits_cnn, digits_test) -> None:
     torchattacks = pytest.importorskip("torchattacks")
     x, y = digits_test
     x, y = x[:64], y[:64]
-    out = run_attack(digits_cnn, x, y, ScanConfig(eps=0.1, batch_size=64), attack="autoattack",
-                     n_target_classes=3, n_queries=500)
-    ref = torchattacks.AutoAttack(digits_cnn, norm="Linf", eps=0.1, version="standard",
-                                  n_classes=4, seed=0)
+    out = run_attack(
+        digits_cnn,
+        x,
+        y,
+        ScanConfig(eps=0.1, batch_size=64),
+        attack="autoattack",
+        n_target_classes=3,
+        n_queries=500,
+    )
+    ref = torchattacks.AutoAttack(
+        digits_cnn, norm="Linf", eps=0.1, version="standard", n_classes=4, seed=0
+    )
     theirs = _correct(digits_cnn, ref(x, y), y)
     ours = out.correct
     b, c = int((~ours & theirs).sum()), int((ours & ~theirs).sum())

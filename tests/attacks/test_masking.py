@@ -60,15 +60,18 @@ def test_a_masking_model_is_flagged(digits_cnn, digits_test, wrapper) -> None:
 def test_the_tests_by_hand() -> None:
     # 8 discordant pairs all one way: 2^-8
     assert sign_test_p(8, 0) == pytest.approx(2**-8)
-    assert sign_test_p(4, 4) == pytest.approx(sum(__import__("math").comb(8, i) for i in range(4, 9)) / 256)
+    assert sign_test_p(4, 4) == pytest.approx(
+        sum(__import__("math").comb(8, i) for i in range(4, 9)) / 256
+    )
     assert binomial_tail(0, 10, 0.1) == 1.0 and binomial_tail(11, 10, 0.1) == 0.0
     assert binomial_tail(10, 10, 0.1) == pytest.approx(1e-10)
 
 
 def test_square_is_skipped_or_run(digits_cnn, digits_test) -> None:
     x, y = digits_test
-    report = masking_checks(digits_cnn, x[:24], y[:24], ScanConfig(eps=0.1, steps=5), n=24,
-                            square_queries=50)
+    report = masking_checks(
+        digits_cnn, x[:24], y[:24], ScanConfig(eps=0.1, steps=5), n=24, square_queries=50
+    )
     square = _by_name(report)["square-vs-whitebox"]
     try:
         import wciaudit.attacks.square  # noqa: F401

@@ -37,8 +37,15 @@ def test_suffixes() -> None:
 
 def test_the_record_says_what_the_metadata_says_and_cannot_change(tmp_path: Path) -> None:
     path = tmp_path / "r.safetensors"
-    meta = {"arch": "test_resnet", "eps": "0.1", "norm": "l2", "input_size": "[1, 8, 8]",
-            "mean": "[0.5]", "std": "[0.25]", "dataset": "digits"}
+    meta = {
+        "arch": "test_resnet",
+        "eps": "0.1",
+        "norm": "l2",
+        "input_size": "[1, 8, 8]",
+        "mean": "[0.5]",
+        "std": "[0.25]",
+        "dataset": "digits",
+    }
     safetensors.torch.save_file(_resnet().state_dict(), str(path), metadata=meta)
     record, state_dict = read_checkpoint(path)
     assert record.format == "safetensors" and record.sha256 == _sha(path)

@@ -22,9 +22,23 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
 DOCS = ROOT / "docs" / "ci.md"
 SCAN_ARGS = [
-    "scan", "sample_models/digits_cnn.safetensors", "--arch", "sample_models/digits_cnn.py",
-    "--data", "sample", "--train-samples", "200", "--test-samples", "200",
-    "--hessian-samples", "100", "--steps", "3", "--eps", "0.1", "--quiet",
+    "scan",
+    "sample_models/digits_cnn.safetensors",
+    "--arch",
+    "sample_models/digits_cnn.py",
+    "--data",
+    "sample",
+    "--train-samples",
+    "200",
+    "--test-samples",
+    "200",
+    "--hessian-samples",
+    "100",
+    "--steps",
+    "3",
+    "--eps",
+    "0.1",
+    "--quiet",
 ]
 
 runner = CliRunner()
@@ -32,9 +46,17 @@ runner = CliRunner()
 
 def _result(**over) -> AuditResult:
     base = dict(
-        wci=12.3, wci_se=0.4, pac_bayes=PacBayes(bound=7.14),
-        metrics=Metrics(gap_loss=0.9, gap_loss_se=0.1, gap_err=0.2, gap_err_se=0.02,
-                        robust_acc_test=0.3, robust_acc_test_se=0.02),
+        wci=12.3,
+        wci_se=0.4,
+        pac_bayes=PacBayes(bound=7.14),
+        metrics=Metrics(
+            gap_loss=0.9,
+            gap_loss_se=0.1,
+            gap_err=0.2,
+            gap_err_se=0.02,
+            robust_acc_test=0.3,
+            robust_acc_test_se=0.02,
+        ),
         dataset=DatasetInfo(name="digits", n_train=200, n_test=200),
     )
     base.update(over)
@@ -79,8 +101,17 @@ def test_gate_within_noise_passes_and_says_so(work):
 
 
 def test_gate_writes_json_and_markdown(work):
-    res = _gate("result.json", "--max-wci", "10", "--max-gap-loss", "1.0",
-                "--json", "gated.json", "--summary-md", "summary.md")
+    res = _gate(
+        "result.json",
+        "--max-wci",
+        "10",
+        "--max-gap-loss",
+        "1.0",
+        "--json",
+        "gated.json",
+        "--summary-md",
+        "summary.md",
+    )
     assert res.exit_code == 1
     gate = json.loads((work / "gated.json").read_text())["gate"]
     assert gate["passed"] is False and len(gate["failures"]) == 1
@@ -90,7 +121,10 @@ def test_gate_writes_json_and_markdown(work):
     assert by_figure["wci"]["threshold"] == 10.0 and by_figure["wci"]["se"] == 0.4
     md = (work / "summary.md").read_text()
     assert md.startswith("### wciaudit: ❌ 1 gate failed")
-    assert "| WCI | 12.3 ± 0.4 |" in md and "| wci <= 10 | 12.3 ± 0.4 | +5.8 SE | ❌ fail | cli |" in md
+    assert (
+        "| WCI | 12.3 ± 0.4 |" in md
+        and "| wci <= 10 | 12.3 ± 0.4 | +5.8 SE | ❌ fail | cli |" in md
+    )
     assert "more than 2 standard errors" in md
     # the input is never modified
     assert AuditResult.load(work / "result.json").gate.checks == []
@@ -155,8 +189,14 @@ def test_gate_baseline_from_config_is_relative_to_the_file(work):
     ("args", "message"),
     [
         (["--max-wci-increase", "10%"], "needs a baseline result"),
-        (["--baseline", "missing.json", "--max-wci-increase", "10%"], "baseline (from cli): result file not found"),
-        (["--max-wci-increase", "lots", "--baseline", "result.json"], "--max-wci-increase must be a percentage"),
+        (
+            ["--baseline", "missing.json", "--max-wci-increase", "10%"],
+            "baseline (from cli): result file not found",
+        ),
+        (
+            ["--max-wci-increase", "lots", "--baseline", "result.json"],
+            "--max-wci-increase must be a percentage",
+        ),
         (["--min-robust-acc", "45"], "--min-robust-acc is a fraction"),
         (["--gate-sigmas", "-1", "--max-wci", "1"], "--gate-sigmas must be >= 0"),
         ([], "no gate set"),
@@ -171,7 +211,10 @@ def test_gate_usage_errors_exit_2(work, args, message):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not a JSON file"), ('{"schema_version": 99}', "unsupported result schema_version 99")],
+    [
+        ("{not json", "not a JSON file"),
+        ('{"schema_version": 99}', "unsupported result schema_version 99"),
+    ],
 )
 def test_gate_bad_result_exits_2(work, content, message):
     (work / "bad.json").write_text(content)
@@ -181,7 +224,9 @@ def test_gate_bad_result_exits_2(work, content, message):
 
 
 def test_gate_null_figure_fails(work):
-    _result(metrics=Metrics(), dataset=DatasetInfo(name="digits", n_train=200)).save(work / "train_only.json")
+    _result(metrics=Metrics(), dataset=DatasetInfo(name="digits", n_train=200)).save(
+        work / "train_only.json"
+    )
     res = _gate("train_only.json", "--max-gap-loss", "1")
     assert res.exit_code == 1
     assert "gap_loss is null (no test split): cannot check --max-gap-loss" in res.stderr
@@ -191,29 +236,51 @@ def test_scan_bad_gate_config_exits_2_before_any_work(work):
     (work / "pyproject.toml").write_text("[tool.wciaudit]\nmax_wci = [1]\n")
     for name in ("digits_cnn.safetensors", "digits_cnn.py"):
         shutil.copy(SAMPLES / name, work / name)
-    res = runner.invoke(app, ["scan", "digits_cnn.safetensors", "--arch", "digits_cnn.py", "--data", "sample"])
+    res = runner.invoke(
+        app, ["scan", "digits_cnn.safetensors", "--arch", "digits_cnn.py", "--data", "sample"]
+    )
     assert res.exit_code == 2
     assert "pyproject.toml: [tool.wciaudit] key 'max_wci' must be a number" in res.stderr
-    assert sorted(p.name for p in work.iterdir()) == ["digits_cnn.py", "digits_cnn.safetensors", "pyproject.toml", "result.json"]
+    assert sorted(p.name for p in work.iterdir()) == [
+        "digits_cnn.py",
+        "digits_cnn.safetensors",
+        "pyproject.toml",
+        "result.json",
+    ]
 
 
 def test_help_lists_the_gate_options():
     for command in ("scan", "gate"):
         res = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
         assert res.exit_code == 0
-        for option in ("--max-wci", "--max-gap-loss", "--max-gap-err", "--min-robust-acc",
-                       "--max-bound", "--baseline", "--max-wci-increase", "--gate-sigmas",
-                       "--summary-md", "--config"):
+        for option in (
+            "--max-wci",
+            "--max-gap-loss",
+            "--max-gap-err",
+            "--min-robust-acc",
+            "--max-bound",
+            "--baseline",
+            "--max-wci-increase",
+            "--gate-sigmas",
+            "--summary-md",
+            "--config",
+        ):
             assert option in res.output, (command, option)
 
 
 # -- real subprocesses on the sample model ---------------------------------------------------
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "wciaudit", *args], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=300,
+        [sys.executable, "-m", "wciaudit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -249,9 +316,17 @@ def workflow_run(tmp_path_factory):
             continue
         if "audit/baseline.wciaudit.json" in script:
             (folder / "audit").mkdir(exist_ok=True)
-            shutil.copy(folder / "wciaudit-out" / "result.json", folder / "audit" / "baseline.wciaudit.json")
-        proc = subprocess.run(["bash", "-e", "-c", prelude + script], cwd=folder, env=env,
-                              capture_output=True, text=True, timeout=300)
+            shutil.copy(
+                folder / "wciaudit-out" / "result.json", folder / "audit" / "baseline.wciaudit.json"
+            )
+        proc = subprocess.run(
+            ["bash", "-e", "-c", prelude + script],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         runs.append((step.get("name", ""), proc))
     return folder, workflow, runs
 
@@ -259,7 +334,9 @@ def workflow_run(tmp_path_factory):
 def test_docs_workflow_runs(workflow_run):
     folder, workflow, runs = workflow_run
     assert [name for name, _ in runs] == [
-        "Scan the checkpoint (gates from pyproject.toml)", "Compare with the baseline from main", "Step summary",
+        "Scan the checkpoint (gates from pyproject.toml)",
+        "Compare with the baseline from main",
+        "Step summary",
     ]
     for name, proc in runs:
         assert proc.returncode == 0, f"{name}: {proc.stderr}"
@@ -270,7 +347,9 @@ def test_docs_workflow_runs(workflow_run):
     assert all(c["source"].endswith("pyproject.toml") for c in result["gate"]["checks"])
     assert (out / "report.html").stat().st_size > 0
     assert "### wciaudit: ✅ all gates passed" in (folder / "step_summary.md").read_text()
-    upload = [s for s in workflow["jobs"]["audit"]["steps"] if "upload-artifact" in s.get("uses", "")]
+    upload = [
+        s for s in workflow["jobs"]["audit"]["steps"] if "upload-artifact" in s.get("uses", "")
+    ]
     assert upload and upload[0]["with"]["path"].rstrip("/") == "wciaudit-out"
     assert upload[0]["if"] == "always()"
 
@@ -313,7 +392,9 @@ def test_scan_exit_codes_on_the_sample_model(sample_scan):
 
 def test_gate_subprocess_on_a_saved_result(sample_scan, tmp_path):
     saved = sample_scan[0] / "ok.json"
-    proc = _run(["gate", str(saved), "--min-robust-acc", "0.99", "--max-wci", "1e6", "-q"], tmp_path)
+    proc = _run(
+        ["gate", str(saved), "--min-robust-acc", "0.99", "--max-wci", "1e6", "-q"], tmp_path
+    )
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("wciaudit: gate failed: robust_acc_test = ")
     assert "is below --min-robust-acc 0.99 by" in proc.stderr and proc.stderr.count("\n") == 1

@@ -26,6 +26,8 @@ def _env(**extra: str) -> dict[str, str]:
     child runs the code under test even where another copy is installed."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
 ARGUMENT = {"scan": "CHECKPOINT", "gate": "RESULT", "report": "RESULTS", "track": "RUN"}
 
 
@@ -58,8 +60,13 @@ def test_bare_command_names_the_missing_argument(command: str) -> None:
 
 
 def test_bare_scan_subprocess_is_one_line(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "wciaudit", "scan"], capture_output=True, text=True,
-                         cwd=tmp_path, env=_env())
+    res = subprocess.run(
+        [sys.executable, "-m", "wciaudit", "scan"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+    )
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == "wciaudit: error: Missing argument 'CHECKPOINT'.\n"
 
@@ -69,13 +76,17 @@ def test_bare_scan_subprocess_is_one_line(tmp_path: Path) -> None:
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     ds = DatasetInfo(name="digits", n_train=200, n_test=200)
-    AuditResult(wci=12.3, wci_se=0.4, dataset=ds, config={"eps": 8 / 255}).save(tmp_path / "result.json")
+    AuditResult(wci=12.3, wci_se=0.4, dataset=ds, config={"eps": 8 / 255}).save(
+        tmp_path / "result.json"
+    )
     AuditResult(wci=12.0, wci_se=0.4, dataset=ds, config={"eps": 0.1}).save(tmp_path / "base.json")
     return tmp_path
 
 
 def test_eps_in_the_baseline_warning_reads_as_typed(work: Path) -> None:
-    res = runner.invoke(app, ["gate", "result.json", "--baseline", "base.json", "--max-wci-increase", "50%"])
+    res = runner.invoke(
+        app, ["gate", "result.json", "--baseline", "base.json", "--max-wci-increase", "50%"]
+    )
     assert res.exit_code == 0, res.stderr
     assert "eps differs from the baseline (8/255 vs 0.1)" in _flat(res.stderr)
     assert "0.0313" not in res.stderr

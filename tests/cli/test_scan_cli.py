@@ -18,7 +18,19 @@ ROOT = Path(__file__).resolve().parents[2]
 CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
 CNN_ARCH = ROOT / "sample_models" / "digits_cnn.py"
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
-FAST = ["--train-samples", "60", "--test-samples", "60", "--hessian-samples", "30", "--steps", "2", "--eps", "0.1", "-q"]
+FAST = [
+    "--train-samples",
+    "60",
+    "--test-samples",
+    "60",
+    "--hessian-samples",
+    "30",
+    "--steps",
+    "2",
+    "--eps",
+    "0.1",
+    "-q",
+]
 
 runner = CliRunner()
 
@@ -28,7 +40,9 @@ def _run(args: list[str], cwd: Path) -> tuple[int, str, str]:
 
 
 def test_scan_writes_schema_v1_json_named_after_the_checkpoint(tmp_path: Path) -> None:
-    code, out, err = _run(["scan", str(CNN), "--arch", str(CNN_ARCH), "--data", "sample", *FAST], tmp_path)
+    code, out, err = _run(
+        ["scan", str(CNN), "--arch", str(CNN_ARCH), "--data", "sample", *FAST], tmp_path
+    )
     assert code == 0, err
     files = list(tmp_path.iterdir())
     assert [f.name for f in files] == ["digits_cnn.wciaudit.json"]
@@ -39,8 +53,23 @@ def test_scan_writes_schema_v1_json_named_after_the_checkpoint(tmp_path: Path) -
 
 
 def test_bare_command_uses_the_dataset_the_checkpoint_names(tmp_path: Path) -> None:
-    code, out, err = _run(["scan", str(RESNET), "--train-samples", "40", "--test-samples", "40",
-                           "--hessian-samples", "20", "--steps", "1", "--json", "r.json"], tmp_path)
+    code, out, err = _run(
+        [
+            "scan",
+            str(RESNET),
+            "--train-samples",
+            "40",
+            "--test-samples",
+            "40",
+            "--hessian-samples",
+            "20",
+            "--steps",
+            "1",
+            "--json",
+            "r.json",
+        ],
+        tmp_path,
+    )
     assert code == 0, err
     assert "metadata names dataset 'digits'" in " ".join(out.split())
     d = json.loads((tmp_path / "r.json").read_text())
@@ -57,7 +86,9 @@ def test_weights_only(tmp_path: Path) -> None:
 def test_existing_json_is_replaced_atomically(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     target.write_text("old")
-    code, _, err = _run(["scan", str(RESNET), "--weights-only", "--json", str(target), "-q"], tmp_path)
+    code, _, err = _run(
+        ["scan", str(RESNET), "--weights-only", "--json", str(target), "-q"], tmp_path
+    )
     assert code == 0, err
     assert json.loads(target.read_text())["schema_version"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
@@ -82,27 +113,87 @@ def _cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "truncated safetensors": (["scan", str(truncated)], "safetensors"),
         "wrong arch": (["scan", str(CNN), "--arch", "test_vit"], "test_vit"),
         "unknown arch": (["scan", str(CNN), "--arch", "no_such_model_xyz"], "no_such_model_xyz"),
-        "shape mismatch": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--arch-args", '{"width": 8}'], "shape"),
-        "data wrong shape": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--data",
-                              str(_bad_npz(tmp_path, "shape", x_train=np.zeros((20, 3, 5, 5), np.float32), y_train=y))], "shape"),
-        "data out of range": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--data",
-                               str(_bad_npz(tmp_path, "range", x_train=x * 3, y_train=y))], "range"),
-        "labels beyond the model": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--data",
-                                     str(_bad_npz(tmp_path, "labels", x_train=x, y_train=y + 10))], "label"),
+        "shape mismatch": (
+            ["scan", str(CNN), "--arch", str(CNN_ARCH), "--arch-args", '{"width": 8}'],
+            "shape",
+        ),
+        "data wrong shape": (
+            [
+                "scan",
+                str(CNN),
+                "--arch",
+                str(CNN_ARCH),
+                "--data",
+                str(
+                    _bad_npz(
+                        tmp_path, "shape", x_train=np.zeros((20, 3, 5, 5), np.float32), y_train=y
+                    )
+                ),
+            ],
+            "shape",
+        ),
+        "data out of range": (
+            [
+                "scan",
+                str(CNN),
+                "--arch",
+                str(CNN_ARCH),
+                "--data",
+                str(_bad_npz(tmp_path, "range", x_train=x * 3, y_train=y)),
+            ],
+            "range",
+        ),
+        "labels beyond the model": (
+            [
+                "scan",
+                str(CNN),
+                "--arch",
+                str(CNN_ARCH),
+                "--data",
+                str(_bad_npz(tmp_path, "labels", x_train=x, y_train=y + 10)),
+            ],
+            "label",
+        ),
         "eps out of range": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--eps", "2"], "eps"),
         "eps not a number": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--eps", "abc"], "eps"),
-        "unknown device": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--device", "tpu"], "device"),
+        "unknown device": (
+            ["scan", str(CNN), "--arch", str(CNN_ARCH), "--device", "tpu"],
+            "device",
+        ),
         "cuda absent": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--device", "cuda:0"], "cuda"),
-        "bad arch args": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--arch-args", "{nope"], "arch-args"),
-        "unknown data form": (["scan", str(CNN), "--arch", str(CNN_ARCH), "--data", "imagenet"], "accepted forms"),
+        "bad arch args": (
+            ["scan", str(CNN), "--arch", str(CNN_ARCH), "--arch-args", "{nope"],
+            "arch-args",
+        ),
+        "unknown data form": (
+            ["scan", str(CNN), "--arch", str(CNN_ARCH), "--data", "imagenet"],
+            "accepted forms",
+        ),
         "bad option value": (["scan", str(CNN), "--steps", "many"], "steps"),
     }
 
 
-@pytest.mark.parametrize("case", [
-    "missing file", "not a checkpoint", "truncated safetensors", "wrong arch", "unknown arch", "shape mismatch",
-    "data wrong shape", "data out of range", "labels beyond the model", "eps out of range", "eps not a number",
-    "unknown device", "cuda absent", "bad arch args", "unknown data form", "bad option value"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "not a checkpoint",
+        "truncated safetensors",
+        "wrong arch",
+        "unknown arch",
+        "shape mismatch",
+        "data wrong shape",
+        "data out of range",
+        "labels beyond the model",
+        "eps out of range",
+        "eps not a number",
+        "unknown device",
+        "cuda absent",
+        "bad arch args",
+        "unknown data form",
+        "bad option value",
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_no_output(case: str, tmp_path: Path) -> None:
     if case == "cuda absent":
         import torch
@@ -112,7 +203,9 @@ def test_bad_input_exits_2_with_one_line_and_no_output(case: str, tmp_path: Path
     args, needle = _cases(tmp_path)[case]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    code, out, err = _run([*args, "--json", str(out_dir / "r.json")] if case != "bad option value" else args, out_dir)
+    code, out, err = _run(
+        [*args, "--json", str(out_dir / "r.json")] if case != "bad option value" else args, out_dir
+    )
     assert code == 2, (case, out, err)
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert "Traceback" not in err
@@ -123,11 +216,30 @@ def test_bad_input_exits_2_with_one_line_and_no_output(case: str, tmp_path: Path
 
 
 def test_real_subprocess_exit_codes(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "wciaudit", "scan", str(CNN), "--arch", str(CNN_ARCH), *FAST,
-                         "--json", str(tmp_path / "r.json")], capture_output=True, text=True, cwd=tmp_path)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wciaudit",
+            "scan",
+            str(CNN),
+            "--arch",
+            str(CNN_ARCH),
+            *FAST,
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "wciaudit", "scan", str(tmp_path / "missing.safetensors")],
-                         capture_output=True, text=True, cwd=tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "-m", "wciaudit", "scan", str(tmp_path / "missing.safetensors")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
@@ -135,12 +247,25 @@ def test_help_lists_the_choices() -> None:
     res = runner.invoke(app, ["scan", "--help"])
     assert res.exit_code == 0
     text = " ".join(res.stdout.split())
-    for word in ("pgd", "fgsm", "hutchinson", "--hessian-samples", "--max-probes", "--weights-only"):
+    for word in (
+        "pgd",
+        "fgsm",
+        "hutchinson",
+        "--hessian-samples",
+        "--max-probes",
+        "--weights-only",
+    ):
         assert word in text
 
 
 def test_usage_errors_are_one_line_from_the_console_script(tmp_path: Path) -> None:
-    for args in (["scan", str(CNN), "--steps", "many"], ["scan", str(CNN), "--json", str(tmp_path)], ["nosuchcommand"]):
-        res = subprocess.run([sys.executable, "-m", "wciaudit", *args], capture_output=True, text=True, cwd=tmp_path)
+    for args in (
+        ["scan", str(CNN), "--steps", "many"],
+        ["scan", str(CNN), "--json", str(tmp_path)],
+        ["nosuchcommand"],
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "wciaudit", *args], capture_output=True, text=True, cwd=tmp_path
+        )
         assert res.returncode == 2, (args, res.stderr)
         assert res.stderr.startswith("wciaudit: error:") and res.stderr.count("\n") == 1, res.stderr

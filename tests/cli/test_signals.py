@@ -20,6 +20,8 @@ def _env(**extra: str) -> dict[str, str]:
     child runs the code under test even where another copy is installed."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
 
 # The child pauses at a chosen point, says so through a marker file, and waits there for
@@ -54,7 +56,11 @@ def test_sigterm_exits_143_and_leaves_no_files(tmp_path: Path, where: str) -> No
     env = _env()
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(marker), where, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out_dir, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=out_dir,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 120

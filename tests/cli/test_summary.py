@@ -23,6 +23,8 @@ def _env(**extra: str) -> dict[str, str]:
     child runs the code under test even where another copy is installed."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
 FAST = ["--train-samples", "40", "--test-samples", "40", "--hessian-samples", "20", "--steps", "1"]
 
@@ -36,8 +38,16 @@ def _render(result: AuditResult, width: int = 80) -> str:
 def _result(names: list[str], **layer: object) -> AuditResult:
     r = AuditResult(dataset=DatasetInfo(name="digits", n_train=40, n_test=40, reason="asked"))
     r.layers = [
-        LayerResult(name=n, shape=[8, 4, 3, 3], numel=288, frob_norm=1.0 + i, trace=2.0, trace_se=0.1,
-                    wci_term=10.0 - i, **layer)  # type: ignore[arg-type]
+        LayerResult(
+            name=n,
+            shape=[8, 4, 3, 3],
+            numel=288,
+            frob_norm=1.0 + i,
+            trace=2.0,
+            trace_se=0.1,
+            wci_term=10.0 - i,
+            **layer,
+        )  # type: ignore[arg-type]
         for i, n in enumerate(names)
     ]
     r.wci = sum(la.wci_term for la in r.layers)
@@ -45,9 +55,11 @@ def _result(names: list[str], **layer: object) -> AuditResult:
 
 
 def test_long_names_are_whole_at_80_columns() -> None:
-    names = ["features.denseblock4.denselayer16.conv2.weight",
-             "features.denseblock4.denselayer15.conv2.weight",
-             "stages.3.blocks.2.attn.qkv_projection_with_a_very_long_suffix.weight"]
+    names = [
+        "features.denseblock4.denselayer16.conv2.weight",
+        "features.denseblock4.denselayer15.conv2.weight",
+        "stages.3.blocks.2.attn.qkv_projection_with_a_very_long_suffix.weight",
+    ]
     text = _render(_result(names, method="hutchinson", probes=60, flag="not converged"))
     # a name too long for its column wraps, never cut: the first column's pieces, joined
     flat = "".join(line.split("│")[0].strip() for line in text.splitlines() if "│" in line)
@@ -81,8 +93,15 @@ def test_markup_in_a_file_name_prints_literally() -> None:
 def test_weights_only_shows_no_data_figures() -> None:
     r = _result(["a.weight"])
     r.dataset = DatasetInfo(name="none", reason="weights only: no data asked for")
-    r.config = {"eps": 8 / 255, "attack": "pgd", "steps": 10, "step_size": 0.01, "restarts": 1,
-                "seed": 0, "device": "cpu"}
+    r.config = {
+        "eps": 8 / 255,
+        "attack": "pgd",
+        "steps": 10,
+        "step_size": 0.01,
+        "restarts": 1,
+        "seed": 0,
+        "device": "cpu",
+    }
     r.wci = None
     text = _render(r)
     assert "None" not in text and "threat:" not in text and "attack" not in text
@@ -93,8 +112,13 @@ def test_scan_subprocess_at_80_columns(tmp_path: Path) -> None:
     ckpt = tmp_path / "[red]m.safetensors"
     shutil.copy(RESNET, ckpt)
     env = _env(COLUMNS="80")
-    res = subprocess.run([sys.executable, "-m", "wciaudit", "scan", str(ckpt), *FAST, "--json", "r.json"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "wciaudit", "scan", str(ckpt), *FAST, "--json", "r.json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     assert "…" not in res.stdout and "[red]m.safetensors" in res.stdout
     assert max(len(line) for line in res.stdout.splitlines()) <= 80

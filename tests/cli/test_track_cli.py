@@ -16,24 +16,69 @@ def _env(**extra: str) -> dict[str, str]:
     child runs the code under test even where another copy is installed."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
 RUN = ROOT / "sample_models" / "run_digits_cnn"
-SMALL = ["--data", "sample", "--arch", str(ROOT / "sample_models" / "digits_cnn.py"), "--eps", "0.1",
-         "--train-samples", "40", "--test-samples", "40", "--hessian-samples", "20", "--steps", "1"]
+SMALL = [
+    "--data",
+    "sample",
+    "--arch",
+    str(ROOT / "sample_models" / "digits_cnn.py"),
+    "--eps",
+    "0.1",
+    "--train-samples",
+    "40",
+    "--test-samples",
+    "40",
+    "--hessian-samples",
+    "20",
+    "--steps",
+    "1",
+]
 
 
 def test_track_summary_at_80_columns(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     for epoch in (1, 40):
-        shutil.copy(RUN / f"epoch_{epoch}.safetensors", run / f"checkpoint_epoch_{epoch:03d}.safetensors")
+        shutil.copy(
+            RUN / f"epoch_{epoch}.safetensors", run / f"checkpoint_epoch_{epoch:03d}.safetensors"
+        )
     env = _env(COLUMNS="80")
-    res = subprocess.run([sys.executable, "-m", "wciaudit", "track", str(run), *SMALL,
-                          "--cache", str(tmp_path / "cache")],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wciaudit",
+            "track",
+            str(run),
+            *SMALL,
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "…" not in res.stdout
     assert max(len(line) for line in res.stdout.splitlines()) <= 80
-    for header in ("epoch", "checkpoint", "WCI ± SE", "gap_loss", "gap_err", "rob.acc T", "rob.loss T"):
+    for header in (
+        "epoch",
+        "checkpoint",
+        "WCI ± SE",
+        "gap_loss",
+        "gap_err",
+        "rob.acc T",
+        "rob.loss T",
+    ):
         assert header in res.stdout
-    firsts = "".join(line.split("│")[1].strip() for line in res.stdout.splitlines() if line.count("│") > 3)
-    assert "checkpoint_epoch_001.safetensors" in firsts and "checkpoint_epoch_040.safetensors" in firsts
+    firsts = "".join(
+        line.split("│")[1].strip() for line in res.stdout.splitlines() if line.count("│") > 3
+    )
+    assert (
+        "checkpoint_epoch_001.safetensors" in firsts
+        and "checkpoint_epoch_040.safetensors" in firsts
+    )

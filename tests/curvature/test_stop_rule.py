@@ -23,7 +23,10 @@ SEEDS = 100
 def test_stop_rule_covers_the_exact_trace() -> None:
     model = mlp(nn.GELU)
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn((40, 12), generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g)
+    x, y = (
+        torch.randn((40, 12), generator=g, dtype=torch.float64),
+        torch.randint(0, 3, (40,), generator=g),
+    )
     names = ["1.weight", "3.weight", "5.weight"]
     exact = dense_traces(model, x, y, names)
     obj = Objective(model, x, y, names, 64, torch.device("cpu"))

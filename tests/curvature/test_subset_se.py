@@ -22,7 +22,9 @@ POPULATION, SUBSET, DRAWS = 400, 50, 40
 
 def _population() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(11)
-    return torch.randn(POPULATION, 12, generator=g, dtype=torch.float64), torch.randint(0, 3, (POPULATION,), generator=g)
+    return torch.randn(POPULATION, 12, generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (POPULATION,), generator=g
+    )
 
 
 def _subset(seed: int) -> torch.Tensor:
@@ -48,7 +50,9 @@ def test_exact_route_subset_se_is_calibrated() -> None:
         obj = Objective(model, x, y, names, 64, torch.device("cpu"), n_population=POPULATION)
         est = ggn_traces(obj)
         for e in est:
-            assert e.se == e.sample_se > 0 and e.probe_se == 0 and e.se_covers == ("hessian-subset",)
+            assert (
+                e.se == e.sample_se > 0 and e.probe_se == 0 and e.se_covers == ("hessian-subset",)
+            )
         return est
 
     ratios = _sd_over_median_se(estimate)
@@ -74,7 +78,9 @@ def test_hutchinson_two_stage_se_is_calibrated() -> None:
 def test_whole_split_has_no_subset_part() -> None:
     model = mlp(nn.ReLU)
     x, y = _population()
-    obj = Objective(model, x[:SUBSET], y[:SUBSET], ["1.weight"], 64, torch.device("cpu"), n_population=SUBSET)
+    obj = Objective(
+        model, x[:SUBSET], y[:SUBSET], ["1.weight"], 64, torch.device("cpu"), n_population=SUBSET
+    )
     (e,) = ggn_traces(obj)
     assert e.se == 0 and e.se_covers == ()
     (h,) = hutchinson_traces(obj, seed=0, max_probes=30)

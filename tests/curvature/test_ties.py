@@ -31,7 +31,9 @@ N = 30
 
 def _data(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn((N, *shape), generator=g, dtype=torch.float64), torch.randint(0, 3, (N,), generator=g)
+    return torch.randn((N, *shape), generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (N,), generator=g
+    )
 
 
 # model, input shape, the tied layer, the route reason it must give
@@ -39,8 +41,18 @@ PARALLEL = {
     "two-modules-share-a-weight": (ParallelTied, (12,), "a.weight", "2 modules share the weight"),
     "convolutions-share-a-weight": (ConvTied, (1, 4, 4), "c1.weight", "2 modules share the weight"),
     "module-called-twice": (CalledTwice, (12,), "lin.weight", "layer hooks"),
-    "weight-used-twice-in-one-module": (UsedTwiceOneModule, (12,), "lin.weight", "per-example Jacobians"),
-    "module-weight-reused-functionally": (FunctionalReuse, (12,), "lin.weight", "per-example Jacobians"),
+    "weight-used-twice-in-one-module": (
+        UsedTwiceOneModule,
+        (12,),
+        "lin.weight",
+        "per-example Jacobians",
+    ),
+    "module-weight-reused-functionally": (
+        FunctionalReuse,
+        (12,),
+        "lin.weight",
+        "per-example Jacobians",
+    ),
 }
 
 
@@ -60,7 +72,9 @@ def test_parallel_ties_on_the_exact_route_equal_the_dense_hessian(case: str) -> 
 
 
 @pytest.mark.parametrize("make", [TiedNet, SerialCalledTwice])
-def test_serial_ties_leave_the_exact_route_and_their_ggn_is_still_exact(make: type[nn.Module]) -> None:
+def test_serial_ties_leave_the_exact_route_and_their_ggn_is_still_exact(
+    make: type[nn.Module],
+) -> None:
     """Two uses in series make the logits quadratic in the weight: the Hessian has a
     residual, so the route must be Hutchinson; the Gauss-Newton part itself, asked for
     directly, must still sum both uses per example."""
@@ -75,7 +89,9 @@ def test_serial_ties_leave_the_exact_route_and_their_ggn_is_still_exact(make: ty
     for n in names:
         assert ggn[n] == pytest.approx(ref[n], rel=1e-10), n
     exact = dense_traces(model, x, y, [tied])[tied]
-    est = {e.name: e for e in layer_traces(model, x, y, names, method="auto", max_probes=400, seed=1)}[tied]
+    est = {
+        e.name: e for e in layer_traces(model, x, y, names, method="auto", max_probes=400, seed=1)
+    }[tied]
     assert est.method == "hutchinson"
     assert abs(est.trace - exact) < 4 * est.se
 

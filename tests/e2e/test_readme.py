@@ -23,8 +23,13 @@ def test_first_block_installs_and_scans_a_shipped_sample(tmp_path: Path) -> None
         args = shlex.split(line)
         assert args[0] == "wciaudit"
         args = [str(ROOT / a) if a.startswith("sample_models/") else a for a in args]
-        res = subprocess.run([sys.executable, "-m", "wciaudit", *args[1:]], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=900)
+        res = subprocess.run(
+            [sys.executable, "-m", "wciaudit", *args[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert res.returncode == 0, res.stderr
         assert "WCI =" in res.stdout and "PAC-Bayes" in res.stdout
     result = json.loads((tmp_path / "digits_resnet_pgd.wciaudit.json").read_text())

@@ -92,8 +92,15 @@ def _norm(norm: Norm | str) -> Norm:
         raise ConfigError(f"norm must be linf or l2, got {norm!r}") from None
 
 
-def _start(x: torch.Tensor, eps: float, norm: Norm, indices: torch.Tensor, key: tuple[int, ...],
-           lo: float, hi: float) -> torch.Tensor:
+def _start(
+    x: torch.Tensor,
+    eps: float,
+    norm: Norm,
+    indices: torch.Tensor,
+    key: tuple[int, ...],
+    lo: float,
+    hi: float,
+) -> torch.Tensor:
     if norm is Norm.linf:
         t = per_example_uniform(tuple(x.shape), indices, key).to(x.device, x.dtype) * 2 - 1
         t = t / _bcast(t.flatten(1).abs().amax(dim=1).clamp_min(1e-12), x)
@@ -274,8 +281,18 @@ def apgd_ce(
             break
         xs, ys = x[todo], y[todo]
         x0 = _start(xs, eps, norm, idx[todo.cpu()], (APGD_CE_TAG, seed, stream, restart), lo, hi)
-        run = apgd_run(model, xs, ys, lambda z, ys=ys: ce(z, ys), x0, eps=eps, norm=norm,
-                       steps=steps, lo=lo, hi=hi)
+        run = apgd_run(
+            model,
+            xs,
+            ys,
+            lambda z, ys=ys: ce(z, ys),
+            x0,
+            eps=eps,
+            norm=norm,
+            steps=steps,
+            lo=lo,
+            hi=hi,
+        )
         better = run.loss > out.loss[todo]
         out.x_loss[todo[better]] = run.x_loss[better]
         out.loss[todo[better]] = run.loss[better]
@@ -336,9 +353,19 @@ def apgd_targeted(
             xs, ys, ts = x[todo], y[todo], ranked[todo, rank]
             key = (APGD_T_TAG, seed, stream, rank, restart)
             x0 = _start(xs, eps, norm, idx[todo.cpu()], key, lo, hi)
-            run = apgd_run(model, xs, ys, lambda z, ys=ys, ts=ts: dlr_targeted_loss(z, ys, ts),
-                           x0, eps=eps, norm=norm, steps=steps, lo=lo, hi=hi,
-                           stop_when_all_broken=True)
+            run = apgd_run(
+                model,
+                xs,
+                ys,
+                lambda z, ys=ys, ts=ts: dlr_targeted_loss(z, ys, ts),
+                x0,
+                eps=eps,
+                norm=norm,
+                steps=steps,
+                lo=lo,
+                hi=hi,
+                stop_when_all_broken=True,
+            )
             x_adv[todo[run.broken]] = run.x_adv[run.broken]
             broken[todo] = run.broken
     return x_adv, broken

@@ -101,14 +101,18 @@ def _check_names(attack: str, loss_attack: str) -> None:
     if attack not in ATTACKS:
         raise ConfigError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
     if loss_attack not in LOSS_ATTACKS:
-        raise ConfigError(f"loss attack must be one of {', '.join(LOSS_ATTACKS)}, got {loss_attack!r}")
+        raise ConfigError(
+            f"loss attack must be one of {', '.join(LOSS_ATTACKS)}, got {loss_attack!r}"
+        )
 
 
 def _default_loss_attack(attack: str) -> str:
     return attack if attack in ("pgd", "fgsm") else "apgd-ce"
 
 
-def _seeded_call(fn: Callable[..., torch.Tensor], *args, indices: torch.Tensor, **kwargs) -> torch.Tensor:
+def _seeded_call(
+    fn: Callable[..., torch.Tensor], *args, indices: torch.Tensor, **kwargs
+) -> torch.Tensor:
     # per-example seeding needs each example's global index; an implementation that takes
     # only the first one (index_offset) seeds by position within the examples passed
     if "indices" in inspect.signature(fn).parameters:
@@ -172,20 +176,19 @@ def autoattack_batch(
             if todo.numel() == 0:
                 break
             xs, ys = x[todo], y[todo]
-            if stage == "apgd-t":
-                xs_adv, _ = apgd_targeted(
-                    model, xs, ys, steps=apgd_steps, n_target_classes=n_target_classes,
-                    stream=stream, indices=idx[todo.cpu()], clean_logits=clean_logits[todo],
-                    **common,
-                )
-            elif stage in ("fab-t", "square"):
-                extra = {"n_target_classes": n_target_classes} if stage == "fab-t" else {
-                    "n_queries": n_queries}
-                # these take no stream: fold it into the seed so train and test differ
-                xs_adv = _seeded_call(_import_stage(stage), model, xs, ys, indices=idx[todo.cpu()],
-                                      **{**common, "seed": mix(seed, stream)}, **extra)
-            else:
-                raise ConfigError(f"unknown AutoAttack stage {stage!r}")
+            xs_adv = _later_stage(
+                model,
+                stage,
+                xs,
+                ys,
+                idx[todo.cpu()],
+                clean_logits[todo],
+                stream=stream,
+                apgd_steps=apgd_steps,
+                n_target_classes=n_target_classes,
+                n_queries=n_queries,
+                common=common,
+            )
             with torch.no_grad():
                 hit = model(xs_adv).argmax(1) != ys
             newly = torch.zeros_like(robust)
@@ -196,9 +199,62 @@ def autoattack_batch(
     return out
 
 
+def _later_stage(
+    model: nn.Module,
+    stage: str,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    indices: torch.Tensor,
+    clean_logits: torch.Tensor,
+    *,
+    stream: int,
+    apgd_steps: int,
+    n_target_classes: int,
+    n_queries: int,
+    common: dict,
+) -> torch.Tensor:
+    """One stage after APGD-CE on the still-robust examples ``xs``: their points."""
+    if stage == "apgd-t":
+        xs_adv, _ = apgd_targeted(
+            model,
+            xs,
+            ys,
+            steps=apgd_steps,
+            n_target_classes=n_target_classes,
+            stream=stream,
+            indices=indices,
+            clean_logits=clean_logits,
+            **common,
+        )
+        return xs_adv
+    if stage in ("fab-t", "square"):
+        extra = (
+            {"n_target_classes": n_target_classes} if stage == "fab-t" else {"n_queries": n_queries}
+        )
+        # these take no stream: fold it into the seed so train and test differ
+        return _seeded_call(
+            _import_stage(stage),
+            model,
+            xs,
+            ys,
+            indices=indices,
+            **{**common, "seed": mix(common["seed"], stream)},
+            **extra,
+        )
+    raise ConfigError(f"unknown AutoAttack stage {stage!r}")
+
+
 def _attack_batch(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ScanConfig, attack: str,
-    loss_attack: str, start: int, stream: int, apgd_steps: int, n_target_classes: int,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ScanConfig,
+    attack: str,
+    loss_attack: str,
+    start: int,
+    stream: int,
+    apgd_steps: int,
+    n_target_classes: int,
     n_queries: int,
 ) -> dict[str, torch.Tensor]:
     idx = torch.arange(start, start + x.shape[0])
@@ -211,17 +267,41 @@ def _attack_batch(
             out.update(x_loss=res.x_loss, loss=res.loss)
     else:
         stages = AUTOATTACK_STAGES if attack == "autoattack" else (attack,)
-        out.update(autoattack_batch(
-            model, x, y, eps=cfg.eps, norm=cfg.norm.value, seed=cfg.seed, stream=stream,
-            indices=idx, lo=cfg.lo, hi=cfg.hi, apgd_steps=apgd_steps,
-            n_target_classes=n_target_classes, n_queries=n_queries, stages=stages,
-        ))
+        out.update(
+            autoattack_batch(
+                model,
+                x,
+                y,
+                eps=cfg.eps,
+                norm=cfg.norm.value,
+                seed=cfg.seed,
+                stream=stream,
+                indices=idx,
+                lo=cfg.lo,
+                hi=cfg.hi,
+                apgd_steps=apgd_steps,
+                n_target_classes=n_target_classes,
+                n_queries=n_queries,
+                stages=stages,
+            )
+        )
         if loss_attack != "apgd-ce":
             out.update(x_loss=None, loss=None)
     if out["x_loss"] is None:
         if loss_attack == "apgd-ce":
-            run = apgd_ce(model, x, y, eps=cfg.eps, norm=cfg.norm, steps=apgd_steps, seed=cfg.seed,
-                          stream=stream, indices=idx, lo=cfg.lo, hi=cfg.hi)
+            run = apgd_ce(
+                model,
+                x,
+                y,
+                eps=cfg.eps,
+                norm=cfg.norm,
+                steps=apgd_steps,
+                seed=cfg.seed,
+                stream=stream,
+                indices=idx,
+                lo=cfg.lo,
+                hi=cfg.hi,
+            )
             out.update(x_loss=run.x_loss, loss=run.loss)
         else:
             res = pgd_attack(model, x, y, cfg.with_(attack=loss_attack), start=start, stream=stream)
@@ -278,13 +358,31 @@ def run_attack(
     for i in range(0, n, cfg.batch_size):
         xb = x[i : i + cfg.batch_size].to(device, dtype)
         yb = y[i : i + cfg.batch_size].to(device)
-        part = _attack_batch(model, xb, yb, cfg, attack, loss_attack, index_offset + i, stream,
-                             apgd_steps, n_target_classes, n_queries)
+        part = _attack_batch(
+            model,
+            xb,
+            yb,
+            cfg,
+            attack,
+            loss_attack,
+            index_offset + i,
+            stream,
+            apgd_steps,
+            n_target_classes,
+            n_queries,
+        )
         j = i + xb.shape[0]
         x_loss[i:j], x_adv[i:j] = part["x_loss"].cpu(), part["x_adv"].cpu()
         loss[i:j], code[i:j] = part["loss"].cpu(), part["broken_code"].cpu()
         if progress is not None:
             progress(xb.shape[0])
-    return AttackOutcome(x_loss=x_loss, loss=loss, correct=code < 0, broken_code=code, x_adv=x_adv,
-                         attack=attack, loss_attack=loss_attack, stages=_stages(attack))
-
+    return AttackOutcome(
+        x_loss=x_loss,
+        loss=loss,
+        correct=code < 0,
+        broken_code=code,
+        x_adv=x_adv,
+        attack=attack,
+        loss_attack=loss_attack,
+        stages=_stages(attack),
+    )

@@ -61,8 +61,12 @@ class MaskingReport:
         return any(c.passed is False for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"flagged": self.flagged, "n": self.n, "alpha": self.alpha,
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "flagged": self.flagged,
+            "n": self.n,
+            "alpha": self.alpha,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -79,21 +83,41 @@ def sign_test_p(b: int, c: int) -> float:
     return binomial_tail(b, b + c, 0.5)
 
 
-def _paired(name: str, weak_broken: torch.Tensor, strong_broken: torch.Tensor, weak: str,
-            strong: str, alpha: float) -> MaskingCheck:
+def _paired(
+    name: str,
+    weak_broken: torch.Tensor,
+    strong_broken: torch.Tensor,
+    weak: str,
+    strong: str,
+    alpha: float,
+) -> MaskingCheck:
     b = int((weak_broken & ~strong_broken).sum())
     c = int((strong_broken & ~weak_broken).sum())
     p = sign_test_p(b, c)
     n = weak_broken.numel()
-    acc_weak, acc_strong = 1 - float(weak_broken.float().mean()), 1 - float(strong_broken.float().mean())
+    acc_weak, acc_strong = (
+        1 - float(weak_broken.float().mean()),
+        1 - float(strong_broken.float().mean()),
+    )
     passed = p >= alpha
-    detail = (f"{weak} robust accuracy {acc_weak:.3f} vs {strong} {acc_strong:.3f} on {n}: "
-              f"{b} broken by {weak} only, {c} by {strong} only (one-sided p = {p:.2g})")
+    detail = (
+        f"{weak} robust accuracy {acc_weak:.3f} vs {strong} {acc_strong:.3f} on {n}: "
+        f"{b} broken by {weak} only, {c} by {strong} only (one-sided p = {p:.2g})"
+    )
     if not passed:
         detail += f"; {weak} beats {strong}: gradients look masked"
-    return MaskingCheck(name, passed, detail, {
-        f"acc_{weak}": acc_weak, f"acc_{strong}": acc_strong, "only_weak": b, "only_strong": c, "p": p,
-    })
+    return MaskingCheck(
+        name,
+        passed,
+        detail,
+        {
+            f"acc_{weak}": acc_weak,
+            f"acc_{strong}": acc_strong,
+            "only_weak": b,
+            "only_strong": c,
+            "p": p,
+        },
+    )
 
 
 def masking_checks(
@@ -134,20 +158,40 @@ def masking_checks(
     start = 0  # the subset's own indices: the checks' starts differ from the scan's by stream
 
     pgd_k = pgd_attack(model, xs, ys, base, start=start, stream=stream + 2)
-    pgd_more = pgd_attack(model, xs, ys, base.with_(steps=4 * cfg.steps, restarts=2), start=start,
-                          stream=stream + 4)
+    pgd_more = pgd_attack(
+        model, xs, ys, base.with_(steps=4 * cfg.steps, restarts=2), start=start, stream=stream + 4
+    )
     fgsm = pgd_attack(model, xs, ys, base.with_(attack=Attack.fgsm), start=start, stream=stream + 2)
     white = ~pgd_k.correct | ~pgd_more.correct
     checks = [
-        _paired("more-steps", ~pgd_k.correct, ~pgd_more.correct, f"pgd-{cfg.steps}",
-                f"pgd-{4 * cfg.steps}x2", alpha),
+        _paired(
+            "more-steps",
+            ~pgd_k.correct,
+            ~pgd_more.correct,
+            f"pgd-{cfg.steps}",
+            f"pgd-{4 * cfg.steps}x2",
+            alpha,
+        ),
         _paired("fgsm-vs-pgd", ~fgsm.correct, white, "fgsm", "pgd", alpha),
     ]
 
     if square:
         checks.append(_square_check(model, xs, ys, cfg, white, alpha, square_queries, stream))
 
-    # (d): large eps, from x itself
+    checks.append(_large_eps_check(model, xs, ys, base, n_classes, alpha))
+    return MaskingReport(checks, int(xs.shape[0]), alpha)
+
+
+def _large_eps_check(
+    model: nn.Module,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    base: ScanConfig,
+    n_classes: int,
+    alpha: float,
+) -> MaskingCheck:
+    """(d): PGD from x itself at half the data range must reach chance accuracy."""
+    cfg = base
     big = 0.5 * (cfg.hi - cfg.lo)
     if cfg.norm is Norm.l2:
         big *= math.sqrt(xs[0].numel())
@@ -158,26 +202,47 @@ def masking_checks(
         k = int((model(x_big).argmax(1) == ys).sum())
     p = binomial_tail(k, xs.shape[0], 1 / n_classes)
     acc = k / xs.shape[0]
-    detail = (f"PGD-{steps} from x at eps {big:.3g} ({cfg.norm.value}) leaves accuracy {acc:.3f} "
-              f"on {xs.shape[0]}, chance 1/{n_classes} = {1 / n_classes:.3f} (one-sided p = {p:.2g})")
+    detail = (
+        f"PGD-{steps} from x at eps {big:.3g} ({cfg.norm.value}) leaves accuracy {acc:.3f} "
+        f"on {xs.shape[0]}, chance 1/{n_classes} = {1 / n_classes:.3f} (one-sided p = {p:.2g})"
+    )
     passed = p >= alpha
     if not passed:
         detail += "; an unbounded-looking attack fails: gradients look masked"
-    checks.append(MaskingCheck("large-eps", passed, detail,
-                               {"eps": big, "acc": acc, "chance": 1 / n_classes, "p": p}))
-    return MaskingReport(checks, int(xs.shape[0]), alpha)
+    return MaskingCheck(
+        "large-eps", passed, detail, {"eps": big, "acc": acc, "chance": 1 / n_classes, "p": p}
+    )
 
 
-def _square_check(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, cfg: ScanConfig,
-                  white: torch.Tensor, alpha: float, queries: int, stream: int) -> MaskingCheck:
+def _square_check(
+    model: nn.Module,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    cfg: ScanConfig,
+    white: torch.Tensor,
+    alpha: float,
+    queries: int,
+    stream: int,
+) -> MaskingCheck:
     try:
         from .square import square_attack
     except ImportError:
-        return MaskingCheck("square-vs-whitebox", None, "skipped: the Square attack is not available")
+        return MaskingCheck(
+            "square-vs-whitebox", None, "skipped: the Square attack is not available"
+        )
     from .seeding import mix
 
-    x_sq = square_attack(model, xs, ys, eps=cfg.eps, norm=cfg.norm.value, n_queries=queries,
-                         seed=mix(cfg.seed, stream + 6), lo=cfg.lo, hi=cfg.hi)
+    x_sq = square_attack(
+        model,
+        xs,
+        ys,
+        eps=cfg.eps,
+        norm=cfg.norm.value,
+        n_queries=queries,
+        seed=mix(cfg.seed, stream + 6),
+        lo=cfg.lo,
+        hi=cfg.hi,
+    )
     with torch.no_grad():
         sq_broken = model(x_sq).argmax(1) != ys
     return _paired("square-vs-whitebox", sq_broken, white, "square", "whitebox", alpha)

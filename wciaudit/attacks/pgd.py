@@ -102,8 +102,9 @@ class PGDBatch:
     x_adv: torch.Tensor
 
 
-def _descend(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-             cfg: ScanConfig) -> torch.Tensor:
+def _descend(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, cfg: ScanConfig
+) -> torch.Tensor:
     alpha = cfg.alpha
     for _ in range(cfg.effective_steps):
         x_adv.requires_grad_(True)
@@ -158,6 +159,7 @@ def pgd_attack(
     if restarts == 1 and not evaluate:
         x_adv = _descend(model, x, y, _start(x, cfg, start, stream, 0), cfg).detach()
         return PGDBatch(x_adv, None, None, x_adv)
+
     def final_point(restart: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x_r = _descend(model, x, y, _start(x, cfg, start, stream, restart), cfg)
         with torch.no_grad():

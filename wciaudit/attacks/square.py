@@ -338,7 +338,9 @@ def square_attack(
             draws = c + 5
         margin = _margin(model(x_best), ys)
 
-        x_best = _search(model, xs, ys, idx, x_best, margin, draws, norm, eps, lo, hi, n_queries, p_init, seed)
+        x_best = _search(
+            model, xs, ys, idx, x_best, margin, draws, norm, eps, lo, hi, n_queries, p_init, seed
+        )
         broken = model(x_best).argmax(1) != ys
         x_adv[todo[broken]] = x_best[broken]
     return x_adv

@@ -38,7 +38,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """wciaudit: Weight-Curvature Index audits."""
 
@@ -66,4 +68,3 @@ def main() -> None:
         else:
             fail(exc.format_message() if hasattr(exc, "format_message") else str(exc), code)
     raise SystemExit(code or 0)
-

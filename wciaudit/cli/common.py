@@ -110,7 +110,9 @@ def _exit_for(exc: BaseException) -> typer.Exit:
     if os.environ.get("WCIAUDIT_DEBUG") or not isinstance(exc, Exception):
         raise exc
     name = type(exc).__name__
-    return fail(f"internal error ({name}: {exc}); set WCIAUDIT_DEBUG=1 for a traceback", EXIT_INTERNAL)
+    return fail(
+        f"internal error ({name}: {exc}); set WCIAUDIT_DEBUG=1 for a traceback", EXIT_INTERNAL
+    )
 
 
 def check_output_folders(*paths: Path | None) -> None:
@@ -135,11 +137,20 @@ def progress_bars(
     if not enabled:
         yield None
         return
-    labels = {"checkpoints": "Checkpoints", "attack-train": "PGD on train", "attack-test": "PGD on test",
-              "curvature": "Hessian traces"}
+    labels = {
+        "checkpoints": "Checkpoints",
+        "attack-train": "PGD on train",
+        "attack-test": "PGD on test",
+        "curvature": "Hessian traces",
+    }
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True, disable=not sys.stderr.isatty(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not sys.stderr.isatty(),
     ) as bar:
         tasks: dict[str, Any] = {}
 

@@ -23,10 +23,26 @@ from .options import QuietOpt, gate_options, with_options
 @handle_errors
 @with_options(gates=gate_options)
 def gate(
-    result_path: Annotated[Path, typer.Argument(metavar="RESULT", help="A JSON result written by wciaudit scan.", dir_okay=False, show_default=False)],
+    result_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RESULT",
+            help="A JSON result written by wciaudit scan.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ],
     *,
     gates: GateSetup,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result with its new gate block here.", dir_okay=False, show_default=False)] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Also write the result with its new gate block here.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Apply gates to a saved result without recomputing: exit 0 pass, 1 a gate failed, 2 bad input."""

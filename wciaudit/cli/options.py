@@ -46,6 +46,8 @@ JsonOpt = Annotated[
         dir_okay=False,
     ),
 ]
+
+
 class PlotlyMode(str, Enum):
     """How the page gets plotly.js (``wciaudit.report.html.PLOTLY_MODES``)."""
 
@@ -75,6 +77,38 @@ CsvOpt = Annotated[
 HtmlOpt = Annotated[
     Path | None,
     typer.Option("--html", help="Also write the self-contained HTML report here.", dir_okay=False),
+]
+
+
+# -- options of the scan command alone ------------------------------------------------
+WeightsOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--weights-only", help="Weight norms and parameter inventory only; no data, no attack."
+    ),
+]
+DistributedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--distributed",
+        help="Run as one process of a torchrun group (NCCL on GPUs, gloo on CPU): each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs.",
+    ),
+]
+FailOnMaskingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fail-on-masking",
+        help="Fail (exit 1) when a gradient-masking check fails.",
+        rich_help_panel="Gates (exit 1 when one fails)",
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="CPU threads for torch (default: torch's own, at most the cores this process may use).",
+        show_default=False,
+    ),
 ]
 
 
@@ -167,11 +201,17 @@ HessianSamplesOpt = Annotated[
 ]
 TolOpt = Annotated[
     float,
-    typer.Option(help="Target relative standard error of WCI (probes go where they cut its variance most)."),
+    typer.Option(
+        help="Target relative standard error of WCI (probes go where they cut its variance most)."
+    ),
 ]
 LayerTolOpt = Annotated[
     float | None,
-    typer.Option("--layer-tol", help="Also hold every layer's trace to this relative standard error.", show_default=False),
+    typer.Option(
+        "--layer-tol",
+        help="Also hold every layer's trace to this relative standard error.",
+        show_default=False,
+    ),
 ]
 KLabelsOpt = Annotated[
     int, typer.Option("--k-labels", help="Labels sampled per example on the mc-ggn route.")
@@ -179,7 +219,9 @@ KLabelsOpt = Annotated[
 MaxProbesOpt = Annotated[int, typer.Option("--max-probes", help="Hutchinson probe cap per layer.")]
 CurvatureOpt = Annotated[
     CurvatureMethod,
-    typer.Option(help="auto: per layer the cheapest of exact Gauss-Newton (ggn), sampled-label Gauss-Newton (mc-ggn; both where the network is piecewise linear in the layer) and Hutchinson; the others force one route."),
+    typer.Option(
+        help="auto: per layer the cheapest of exact Gauss-Newton (ggn), sampled-label Gauss-Newton (mc-ggn; both where the network is piecewise linear in the layer) and Hutchinson; the others force one route."
+    ),
 ]
 DeltaOpt = Annotated[float, typer.Option(help="PAC-Bayes confidence delta.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for attack starts, subsets and probes.")]
@@ -372,9 +414,7 @@ def scan_options(
         raise ConfigError(f"--arch-args is not valid JSON: {exc.msg}") from None
     return ScanSettings(
         data=loading["data"],
-        config=ScanConfig(
-            **flags, **{k: v for k, v in threat.items() if v is not None}
-        ),
+        config=ScanConfig(**flags, **{k: v for k, v in threat.items() if v is not None}),
         arch=loading["arch"],
         arch_args=arch_args,
         num_classes=loading["num_classes"],

@@ -16,12 +16,16 @@ from .common import check_output_folders, handle_errors, out, progress_bars
 from .gating import GateSetup, report_gates
 from .options import (
     CsvOpt,
+    DistributedOpt,
+    FailOnMaskingOpt,
     HtmlOpt,
     JsonOpt,
     PlotlyMode,
     PlotlyOpt,
     QuietOpt,
     ScanSettings,
+    ThreadsOpt,
+    WeightsOnlyOpt,
     gate_options,
     scan_options,
     with_options,
@@ -32,18 +36,24 @@ from .summary import print_summary
 @handle_errors
 @with_options(settings=scan_options, gates=gate_options)
 def scan(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors file, a timm checkpoint folder (config.json + model.safetensors), or a .pt/.pth/.bin state_dict.", show_default=False)],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="A .safetensors file, a timm checkpoint folder (config.json + model.safetensors), or a .pt/.pth/.bin state_dict.",
+            show_default=False,
+        ),
+    ],
     *,
     settings: ScanSettings,
-    weights_only: Annotated[bool, typer.Option("--weights-only", help="Weight norms and parameter inventory only; no data, no attack.")] = False,
+    weights_only: WeightsOnlyOpt = False,
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
     plotly: PlotlyOpt = PlotlyMode.inline,
     csv_path: CsvOpt = None,
     gates: GateSetup,
-    distributed: Annotated[bool, typer.Option("--distributed", help="Run as one process of a torchrun group (NCCL on GPUs, gloo on CPU): each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs.")] = False,
-    fail_on_masking: Annotated[bool, typer.Option("--fail-on-masking", help="Fail (exit 1) when a gradient-masking check fails.", rich_help_panel="Gates (exit 1 when one fails)")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's own, at most the cores this process may use).", show_default=False)] = None,
+    distributed: DistributedOpt = False,
+    fail_on_masking: FailOnMaskingOpt = False,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
@@ -54,9 +64,15 @@ def scan(
     try:
         with progress_bars(not quiet and shard.is_main) as progress:
             result = run_scan(
-                str(checkpoint), settings.data, config=settings.config, **settings.loading,
-                **settings.threat_model, input_size=settings.input_size,
-                weights_only=weights_only, progress=progress, shard=shard,
+                str(checkpoint),
+                settings.data,
+                config=settings.config,
+                **settings.loading,
+                **settings.threat_model,
+                input_size=settings.input_size,
+                weights_only=weights_only,
+                progress=progress,
+                shard=shard,
             )
     finally:
         leave(shard)
@@ -68,6 +84,20 @@ def scan(
         if not result.gate.passed:
             raise typer.Exit(1)
         return
+    written = write_outputs(result, target, html, plotly, csv_path)
+    if not quiet:
+        print_summary(result, out)
+        for path in written:
+            out.print(f"wrote {path}", markup=False)
+    code = report_gates(result, gates, quiet=quiet)
+    if code:
+        raise typer.Exit(code)
+
+
+def write_outputs(
+    result: AuditResult, target: Path, html: Path | None, plotly: PlotlyMode, csv_path: Path | None
+) -> list[Path]:
+    """The JSON result, and the HTML report and the CSV table where asked for."""
     written = [result.save(target)]
     if html is not None:
         from ..report import write_report
@@ -77,13 +107,7 @@ def scan(
         from ..export import write_csv
 
         written.append(write_csv([result], csv_path))
-    if not quiet:
-        print_summary(result, out)
-        for path in written:
-            out.print(f"wrote {path}", markup=False)
-    code = report_gates(result, gates, quiet=quiet)
-    if code:
-        raise typer.Exit(code)
+    return written
 
 
 def set_threads(threads: int | None) -> None:

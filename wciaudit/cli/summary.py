@@ -62,9 +62,13 @@ def _print_header(result: AuditResult, console: Console) -> None:
     )
     if not has_data(result):
         reason = f" ({ds.reason})" if ds.reason else ""
-        console.print(f"data: none{reason}; weight norms and parameter inventory only", markup=False)
+        console.print(
+            f"data: none{reason}; weight norms and parameter inventory only", markup=False
+        )
         return
-    console.print(f"data: {ds.name} (train {ds.n_train}, test {ds.n_test}); {ds.reason}", markup=False)
+    console.print(
+        f"data: {ds.name} (train {ds.n_train}, test {ds.n_test}); {ds.reason}", markup=False
+    )
     if cfg:
         console.print(
             f"threat: {cfg.get('norm', 'linf')} eps={format_eps(cfg['eps'])} {cfg['attack']}-{cfg['steps']} "
@@ -78,10 +82,30 @@ def _robustness_table(result: AuditResult) -> Table:
     t = Table(title="Robustness", show_edge=False)
     for col in ("", "train", "test", "gap"):
         t.add_column(col, justify="right")
-    t.add_row("clean acc", fmt(m.clean_acc_train, m.clean_acc_train_se), fmt(m.clean_acc_test, m.clean_acc_test_se), "")
-    t.add_row("robust acc", fmt(m.robust_acc_train, m.robust_acc_train_se), fmt(m.robust_acc_test, m.robust_acc_test_se), fmt(m.gap_err, m.gap_err_se))
-    t.add_row("clean loss", fmt(m.clean_loss_train, m.clean_loss_train_se), fmt(m.clean_loss_test, m.clean_loss_test_se), "")
-    t.add_row("robust loss", fmt(m.robust_loss_train, m.robust_loss_train_se), fmt(m.robust_loss_test, m.robust_loss_test_se), fmt(m.gap_loss, m.gap_loss_se))
+    t.add_row(
+        "clean acc",
+        fmt(m.clean_acc_train, m.clean_acc_train_se),
+        fmt(m.clean_acc_test, m.clean_acc_test_se),
+        "",
+    )
+    t.add_row(
+        "robust acc",
+        fmt(m.robust_acc_train, m.robust_acc_train_se),
+        fmt(m.robust_acc_test, m.robust_acc_test_se),
+        fmt(m.gap_err, m.gap_err_se),
+    )
+    t.add_row(
+        "clean loss",
+        fmt(m.clean_loss_train, m.clean_loss_train_se),
+        fmt(m.clean_loss_test, m.clean_loss_test_se),
+        "",
+    )
+    t.add_row(
+        "robust loss",
+        fmt(m.robust_loss_train, m.robust_loss_train_se),
+        fmt(m.robust_loss_test, m.robust_loss_test_se),
+        fmt(m.gap_loss, m.gap_loss_se),
+    )
     return t
 
 
@@ -110,8 +134,15 @@ def _wide_layer_table(layers: list[LayerResult]) -> Table:
         left = col in ("route", "flag")
         t.add_column(col, justify="left" if left else "right", overflow="fold", no_wrap=not left)
     for la in layers:
-        t.add_row(escape(la.name), _shape(la), f"{la.frob_norm:.4g}", fmt(la.trace, la.trace_se),
-                  route(la), fmt(la.wci_term), escape(la.flag or ""))
+        t.add_row(
+            escape(la.name),
+            _shape(la),
+            f"{la.frob_norm:.4g}",
+            fmt(la.trace, la.trace_se),
+            route(la),
+            fmt(la.wci_term),
+            escape(la.flag or ""),
+        )
     return t
 
 
@@ -154,7 +185,10 @@ def _print_figures(result: AuditResult, console: Console) -> None:
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
     if has_data(result):
-        console.print(f"time: load {ti.load_s:.1f}s, attack {ti.attack_s:.1f}s, trace {ti.trace_s:.1f}s, total {ti.total_s:.1f}s", markup=False)
+        console.print(
+            f"time: load {ti.load_s:.1f}s, attack {ti.attack_s:.1f}s, trace {ti.trace_s:.1f}s, total {ti.total_s:.1f}s",
+            markup=False,
+        )
     else:
         console.print(f"time: load {ti.load_s:.1f}s, total {ti.total_s:.1f}s", markup=False)
 

@@ -20,13 +20,49 @@ from .options import QuietOpt, ScanSettings, scan_options, with_options
 @handle_errors
 @with_options(settings=scan_options)
 def track(
-    run: Annotated[list[str], typer.Argument(help="A run folder (its *.safetensors/*.pt/*.pth/*.bin files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.", show_default=False)],
+    run: Annotated[
+        list[str],
+        typer.Argument(
+            help="A run folder (its *.safetensors/*.pt/*.pth/*.bin files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.",
+            show_default=False,
+        ),
+    ],
     *,
     settings: ScanSettings,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Folder of per-checkpoint results (default: RUN/.wciaudit-cache).", file_okay=False, show_default=False)] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Scan every checkpoint again (the cache is then refreshed).")] = False,
-    html: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML page (default: <run name>.track.html in the current folder).", dir_okay=False, show_default=False)] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="The JSON series (default: <run name>.track.json in the current folder).", dir_okay=False, show_default=False)] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            help="Folder of per-checkpoint results (default: RUN/.wciaudit-cache).",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache", help="Scan every checkpoint again (the cache is then refreshed)."
+        ),
+    ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The HTML page (default: <run name>.track.html in the current folder).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="The JSON series (default: <run name>.track.json in the current folder).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
@@ -37,8 +73,13 @@ def track(
     check_output_folders(html_path, json_target)
     with progress_bars(not quiet, restart_on="checkpoints") as progress:
         result = run_track(
-            run, settings.data, config=settings.config, **settings.loading, cache_dir=cache,
-            use_cache=not no_cache, progress=progress,
+            run,
+            settings.data,
+            config=settings.config,
+            **settings.loading,
+            cache_dir=cache,
+            use_cache=not no_cache,
+            progress=progress,
         )
     written = [result.save(json_target), write_track_page(result, html_path)]
     if not quiet:
@@ -47,13 +88,14 @@ def track(
             out.print(f"wrote {path}", markup=False)
 
 
-
-
 def _print_summary(result: TrackResult) -> None:
     # at 80 columns (CI logs) the headers stay whole and a long file name wraps; whether a
     # checkpoint came from the cache is said under its name rather than in a column
-    table = Table(title=f"{len(result.entries)} checkpoint(s), epoch from {result.epoch_source}",
-                  title_justify="left", show_edge=False)
+    table = Table(
+        title=f"{len(result.entries)} checkpoint(s), epoch from {result.epoch_source}",
+        title_justify="left",
+        show_edge=False,
+    )
     table.add_column("epoch", justify="right", no_wrap=True)
     table.add_column("checkpoint", overflow="fold", min_width=10)
     for name in ("WCI ± SE", "gap_loss", "gap_err", "rob.acc T", "rob.loss T"):
@@ -65,12 +107,20 @@ def _print_summary(result: TrackResult) -> None:
         if e.cached:
             name.append(" (cache)", style="dim")
         table.add_row(
-            fmt_estimate(e.epoch, digits=6), name, wci, fmt_fixed(m.gap_loss), fmt_fixed(m.gap_err),
-            fmt_fixed(m.robust_acc_test), fmt_fixed(m.robust_loss_test),
+            fmt_estimate(e.epoch, digits=6),
+            name,
+            wci,
+            fmt_fixed(m.gap_loss),
+            fmt_fixed(m.gap_err),
+            fmt_fixed(m.robust_acc_test),
+            fmt_fixed(m.robust_loss_test),
         )
     out.print(table)
-    corr = Table(title="Rank correlation with the robust gap (Kendall tau / Spearman rho)",
-                 title_justify="left", show_edge=False)
+    corr = Table(
+        title="Rank correlation with the robust gap (Kendall tau / Spearman rho)",
+        title_justify="left",
+        show_edge=False,
+    )
     corr.add_column("measure", overflow="fold")
     for t in TARGETS:
         corr.add_column(f"vs {t}", justify="right", no_wrap=True)
@@ -78,16 +128,25 @@ def _print_summary(result: TrackResult) -> None:
         cells = []
         for t in TARGETS:
             c = result.correlation(m, t)
-            cells.append("–" if c is None or c.kendall_tau is None else f"{fmt_signed(c.kendall_tau)} / {fmt_signed(c.spearman_rho)}")
+            cells.append(
+                "–"
+                if c is None or c.kendall_tau is None
+                else f"{fmt_signed(c.kendall_tau)} / {fmt_signed(c.spearman_rho)}"
+            )
         corr.add_row(label, *cells)
     out.print(corr)
     markers = result.markers()
     best, peak = markers["best_robust_test_loss"], markers["wci_peak"]
     if best is not None:
-        out.print(f"lowest robust test loss at epoch {best['epoch']:g} ({best['robust_loss_test']:.4g}); robust overfitting after it")
+        out.print(
+            f"lowest robust test loss at epoch {best['epoch']:g} ({best['robust_loss_test']:.4g}); robust overfitting after it"
+        )
     if peak is not None:
         out.print(f"WCI peaks at epoch {peak['epoch']:g} ({peak['wci']:.4g})")
     for note in result.notes:
         out.print(f"note: {note}", markup=False)
-    out.print(f"{result.scanned} scanned, {len(result.entries) - result.scanned} from the cache"
-              + (f" ({result.cache_dir})" if result.cache_dir else ""), markup=False)
+    out.print(
+        f"{result.scanned} scanned, {len(result.entries) - result.scanned} from the cache"
+        + (f" ({result.cache_dir})" if result.cache_dir else ""),
+        markup=False,
+    )

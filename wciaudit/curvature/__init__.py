@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -103,97 +104,153 @@ def layer_traces(
         raise ValueError(f"tol_target must be 'wci' or 'layer', got {tol_target!r}")
     if target == "wci" and (weight_norms is None or len(weight_norms) != len(names)):
         raise ValueError("tol_target='wci' needs weight_norms, one per layer name")
+    options = _Options(**{k: v for k, v in locals().items() if k in _Options.__dataclass_fields__})
+    options = replace(options, weight_norms=weight_norms if target == "wci" else None)
     # fused attention kernels (flash / memory-efficient SDPA) have no double backward;
     # the math kernel computes the same attention and differentiates twice
     with sdpa_kernel([SDPBackend.MATH]):
-        return _layer_traces(
-            model, x, y, names, method=method, tol=tol, max_probes=max_probes, min_probes=min_probes,
-            seed=seed, batch_size=batch_size, device=device, memory_bytes=memory_bytes,
-            progress=progress, n_total=n_total, reduce=reduce, n_population=n_population,
-            k_labels=k_labels, weight_norms=weight_norms if target == "wci" else None,
-            layer_tol=layer_tol,
-        )
+        return _layer_traces(model, x, y, list(names), options)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The settings of one :func:`layer_traces` call, as given there."""
+
+    method: str
+    tol: float
+    max_probes: int
+    min_probes: int
+    seed: int
+    batch_size: int
+    device: torch.device | None
+    memory_bytes: int
+    progress: Callable[[str, int], None] | None
+    n_total: int | None
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None
+    n_population: int | None
+    k_labels: int
+    weight_norms: list[float] | None
+    layer_tol: float | None
+
+    def tick(self, kind: str) -> Callable[[int], None] | None:
+        progress = self.progress
+        return None if progress is None else (lambda k: progress(kind, k))
 
 
 def _layer_traces(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    names: list[str],
-    *,
-    method: str,
-    tol: float,
-    max_probes: int,
-    min_probes: int,
-    seed: int,
-    batch_size: int,
-    device: torch.device | None,
-    memory_bytes: int,
-    progress: Callable[[str, int], None] | None,
-    n_total: int | None,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None,
-    n_population: int | None,
-    k_labels: int,
-    weight_norms: list[float] | None,
-    layer_tol: float | None,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str], o: _Options
 ) -> list[TraceEstimate]:
-    device = device or next(model.parameters()).device
+    device = o.device or next(model.parameters()).device
     objective = Objective(
-        model, x, y, list(names), batch_size, device, n_total=n_total, n_population=n_population
+        model, x, y, names, o.batch_size, device, n_total=o.n_total, n_population=o.n_population
     )
-    if reduce is not None:
-        objective.reduce = reduce
+    if o.reduce is not None:
+        objective.reduce = o.reduce
     classes = _num_classes(objective)
     routes = {
         r.name: r
         for r in choose_routes(
-            objective, list(names), method=method, min_probes=min_probes, max_probes=max_probes,
-            memory_bytes=memory_bytes, classes=classes, k_labels=k_labels, tol=tol, seed=seed,
+            objective,
+            names,
+            method=o.method,
+            min_probes=o.min_probes,
+            max_probes=o.max_probes,
+            memory_bytes=o.memory_bytes,
+            classes=classes,
+            k_labels=o.k_labels,
+            tol=o.tol,
+            seed=o.seed,
         )
     }
-    by_route = {kind: [n for n in names if routes[n].route == kind] for kind in ("exact-ggn", "mc-ggn", "hutchinson")}
+    by_route = {
+        kind: [n for n in names if routes[n].route == kind]
+        for kind in ("exact-ggn", "mc-ggn", "hutchinson")
+    }
     estimates: dict[str, TraceEstimate] = {}
-    tick = None if progress is None else (lambda k: progress("ggn", k))
-    exact = by_route["exact-ggn"]
-    if exact:
-        fast = hookable(objective, exact)
-        groups = ([fast] if fast else []) + memory_groups(
-            objective, [n for n in exact if n not in fast], classes, memory_bytes
-        )
-        for group in groups:
-            for est in ggn_traces(objective, group, memory_bytes=memory_bytes, progress=tick, seed=seed):
-                estimates[est.name] = est
-    if by_route["mc-ggn"]:
-        for est in mc_ggn_traces(
-            objective, by_route["mc-ggn"], k_labels=k_labels, seed=seed,
-            # labels are shared by all layers and cheap: each layer to tol keeps each
-            # WCI term within tol / 2, leaving most of the WCI's budget to the probes
-            tol=tol, max_labels=max(k_labels, max_probes),
-            memory_bytes=memory_bytes, progress=tick,
-        ):
-            estimates[est.name] = est
-    hutch = by_route["hutchinson"]
-    probe_tick = None if progress is None else (lambda k: progress("probes", k))
-    if hutch and weight_norms is None:
-        for est in hutchinson_traces(
-            objective, tol=tol, max_probes=max_probes, min_probes=min_probes, seed=seed,
-            names=hutch, progress=probe_tick,
-        ):
-            estimates[est.name] = est
-    elif hutch:
-        norms = dict(zip(names, weight_norms, strict=True))
-        estimates.update(
-            _wci_target(objective, hutch, estimates, norms, tol=tol, layer_tol=layer_tol,
-                        min_probes=min_probes, max_probes=max_probes, seed=seed, progress=probe_tick)
-        )
-    if weight_norms is not None:
-        _mark_wci_stop(estimates, dict(zip(names, weight_norms, strict=True)), tol)
+    _gauss_newton(objective, by_route, classes, estimates, o)
+    _probes(objective, names, by_route["hutchinson"], estimates, o)
+    if o.weight_norms is not None:
+        _mark_wci_stop(estimates, dict(zip(names, o.weight_norms, strict=True)), o.tol)
     for n in names:
         estimates[n].method = routes[n].route
         # why the route, then how the estimator served the layer (e.g. tied weights)
         how = estimates[n].route_reason
         estimates[n].route_reason = f"{routes[n].reason}; {how}" if how else routes[n].reason
     return [estimates[n] for n in names]
+
+
+def _gauss_newton(
+    objective: Objective,
+    by_route: dict[str, list[str]],
+    classes: int,
+    estimates: dict[str, TraceEstimate],
+    o: _Options,
+) -> None:
+    """The exact and the sampled-label Gauss-Newton layers, into ``estimates``."""
+    exact = by_route["exact-ggn"]
+    if exact:
+        fast = hookable(objective, exact)
+        groups = ([fast] if fast else []) + memory_groups(
+            objective, [n for n in exact if n not in fast], classes, o.memory_bytes
+        )
+        for group in groups:
+            for est in ggn_traces(
+                objective, group, memory_bytes=o.memory_bytes, progress=o.tick("ggn"), seed=o.seed
+            ):
+                estimates[est.name] = est
+    if by_route["mc-ggn"]:
+        for est in mc_ggn_traces(
+            objective,
+            by_route["mc-ggn"],
+            k_labels=o.k_labels,
+            seed=o.seed,
+            # labels are shared by all layers and cheap: each layer to tol keeps each
+            # WCI term within tol / 2, leaving most of the WCI's budget to the probes
+            tol=o.tol,
+            max_labels=max(o.k_labels, o.max_probes),
+            memory_bytes=o.memory_bytes,
+            progress=o.tick("ggn"),
+        ):
+            estimates[est.name] = est
+
+
+def _probes(
+    objective: Objective,
+    names: list[str],
+    hutch: list[str],
+    estimates: dict[str, TraceEstimate],
+    o: _Options,
+) -> None:
+    """The Hutchinson layers, each to ``tol`` or, with the layers' norms, until WCI is."""
+    if not hutch:
+        return
+    if o.weight_norms is None:
+        for est in hutchinson_traces(
+            objective,
+            tol=o.tol,
+            max_probes=o.max_probes,
+            min_probes=o.min_probes,
+            seed=o.seed,
+            names=hutch,
+            progress=o.tick("probes"),
+        ):
+            estimates[est.name] = est
+        return
+    norms = dict(zip(names, o.weight_norms, strict=True))
+    estimates.update(
+        _wci_target(
+            objective,
+            hutch,
+            estimates,
+            norms,
+            tol=o.tol,
+            layer_tol=o.layer_tol,
+            min_probes=o.min_probes,
+            max_probes=o.max_probes,
+            seed=o.seed,
+            progress=o.tick("probes"),
+        )
+    )
 
 
 # further rounds of WCI-targeted probes before giving up on the target
@@ -207,7 +264,9 @@ def wci_relative_se(norms: dict[str, float], estimates: dict[str, TraceEstimate]
     Var(WCI) = sum_k ||W_k||_F^2 Var(Tr_k) / (4 Tr_k) over layers with Tr_k > 0."""
     wci = math.fsum(norms[n] * math.sqrt(max(e.trace, 0.0)) for n, e in estimates.items())
     var = math.fsum(
-        norms[n] ** 2 * e.se**2 / (4 * e.trace) for n, e in estimates.items() if e.trace > 0 and e.se > 0
+        norms[n] ** 2 * e.se**2 / (4 * e.trace)
+        for n, e in estimates.items()
+        if e.trace > 0 and e.se > 0
     )
     if wci == 0:
         return 0.0 if var == 0 else math.inf
@@ -236,9 +295,13 @@ def _wci_target(
     those counts (capped at ``max_probes``) with fresh probes, pooled with the old.
     """
     first = hutchinson_traces(
-        objective, tol=layer_tol if layer_tol is not None else math.inf,
+        objective,
+        tol=layer_tol if layer_tol is not None else math.inf,
         max_probes=max_probes if layer_tol is not None else min(min_probes, max_probes),
-        min_probes=min_probes, seed=seed, names=names, progress=progress,
+        min_probes=min_probes,
+        seed=seed,
+        names=names,
+        progress=progress,
     )
     current = {e.name: e for e in first}
     for round_ in range(1, _WCI_ROUNDS + 1):
@@ -250,8 +313,13 @@ def _wci_target(
             break
         for count, group in _by_count(extra).items():
             for est in hutchinson_traces(
-                objective, tol=math.inf, max_probes=count, min_probes=count,
-                seed=seed + round_ * _ROUND_SEED, group_seed=seed, names=group,
+                objective,
+                tol=math.inf,
+                max_probes=count,
+                min_probes=count,
+                seed=seed + round_ * _ROUND_SEED,
+                group_seed=seed,
+                names=group,
                 progress=progress,
             ):
                 current[est.name] = pool(current[est.name], est)
@@ -276,7 +344,9 @@ def _allocate(
         if e.trace > 0 and e.se > 0 and isinstance(e.probes, int) and e.probes < max_probes
     }
     capped = math.fsum(
-        norms[n] ** 2 * e.se**2 / (4 * e.trace) for n, e in current.items() if n not in a and e.trace > 0
+        norms[n] ** 2 * e.se**2 / (4 * e.trace)
+        for n, e in current.items()
+        if n not in a and e.trace > 0
     )
     budget -= capped
     if not a or budget <= 0:
@@ -320,14 +390,25 @@ def pool(a: TraceEstimate, b: TraceEstimate) -> TraceEstimate:
     )
     history = a.history + [[n, mean, math.hypot(probe_se, sample_se)]]
     return TraceEstimate(
-        name=a.name, trace=mean, se=math.hypot(probe_se, sample_se), probes=n, method=a.method,
-        converged=a.converged, stop_reason=a.stop_reason, history=history,
-        probe_se=probe_se if a.probe_se > 0 else 0.0, sample_se=sample_se, se_covers=a.se_covers,
-        route_reason=a.route_reason, group_shares=shares,
+        name=a.name,
+        trace=mean,
+        se=math.hypot(probe_se, sample_se),
+        probes=n,
+        method=a.method,
+        converged=a.converged,
+        stop_reason=a.stop_reason,
+        history=history,
+        probe_se=probe_se if a.probe_se > 0 else 0.0,
+        sample_se=sample_se,
+        se_covers=a.se_covers,
+        route_reason=a.route_reason,
+        group_shares=shares,
     )
 
 
-def _mark_wci_stop(estimates: dict[str, TraceEstimate], norms: dict[str, float], tol: float) -> None:
+def _mark_wci_stop(
+    estimates: dict[str, TraceEstimate], norms: dict[str, float], tol: float
+) -> None:
     """Under the WCI target a noisy layer is converged when the WCI met ``tol``."""
     met = wci_relative_se(norms, estimates) <= tol
     for e in estimates.values():

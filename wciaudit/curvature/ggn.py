@@ -51,7 +51,9 @@ Progress = Callable[[int], None]
 RESIDUAL_RTOL = 1e-6
 
 
-def residual_vanishes(objective: Objective, max_examples: int = 64, seed: int = 0) -> dict[str, bool]:
+def residual_vanishes(
+    objective: Objective, max_examples: int = 64, seed: int = 0
+) -> dict[str, bool]:
     """Per layer: is the non-Gauss-Newton part R_kk of the diagonal block zero on the data?
 
     Measured on the first ``max_examples`` examples with one Gaussian direction per
@@ -74,14 +76,20 @@ def residual_vanishes(objective: Objective, max_examples: int = 64, seed: int = 
     out = {}
     for n, gr, gl in zip(names, grads_r, grads_l, strict=True):
         u = torch.randn(tuple(weights[n].shape), generator=g).to(objective.device, objective.dtype)
-        (ru,) = torch.autograd.grad(gr, weights[n], grad_outputs=u, retain_graph=True, allow_unused=True)
-        (hu,) = torch.autograd.grad(gl, weights[n], grad_outputs=u, retain_graph=True, allow_unused=True)
+        (ru,) = torch.autograd.grad(
+            gr, weights[n], grad_outputs=u, retain_graph=True, allow_unused=True
+        )
+        (hu,) = torch.autograd.grad(
+            gl, weights[n], grad_outputs=u, retain_graph=True, allow_unused=True
+        )
         r_norm = 0.0 if ru is None else float(ru.norm())
         h_norm = 0.0 if hu is None else float(hu.norm())
         out[n] = r_norm <= RESIDUAL_RTOL * max(h_norm, 1e-30)
     # under torchrun each process checks its own examples: the route is exact only if
     # it is exact on all of them, and every process must take the same route
-    smooth = objective.reduce(torch.tensor([0.0 if out[n] else 1.0 for n in names], dtype=torch.float64))
+    smooth = objective.reduce(
+        torch.tensor([0.0 if out[n] else 1.0 for n in names], dtype=torch.float64)
+    )
     return {n: bool(s == 0) for n, s in zip(names, smooth, strict=True)}
 
 
@@ -120,7 +128,11 @@ def ggn_traces(
     fast = [n for n in names if n in uses]
     assignment = probe_groups(objective.n, groups, seed)
     offset = objective.offset()
-    sums = _Sums(assignment[offset : offset + objective.n_local], group_count(objective.n, groups), objective.n)
+    sums = _Sums(
+        assignment[offset : offset + objective.n_local],
+        group_count(objective.n, groups),
+        objective.n,
+    )
     if fast:
         _ggn_by_backward(objective, {n: uses[n] for n in fast}, sums, progress)
     slow = [n for n in names if n not in fast]
@@ -133,14 +145,28 @@ def ggn_traces(
         trace, sample_se, covers = subset_mean_and_se(s1, s2, objective.n, objective.n_population)
         count = len(uses.get(n, ()))
         reason = (
-            f"per-example gradients from layer hooks ({count} modules share the weight, summed per example)"
-            if count > 1 else "per-example gradients from layer hooks"
-        ) if n in uses else f"per-example Jacobians: {why_not[n]}"
+            (
+                f"per-example gradients from layer hooks ({count} modules share the weight, summed per example)"
+                if count > 1
+                else "per-example gradients from layer hooks"
+            )
+            if n in uses
+            else f"per-example Jacobians: {why_not[n]}"
+        )
         out.append(
             TraceEstimate(
-                name=n, trace=trace, se=sample_se, probes="exact", method="exact-ggn",
-                converged=True, stop_reason="exact", probe_se=0.0, sample_se=sample_se,
-                se_covers=covers, route_reason=reason, group_shares=shares,
+                name=n,
+                trace=trace,
+                se=sample_se,
+                probes="exact",
+                method="exact-ggn",
+                converged=True,
+                stop_reason="exact",
+                probe_se=0.0,
+                sample_se=sample_se,
+                se_covers=covers,
+                route_reason=reason,
+                group_shares=shares,
             )
         )
     return out
@@ -183,7 +209,9 @@ def subset_mean_and_se(
 
 
 def _is_hookable_module(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros")
+    return isinstance(module, nn.Linear) or (
+        isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
+    )
 
 
 class _CountUses(TorchFunctionMode):
@@ -204,7 +232,9 @@ class _CountUses(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _weight_uses(objective: Objective, names: list[str]) -> tuple[dict[str, list[nn.Module]], dict[str, str]]:
+def _weight_uses(
+    objective: Objective, names: list[str]
+) -> tuple[dict[str, list[nn.Module]], dict[str, str]]:
     """Per layer, the Linear / Conv2d modules that hold its weight (by tensor identity),
     when every use of the weight in a forward pass is a call of one of them.
 
@@ -288,11 +318,17 @@ def _ggn_by_backward(
             xb = xb.detach().requires_grad_(True)
             z = objective.logits(weights, xb)
             p = torch.softmax(z.detach(), dim=1)
-            per_example = {n: torch.zeros(z.shape[0], dtype=torch.float64, device=z.device) for n in names}
+            per_example = {
+                n: torch.zeros(z.shape[0], dtype=torch.float64, device=z.device) for n in names
+            }
             for c in range(p.shape[1] + 1):
-                cot = p if c == p.shape[1] else F.one_hot(
-                    torch.full((z.shape[0],), c, device=z.device), p.shape[1]
-                ).to(z.dtype)
+                cot = (
+                    p
+                    if c == p.shape[1]
+                    else F.one_hot(torch.full((z.shape[0],), c, device=z.device), p.shape[1]).to(
+                        z.dtype
+                    )
+                )
                 for n in names:
                     for call in calls[n]:
                         call["d"] = None
@@ -327,14 +363,22 @@ def _tied_sq_norms(calls: list[dict]) -> torch.Tensor | None:
     return _sq_norm_of_products(torch.cat(ds, dim=3), torch.cat(as_, dim=3))
 
 
-def _token_form(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_form(
+    module: nn.Module, a: torch.Tensor, d: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(d, a) of one use as (N, g, O, L) and (N, g, K, L), the gradient being sum_l d a^T."""
     n = a.shape[0]
     if isinstance(module, nn.Linear):
         a3, d3 = a.reshape(n, -1, a.shape[-1]), d.reshape(n, -1, d.shape[-1])
         return d3.transpose(1, 2).unsqueeze(1), a3.transpose(1, 2).unsqueeze(1)
     g = module.groups
-    cols = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+    cols = F.unfold(
+        a,
+        module.kernel_size,
+        dilation=module.dilation,
+        padding=module.padding,
+        stride=module.stride,
+    )
     cols = cols.reshape(n, g, -1, cols.shape[-1])
     return d.reshape(n, g, -1, cols.shape[-1]), cols
 
@@ -359,9 +403,17 @@ def per_example_sq_norms(module: nn.Module, a: torch.Tensor, d: torch.Tensor) ->
         if a.dim() == 2:
             return d.pow(2).sum(1) * a.pow(2).sum(1)
         a3, d3 = a.reshape(n, -1, a.shape[-1]), d.reshape(n, -1, d.shape[-1])
-        return _sq_norm_of_products(d3.unsqueeze(1).transpose(2, 3), a3.unsqueeze(1).transpose(2, 3))
+        return _sq_norm_of_products(
+            d3.unsqueeze(1).transpose(2, 3), a3.unsqueeze(1).transpose(2, 3)
+        )
     g = module.groups
-    cols = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+    cols = F.unfold(
+        a,
+        module.kernel_size,
+        dilation=module.dilation,
+        padding=module.padding,
+        stride=module.stride,
+    )
     cols = cols.reshape(n, g, -1, cols.shape[-1])  # (N, g, Kg, L)
     dd = d.reshape(n, g, -1, cols.shape[-1])  # (N, g, Og, L)
     return _sq_norm_of_products(dd, cols)

@@ -61,9 +61,14 @@ def rademacher(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tens
     return torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).mul_(2).sub_(1)
 
 
-def _probes(seed: int, layer: int, round_: int, group: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
+def _probes(
+    seed: int, layer: int, round_: int, group: int, count: int, shape: tuple[int, ...]
+) -> torch.Tensor:
     g = torch.Generator(device="cpu")
-    g.manual_seed((seed * 7_919 + layer * 104_729 + round_ * 15_485_863 + group * 32_452_843 + 1) % (2**63 - 1))
+    g.manual_seed(
+        (seed * 7_919 + layer * 104_729 + round_ * 15_485_863 + group * 32_452_843 + 1)
+        % (2**63 - 1)
+    )
     return rademacher((count, *shape), g)
 
 
@@ -80,18 +85,28 @@ class _BatchedHvp:
     def __init__(self) -> None:
         self.batched_ok = True
 
-    def __call__(self, name: str, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, name: str, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor
+    ) -> torch.Tensor:
         batched = (
-            self.batched_ok and probes.shape[0] > 1 and (weight_k.dim() == 2 or weight_k.device.type == "cuda")
+            self.batched_ok
+            and probes.shape[0] > 1
+            and (weight_k.dim() == 2 or weight_k.device.type == "cuda")
         )
         out = self._batched(grad_k, weight_k, probes) if batched else None
         return out if out is not None else self._loop(grad_k, weight_k, probes)
 
-    def _batched(self, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor) -> torch.Tensor | None:
+    def _batched(
+        self, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor
+    ) -> torch.Tensor | None:
         try:
             (hv,) = torch.autograd.grad(
-                grad_k, weight_k, grad_outputs=probes, is_grads_batched=True,
-                retain_graph=True, allow_unused=True,
+                grad_k,
+                weight_k,
+                grad_outputs=probes,
+                is_grads_batched=True,
+                retain_graph=True,
+                allow_unused=True,
             )
         except RuntimeError:
             # an op without a vmap batching rule: one product per probe from now on
@@ -105,7 +120,9 @@ class _BatchedHvp:
     def _loop(grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
         out = []
         for v in probes:
-            (hv,) = torch.autograd.grad(grad_k, weight_k, grad_outputs=v, retain_graph=True, allow_unused=True)
+            (hv,) = torch.autograd.grad(
+                grad_k, weight_k, grad_outputs=v, retain_graph=True, allow_unused=True
+            )
             out.append(0.0 if hv is None else float((hv * v).sum()))
         return torch.tensor(out, dtype=torch.float64)
 
@@ -205,7 +222,9 @@ def hutchinson_traces(
             [] if keep_graphs and cached is None else None
         )
         draw = partial(_probes, seed, round_=round_)
-        sums = _round_sums(objective, hvp, graphs, weights, want, index, draw, len(sizes), progress, built)
+        sums = _round_sums(
+            objective, hvp, graphs, weights, want, index, draw, len(sizes), progress, built
+        )
         if built is not None:
             cached = built
         # one collective per round: every process gets every group's probe values
@@ -214,10 +233,14 @@ def hutchinson_traces(
         next_want: dict[str, int] = {}
         for (n, k), part in zip(want.items(), parts, strict=True):
             values[n] = torch.cat([values[n], part.reshape(len(sizes), k)], dim=1)
-            mean, se, probe_se, sample_se = grouped_mean_and_se(values[n], sizes, objective.n, objective.n_population)
+            mean, se, probe_se, sample_se = grouped_mean_and_se(
+                values[n], sizes, objective.n, objective.n_population
+            )
             count = values[n].shape[1]
             history[n].append([count, mean, se])
-            reason, extra = stop_rule(count, mean, se, probe_se, sample_se, tol=tol, max_probes=max_probes)
+            reason, extra = stop_rule(
+                count, mean, se, probe_se, sample_se, tol=tol, max_probes=max_probes
+            )
             if reason is None:
                 next_want[n] = extra
             else:
@@ -238,7 +261,14 @@ def _split(objective: Objective, groups: int, seed: int) -> tuple[torch.Tensor, 
 
 
 def stop_rule(
-    count: int, mean: float, se: float, probe_se: float, sample_se: float, *, tol: float, max_probes: int
+    count: int,
+    mean: float,
+    se: float,
+    probe_se: float,
+    sample_se: float,
+    *,
+    tol: float,
+    max_probes: int,
 ) -> tuple[str | None, int]:
     """Hutchinson's stop rule for one layer after a round (module docstring, "rounds").
 
@@ -290,7 +320,8 @@ def _round_sums(
             built.append((g, grads))
         if g not in probes:  # one probe set per group and round, shared by its batches
             probes[g] = {
-                n: draw(index[n], group=g, count=k, shape=tuple(weights[n].shape)) for n, k in want.items()
+                n: draw(index[n], group=g, count=k, shape=tuple(weights[n].shape))
+                for n, k in want.items()
             }
         _push_probes(objective, hvp, grads, weights, probes[g], sums, g, progress)
         del grads
@@ -324,21 +355,31 @@ def _estimate(
     stop: str,
     history: list[list[float]],
 ) -> TraceEstimate:
-    mean, se, probe_se, sample_se = grouped_mean_and_se(values, sizes, objective.n, objective.n_population)
+    mean, se, probe_se, sample_se = grouped_mean_and_se(
+        values, sizes, objective.n, objective.n_population
+    )
     subset = objective.n_population is not None and objective.n < objective.n_population
     return TraceEstimate(
-        name=name, trace=mean, se=se, probes=values.shape[1], method="hutchinson",
-        converged=stop == "tol", stop_reason=stop, history=history,
-        probe_se=probe_se, sample_se=sample_se,
+        name=name,
+        trace=mean,
+        se=se,
+        probes=values.shape[1],
+        method="hutchinson",
+        converged=stop == "tol",
+        stop_reason=stop,
+        history=history,
+        probe_se=probe_se,
+        sample_se=sample_se,
         se_covers=("probes", "hessian-subset") if subset else ("probes",),
         group_shares=tuple(values.mean(1).tolist()),
     )
 
 
-
-
 def _group_graphs(
-    objective: Objective, weights: dict[str, torch.Tensor], names: list[str], members: list[torch.Tensor]
+    objective: Objective,
+    weights: dict[str, torch.Tensor],
+    names: list[str],
+    members: list[torch.Tensor],
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """(group, first-order gradients with their graph) per batch of each group's local examples."""
     for g, idx in enumerate(members):

@@ -89,14 +89,26 @@ def hutchpp_traces(
             if se <= tol * total or len(values) >= max_probes:
                 break
             needed = math.inf if total == 0 else (se * math.sqrt(len(values)) / (tol * total)) ** 2
-            want = int(min(max(math.ceil(1.1 * needed) - len(values), len(values) // 2, 4), max_probes - len(values)))
+            want = int(
+                min(
+                    max(math.ceil(1.1 * needed) - len(values), len(values) // 2, 4),
+                    max_probes - len(values),
+                )
+            )
         mean, se = mean_and_se(values)
         trace = low_rank + mean
         converged = se <= tol * abs(trace)
         out.append(
             TraceEstimate(
-                name=n, trace=trace, se=se, probes=len(values), method="hutch++", converged=converged,
-                stop_reason="tol" if converged else "cap", history=history, probe_se=se,
+                name=n,
+                trace=trace,
+                se=se,
+                probes=len(values),
+                method="hutch++",
+                converged=converged,
+                stop_reason="tol" if converged else "cap",
+                history=history,
+                probe_se=se,
                 se_covers=("probes",),
             )
         )
@@ -113,7 +125,9 @@ def _block_hvp(objective: Objective, weights: dict[str, torch.Tensor], name: str
             loss = objective.loss(weights, xb, yb)
             (grad,) = torch.autograd.grad(loss, weights[name], create_graph=True)
             for i in range(v.shape[0]):
-                (hv,) = torch.autograd.grad(grad, weights[name], grad_outputs=v[i], retain_graph=True)
+                (hv,) = torch.autograd.grad(
+                    grad, weights[name], grad_outputs=v[i], retain_graph=True
+                )
                 total[i] += hv.double().cpu()
         return objective.reduce(total)
 

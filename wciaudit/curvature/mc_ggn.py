@@ -63,7 +63,9 @@ def sample_labels(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Labels c ~ p per row by inverse CDF of uniforms ``u`` (n, k) -> (n, k) int64."""
     cdf = torch.cumsum(p.double(), dim=1)
     cdf[:, -1] = 1.0  # rounding must not leave mass above the last class
-    return torch.searchsorted(cdf, u.to(cdf.device, cdf.dtype).contiguous()).clamp_(max=p.shape[1] - 1)
+    return torch.searchsorted(cdf, u.to(cdf.device, cdf.dtype).contiguous()).clamp_(
+        max=p.shape[1] - 1
+    )
 
 
 def mc_ggn_traces(
@@ -98,7 +100,9 @@ def mc_ggn_traces(
         One :class:`TraceEstimate` per layer (``method="mc-ggn"``, ``probes=k_labels``).
     """
     if k_labels < 2:
-        raise ValueError(f"k_labels must be >= 2 (the label variance needs two draws), got {k_labels}")
+        raise ValueError(
+            f"k_labels must be >= 2 (the label variance needs two draws), got {k_labels}"
+        )
     names = list(objective.names if names is None else names)
     g = torch.Generator(device="cpu")
     g.manual_seed(seed * 1_000_003 + 77)
@@ -107,7 +111,9 @@ def mc_ggn_traces(
     draws = k_labels
     while True:
         uniforms = torch.rand((objective.n_local, draws), generator=g, dtype=torch.float64)
-        new = per_example_values(objective, names, uniforms, memory_bytes=memory_bytes, progress=progress)
+        new = per_example_values(
+            objective, names, uniforms, memory_bytes=memory_bytes, progress=progress
+        )
         values = new if values is None else {n: torch.cat([values[n], new[n]], 1) for n in names}
         estimates = [_estimate(objective, n, values[n], tol, seed) for n in names]
         for e in estimates:
@@ -121,7 +127,9 @@ def mc_ggn_traces(
     return estimates
 
 
-def _more_labels(estimates: list[TraceEstimate], k: int, tol: float | None, max_labels: int | None) -> int:
+def _more_labels(
+    estimates: list[TraceEstimate], k: int, tol: float | None, max_labels: int | None
+) -> int:
     """Extra labels per example that bring every layer's label part within ``tol``."""
     if tol is None or max_labels is None or k >= max_labels:
         return 0
@@ -229,7 +237,10 @@ def _by_vmap(
 ) -> None:
     model = objective.model
     weights = {n: w for n, w in objective.weights(requires_grad=False).items() if n in names}
-    per_example_bytes = sum(w.numel() for w in weights.values()) * torch.empty((), dtype=objective.dtype).element_size()
+    per_example_bytes = (
+        sum(w.numel() for w in weights.values())
+        * torch.empty((), dtype=objective.dtype).element_size()
+    )
     chunk = max(1, int(memory_bytes // max(per_example_bytes, 1)))
 
     def ce_one(w: dict[str, torch.Tensor], xi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
@@ -247,7 +258,9 @@ def _by_vmap(
             for j in range(labels.shape[1]):
                 gr = grad_fn(weights, xc, labels[c : c + chunk, j])
                 for n in names:
-                    out[n][start + c : start + c + xc.shape[0], j] = gr[n].flatten(1).pow(2).sum(1).double().cpu()
+                    out[n][start + c : start + c + xc.shape[0], j] = (
+                        gr[n].flatten(1).pow(2).sum(1).double().cpu()
+                    )
                 del gr
         start += xb.shape[0]
 
@@ -287,13 +300,23 @@ def _estimate(
         torch.cat([torch.stack([v.sum(), v.pow(2).sum(), within.sum()]).double().cpu(), shares])
     )
     trace = float(sums[0]) / n
-    se, probe_se, sample_se = two_stage_se(float(sums[0]), float(sums[1]), float(sums[2]), n, objective.n_population)
+    se, probe_se, sample_se = two_stage_se(
+        float(sums[0]), float(sums[1]), float(sums[2]), n, objective.n_population
+    )
     covers = ("sampled-labels",)
     if objective.n_population is not None and objective.n_population > n:
         covers += ("hessian-subset",)
     converged = tol is None or se <= tol * abs(trace)
     return TraceEstimate(
-        name=name, trace=trace, se=se, probes=k, method="mc-ggn", converged=converged,
-        stop_reason="tol" if converged else "cap", probe_se=probe_se, sample_se=sample_se,
-        se_covers=covers, group_shares=tuple(sums[3:].tolist()),
+        name=name,
+        trace=trace,
+        se=se,
+        probes=k,
+        method="mc-ggn",
+        converged=converged,
+        stop_reason="tol" if converged else "cap",
+        probe_se=probe_se,
+        sample_se=sample_se,
+        se_covers=covers,
+        group_shares=tuple(sums[3:].tolist()),
     )

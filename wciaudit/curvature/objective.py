@@ -90,6 +90,8 @@ class Objective:
     def logits(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, weights, (x,))
 
-    def loss(self, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         """Sum of cross-entropies over the batch divided by N (batch share of the mean)."""
         return F.cross_entropy(self.logits(weights, x), y, reduction="sum") / self.n

@@ -110,7 +110,9 @@ def choose_routes(
     if not candidates:
         return [routes[n] for n in names]
     labels = expected_labels(k_labels, objective.n, tol)
-    exact_layers, exact_cost, mc_cost = _ggn_costs(objective, candidates, classes, memory_bytes, labels)
+    exact_layers, exact_cost, mc_cost = _ggn_costs(
+        objective, candidates, classes, memory_bytes, labels
+    )
     big = [n for n in candidates if n not in exact_layers]
     if method == "ggn":
         exact_pick = {n: "residual vanishes; exact route requested" for n in exact_layers}
@@ -121,10 +123,27 @@ def choose_routes(
             routes[n] = Route(n, "hutchinson", _too_big(objective, n, classes), hutch_cost)
     elif method == "mc-ggn":
         for n in candidates:
-            routes[n] = Route(n, "mc-ggn", "residual vanishes; sampled-label GGN requested", mc_cost / len(candidates))
+            routes[n] = Route(
+                n,
+                "mc-ggn",
+                "residual vanishes; sampled-label GGN requested",
+                mc_cost / len(candidates),
+            )
     else:
-        routes.update(_auto_routes(objective, candidates, exact_layers, big, classes, probes, labels,
-                                   exact_cost, mc_cost, hutch_cost))
+        routes.update(
+            _auto_routes(
+                objective,
+                candidates,
+                exact_layers,
+                big,
+                classes,
+                probes,
+                labels,
+                exact_cost,
+                mc_cost,
+                hutch_cost,
+            )
+        )
     return [routes[n] for n in names]
 
 
@@ -177,10 +196,13 @@ def _auto_routes(
         for n in exact_layers:
             routes[n] = Route(n, "exact-ggn", reason, exact_cost / len(exact_layers))
         for n in big:
-            routes[n] = Route(n, "mc-ggn", _too_big(objective, n, classes) + "; sampled labels", float(labels))
+            routes[n] = Route(
+                n, "mc-ggn", _too_big(objective, n, classes) + "; sampled labels", float(labels)
+            )
     elif mc_cost <= hutch_all:
         why = (
-            f"{mc_line} passes < {exact_line}" if not big
+            f"{mc_line} passes < {exact_line}"
+            if not big
             else f"{mc_line} passes; C Jacobian rows of some layers exceed the memory budget"
         )
         reason = f"residual vanishes; {c}: {why}, {hutch_line}"
@@ -198,7 +220,9 @@ def _too_big(objective: Objective, name: str, classes: int) -> str:
     return f"residual vanishes, but its {classes} Jacobian rows ({mib:.0f} MiB per example) exceed the memory budget"
 
 
-def memory_groups(objective: Objective, names: list[str], classes: int, memory_bytes: int) -> list[list[str]]:
+def memory_groups(
+    objective: Objective, names: list[str], classes: int, memory_bytes: int
+) -> list[list[str]]:
     """Split layers into groups whose per-example Jacobian fits ``memory_bytes``;
     a layer that alone does not fit is left out (no exact route for it)."""
     groups: list[list[str]] = []

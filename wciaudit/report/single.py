@@ -126,7 +126,9 @@ class _LayerRow:
     @property
     def probes(self) -> str:
         """The count, or "exact" for a route without probes (JSON: 0)."""
-        return "exact" if self.layer.exact or self.layer.probes == "exact" else str(self.layer.probes)
+        return (
+            "exact" if self.layer.exact or self.layer.probes == "exact" else str(self.layer.probes)
+        )
 
     def __getattr__(self, name: str) -> Any:
         # name, frob_norm, trace, trace_se, method, wci_term, wci_term_se, flag, stop_reason
@@ -289,9 +291,19 @@ def _summary_row(
         diff = None if v is None or ref is None else v - ref
         rel = None if diff is None or not ref else diff / abs(ref)
         real = None if diff is None else beyond_noise(diff, ref_se, se)
-        better = None if diff is None or diff == 0 or real is False else (diff < 0) == lower_is_better
-        cells.append({"value": v, "se": se, "diff": diff, "rel": rel, "better": better,
-                      "noise": real is False})
+        better = (
+            None if diff is None or diff == 0 or real is False else (diff < 0) == lower_is_better
+        )
+        cells.append(
+            {
+                "value": v,
+                "se": se,
+                "diff": diff,
+                "rel": rel,
+                "better": better,
+                "noise": real is False,
+            }
+        )
     pct = key.endswith("acc_test") or key.endswith("acc_train") or key == "gap_err"
     return {"label": label, "pct": pct, "cells": cells}
 
@@ -310,7 +322,12 @@ def _layer_differences(
         cells = []
         for v, se in zip(values, errors, strict=True):
             mark = None
-            if v is not None and ref is not None and v != ref and beyond_noise(v - ref, errors[0], se) is not False:
+            if (
+                v is not None
+                and ref is not None
+                and v != ref
+                and beyond_noise(v - ref, errors[0], se) is not False
+            ):
                 mark = "better" if v < ref else "worse"
             cells.append({"value": v, "se": se, "mark": mark})
         diffs.append(

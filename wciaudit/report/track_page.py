@@ -185,7 +185,9 @@ def _arch_text(result: TrackResult, arch: dict[str, Any]) -> str:
     name); the settings keep a models.py file by its hash only."""
     if arch.get("spec"):
         return str(arch["spec"])
-    used = list(dict.fromkeys(e.result.checkpoint.arch for e in result.entries if e.result.checkpoint.arch))
+    used = list(
+        dict.fromkeys(e.result.checkpoint.arch for e in result.entries if e.result.checkpoint.arch)
+    )
     if used:
         return ", ".join(used) + ("" if arch else " (from the checkpoints)")
     return str(arch.get("class") or ("a models.py file" if arch else "from the checkpoints"))
@@ -284,8 +286,12 @@ def _figures(
     blue, orange, green, red, pink = PALETTE[0], PALETTE[1], PALETTE[2], PALETTE[3], PALETTE[4]
     # gap_err is a difference of accuracies: whole percentage points, a few round ticks
     gap_err_axis = axis(
-        title={"text": "gap_err"}, overlaying="y", side="right", zeroline=False,
-        tickformat=".0%", nticks=6,
+        title={"text": "gap_err"},
+        overlaying="y",
+        side="right",
+        zeroline=False,
+        tickformat=".0%",
+        nticks=6,
     )
     figs: dict[str, Any] = {
         "fig-wci": {

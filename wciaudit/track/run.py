@@ -124,7 +124,9 @@ def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the cache folder {folder}: {exc.strerror or exc}") from None
+        raise ConfigError(
+            f"cannot create the cache folder {folder}: {exc.strerror or exc}"
+        ) from None
 
 
 def _settings_config(config: ScanConfig | None, settings: dict[str, Any]) -> ScanConfig:
