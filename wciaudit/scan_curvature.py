@@ -73,7 +73,7 @@ def measure_curvature(
         x_again = _attack_again(run, net, subset, loss_attack)
         again = _curvature(run, net, names, norms, x_again, subset)
     for layer, est, est2 in zip(result.layers, estimates, again or estimates, strict=True):
-        fill_layer(layer, est, est2 if again is not None else None)
+        fill_layer(layer, est, est2 if again is not None else None, subset.n / subset.n_population)
     _wci(result, estimates, again, subset, run)
     if again is None:
         why = (
@@ -210,19 +210,30 @@ def _paired(est: TraceEstimate, again: TraceEstimate | None) -> bool:
     )
 
 
-def fill_layer(layer: LayerResult, est: TraceEstimate, again: TraceEstimate | None) -> None:
+def fill_layer(
+    layer: LayerResult,
+    est: TraceEstimate,
+    again: TraceEstimate | None,
+    subset_fraction: float | None = None,
+) -> None:
     """Copy one layer's estimate into the result, with the attack-start part of its SE
-    from the paired second run (``again``), and flag what the reader must know."""
+    from the paired second run (``again``), and flag what the reader must know.
+    ``subset_fraction`` is f = n / N (None: the subset is the whole split, f = 1)."""
     attack_var = (
         attack_variance([1.0], [est.group_shares], [again.group_shares])
         if _paired(est, again)
         else None
     )
-    se = math.sqrt(est.se**2 + (attack_var or 0.0))
+    # the estimator's SE is (1 - f) B + f W; the starts are a second-stage source, so
+    # they add f A, and the subset part loses the (1 - f) A its group spread held
+    f = 1.0 if subset_fraction is None else subset_fraction
+    attack = attack_var or 0.0
+    se = math.sqrt(est.se**2 + f * attack)
+    sample_se = math.sqrt(max(est.sample_se**2 - (1 - f) * attack, 0.0))
     layer.trace, layer.trace_se, layer.probes = est.trace, se, est.probes
     layer.method, layer.converged, layer.stop_reason = est.method, est.converged, est.stop_reason
     layer.history, layer.route_reason = est.history, est.route_reason or None
-    layer.probe_se, layer.sample_se = est.probe_se, est.sample_se
+    layer.probe_se, layer.sample_se = est.probe_se, sample_se
     layer.attack_se = None if attack_var is None else math.sqrt(attack_var)
     layer.se_covers = list(est.se_covers) + (["attack-starts"] if attack_var is not None else [])
     rel = se / abs(est.trace) if est.trace else None

@@ -16,7 +16,9 @@ the u_g, which keeps the correlation between layers that share the examples (per
 SEs added in quadrature would drop it). The attack part pairs two runs on the same
 examples and probes that differ only in the attack's starts: the starts are drawn per
 example, so the G group differences are independent and
-Var_attack = sum_g (u_g - u'_g)^2 / 2.
+Var_attack = sum_g (u_g - u'_g)^2 / 2. Like the probes, the starts are a second-stage
+source (drawn per example), so the total is (1 - f) B + f (W + A) with B the group
+spread, W the probe and A the attack variance (Cochran 1977, 10.8).
 
 Everything here is plain arithmetic on floats.
 """
@@ -119,7 +121,10 @@ def wci_error(
             / (groups - 1)
             * math.fsum((u_g - m / n * total) ** 2 for u_g, m in zip(u, group_sizes, strict=True))
         )
-        sample_var = max((1 - f) * (b - w), 0.0)
+        # the group spread B also holds the probes' and the starts' variance (both
+        # drawn per group or per example): Cochran's second stage, so they are taken
+        # out of B here and added back whole below, (1 - f) B + f (W + A) in all
+        sample_var = max((1 - f) * (b - w - (attack_var or 0.0)), 0.0)
         covers.append("hessian-subset")
     attack = 0.0 if attack_var is None else attack_var
     if attack_var is not None:
