@@ -20,7 +20,14 @@ from wciaudit.distributed import Shard
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(
-    eps=0.1, steps=3, seed=2, hessian_samples=45, dtype="float64", batch_size=16, max_probes=60
+    eps=0.1,
+    steps=3,
+    seed=2,
+    hessian_samples=45,
+    dtype="float64",
+    batch_size=16,
+    max_probes=60,
+    masking_samples=0,
 )
 
 
@@ -125,6 +132,8 @@ def test_torchrun_cli(tmp_path: Path) -> None:
         "2",
         "--eps",
         "0.1",
+        "--masking-samples",
+        "0",
         "-q",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

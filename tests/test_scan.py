@@ -53,7 +53,9 @@ def _splits(n_train: int = 60, n_test: int = 50) -> Splits:
     )
 
 
-CFG = dict(eps=0.1, steps=5, seed=3, hessian_samples=40, dtype="float64", max_probes=300)
+CFG = dict(
+    eps=0.1, steps=5, seed=3, hessian_samples=40, dtype="float64", max_probes=300, masking_samples=0
+)
 
 
 @pytest.mark.parametrize("act", [nn.ReLU, nn.GELU])

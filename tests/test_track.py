@@ -24,7 +24,9 @@ from wciaudit.track import find_checkpoints, order_checkpoints, track
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "sample_models" / "run_digits_cnn"
 ARCH = str(ROOT / "sample_models" / "digits_cnn.py")
-SMALL = dict(eps="0.1", train_samples=100, test_samples=100, hessian_samples=64, steps=2)
+SMALL = dict(
+    eps="0.1", train_samples=100, test_samples=100, hessian_samples=64, steps=2, masking_samples=0
+)
 SMALL_CLI = [
     "--data",
     "sample",
@@ -40,6 +42,8 @@ SMALL_CLI = [
     "64",
     "--steps",
     "2",
+    "--masking-samples",
+    "0",
 ]
 
 

@@ -38,6 +38,8 @@ SCAN_ARGS = [
     "3",
     "--eps",
     "0.1",
+    "--masking-samples",
+    "0",
     "--quiet",
 ]
 

@@ -29,6 +29,8 @@ FAST = [
     "2",
     "--eps",
     "0.1",
+    "--masking-samples",
+    "0",
     "-q",
 ]
 

@@ -26,7 +26,18 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
-FAST = ["--train-samples", "40", "--test-samples", "40", "--hessian-samples", "20", "--steps", "1"]
+FAST = [
+    "--train-samples",
+    "40",
+    "--test-samples",
+    "40",
+    "--hessian-samples",
+    "20",
+    "--steps",
+    "1",
+    "--masking-samples",
+    "0",
+]
 
 
 def _render(result: AuditResult, width: int = 80) -> str:

@@ -34,6 +34,8 @@ SMALL = [
     "20",
     "--steps",
     "1",
+    "--masking-samples",
+    "0",
 ]
 
 

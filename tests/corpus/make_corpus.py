@@ -27,7 +27,18 @@ ROOT = Path(__file__).resolve().parents[2]
 CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
 CNN_ARCH = ROOT / "sample_models" / "digits_cnn.py"
 #: the smallest scan that still runs every stage
-TINY = ["--train-samples", "40", "--test-samples", "40", "--hessian-samples", "20", "--steps", "1"]
+TINY = [
+    "--train-samples",
+    "40",
+    "--test-samples",
+    "40",
+    "--hessian-samples",
+    "20",
+    "--steps",
+    "1",
+    "--masking-samples",
+    "0",
+]
 #: files every case's working folder starts with; a failed command must not touch them
 PREEXISTING = {
     "result.json": '{"previous": "result"}\n',
