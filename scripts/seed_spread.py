@@ -104,6 +104,8 @@ def main() -> None:
         "layer",
         "trace sd/SE",
         "s/scan",
+        "attack s",
+        "trace s",
     ]
     rows = []
     for n in args.hessian_samples:
@@ -113,8 +115,8 @@ def main() -> None:
             for s in range(args.first_seed, args.first_seed + args.seeds)
         ]
         rows.append(_row(n, results, time.perf_counter() - t0))
-        wcis = ", ".join(f"{r.wci:.1f}" for r in results)
-        print(f"n={n}: WCI by seed {wcis}", flush=True)
+        wcis = ", ".join(f"{r.wci:.1f} +- {r.wci_se:.1f}" for r in results)
+        print(f"n={n}: WCI +- SE by seed {wcis}", flush=True)
     print(
         f"{args.checkpoint}: train {splits.x_train.shape[0]}, test {splits.x_test.shape[0]}, "
         f"SE parts are medians over seeds"
