@@ -206,11 +206,11 @@ def test_backward_route_equals_the_jacobian_route_and_the_dense_hessian() -> Non
     obj = Objective(model, x, y, names, 10, torch.device("cpu"))
     assert all(residual_vanishes(obj).values())
     fast = {e.name: e.trace for e in ggn.ggn_traces(obj)}
-    totals: dict = {}
-    ggn._ggn_by_jacobians(obj, names, totals, 2**26, None)
+    sums = ggn._Sums(torch.zeros(24, dtype=torch.long), 1, 24)
+    ggn._ggn_by_jacobians(obj, names, sums, 2**26, None)
     exact = dense_traces(model, x, y, names)
     for n in names:
-        assert fast[n] == pytest.approx(float(totals[n][0]) / 24, rel=1e-9)
+        assert fast[n] == pytest.approx(float(sums.totals[n][0]) / 24, rel=1e-9)
         assert fast[n] == pytest.approx(exact[n], rel=1e-6)
 
 

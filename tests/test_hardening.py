@@ -509,7 +509,8 @@ def test_scan_retries_with_half_the_batch_after_an_injected_oom(
 ) -> None:
     """The first attack batch of 128 fails as a GPU would; the scan goes on with 64 and
     says so in the notes, and every later stage uses 64."""
-    real_attack, real_traces = scan_module.attack_split, scan_module.layer_traces
+    stage = importlib.import_module("wciaudit.scan_curvature")
+    real_attack, real_traces = scan_module.run_attack, stage.layer_traces
     sizes: dict[str, list[int]] = {"attack": [], "traces": []}
 
     def attack(net, x, y, cfg, device, **kw):
@@ -522,8 +523,8 @@ def test_scan_retries_with_half_the_batch_after_an_injected_oom(
         sizes["traces"].append(kw["batch_size"])
         return real_traces(*args, **kw)
 
-    monkeypatch.setattr(scan_module, "attack_split", attack)
-    monkeypatch.setattr(scan_module, "layer_traces", traces)
+    monkeypatch.setattr(scan_module, "run_attack", attack)
+    monkeypatch.setattr(stage, "layer_traces", traces)
     result = scan_module.scan(
         str(CNN),
         "sample",
@@ -533,6 +534,8 @@ def test_scan_retries_with_half_the_batch_after_an_injected_oom(
         train_samples=40,
         test_samples=40,
         hessian_samples=20,
+        masking_samples=0,
+        attack_spread=False,
     )
     assert sizes == {"attack": [128, 64, 64], "traces": [64]}
     assert result.config["batch_size"] == 128 and result.config["batch_size_used"] == 64

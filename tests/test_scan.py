@@ -275,7 +275,7 @@ def test_load_options_as_one_object_or_keywords_not_both() -> None:
 def test_curvature_gets_the_population_and_the_memory_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    scan_module = importlib.import_module("wciaudit.scan")  # the package exports the function
+    scan_module = importlib.import_module("wciaudit.scan_curvature")  # the curvature stage
 
     seen: dict = {}
     real = scan_module.layer_traces
