@@ -140,7 +140,7 @@ def trace_seconds(
     """``layer_traces(method="auto")`` and its seconds. Keyword arguments newer than
     today's signature (``weight_norms``) are passed only where ``layer_traces`` takes them."""
     params = dict(setup.net.named_parameters())
-    optional = {"weight_norms": {n: float(params[n].detach().norm()) for n in setup.names}}
+    optional = {"weight_norms": [float(params[n].detach().norm()) for n in setup.names]}
     accepted = inspect.signature(layer_traces).parameters
     extra = {k: v for k, v in optional.items() if k in accepted}
     n_population = n_train if setup.x.shape[0] < n_train else None
