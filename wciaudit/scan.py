@@ -28,6 +28,7 @@ from torch import nn
 
 from . import bounds
 from .attacks import AttackOutcome, masking_checks, run_attack
+from .attacks.autoattack import broken_counts
 from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
 from .checkpoints.precedence import FLAG
 from .config import DEFAULT_EPS, LoadOptions, Norm, ScanConfig, parse_eps, parse_norm
@@ -282,17 +283,7 @@ def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
     broken_by = {}
     for split, outcome in outcomes.items():
         codes = run.shard.gather_cat(outcome.broken_code)
-        gathered = AttackOutcome(
-            x_loss=outcome.x_loss,
-            loss=outcome.loss,
-            correct=codes < 0,
-            broken_code=codes,
-            x_adv=outcome.x_adv,
-            attack=outcome.attack,
-            loss_attack=outcome.loss_attack,
-            stages=outcome.stages,
-        )
-        broken_by[split] = gathered.broken_counts()
+        broken_by[split] = broken_counts(codes, outcome.stages)
     return AttackInfo(
         accuracy_from=any_outcome.attack,
         loss_from=any_outcome.loss_attack,

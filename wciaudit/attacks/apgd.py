@@ -42,7 +42,7 @@ from torch import nn
 from ..config import Norm
 from ..errors import ConfigError
 from .pgd import project
-from .seeding import per_example_normal, per_example_uniform
+from .seeding import global_indices, per_example_normal, per_example_uniform
 
 APGD_CE_TAG = 2
 APGD_T_TAG = 3
@@ -220,15 +220,6 @@ def _momentum_step(
     return project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, eps, norm, lo, hi)
 
 
-def _indices(x: torch.Tensor, indices: torch.Tensor | None, index_offset: int) -> torch.Tensor:
-    if indices is None:
-        return torch.arange(index_offset, index_offset + x.shape[0])
-    indices = torch.as_tensor(indices).reshape(-1).cpu()
-    if indices.shape[0] != x.shape[0]:
-        raise ValueError(f"{indices.shape[0]} indices for {x.shape[0]} examples")
-    return indices
-
-
 def _check(eps: float, steps: int, restarts: int) -> None:
     if not eps >= 0:
         raise ConfigError(f"eps must be >= 0, got {eps!r}")
@@ -267,7 +258,7 @@ def apgd_ce(
     """
     _check(eps, steps, restarts)
     norm = _norm(norm)
-    idx = _indices(x, indices, index_offset)
+    idx = global_indices(x.shape[0], indices, index_offset)
     x, y = x.detach(), y.detach()
 
     def ce(logits: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
@@ -334,7 +325,7 @@ def apgd_targeted(
     """
     _check(eps, steps, restarts)
     norm = _norm(norm)
-    idx = _indices(x, indices, index_offset)
+    idx = global_indices(x.shape[0], indices, index_offset)
     x, y = x.detach(), y.detach()
     if clean_logits is None:
         with torch.no_grad():

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,8 +34,10 @@ from torch import nn
 from ..config import ScanConfig
 from ..errors import ConfigError
 from .apgd import apgd_ce, apgd_targeted
+from .fab import fab_targeted
 from .pgd import pgd_attack
 from .seeding import mix
+from .square import square_attack
 
 Progress = Callable[[int], None]
 
@@ -81,12 +82,18 @@ class AttackOutcome:
 
     def broken_counts(self) -> dict[str, int]:
         """How many examples each stage broke first (stages that ran, plus "clean")."""
-        names = ("clean", *self.stages) if "clean" not in self.stages else self.stages
-        return {s: int((self.broken_code == STAGES.index(s)).sum()) for s in names}
+        return broken_counts(self.broken_code, self.stages)
 
     @property
     def robust_accuracy(self) -> float:
         return float(self.correct.float().mean()) if self.correct.numel() else float("nan")
+
+
+def broken_counts(broken_code: torch.Tensor, stages: tuple[str, ...]) -> dict[str, int]:
+    """How many examples each stage broke first, from codes into :data:`STAGES` (e.g.
+    gathered from every process), for the stages that ran plus "clean"."""
+    names = ("clean", *stages) if "clean" not in stages else stages
+    return {s: int((broken_code == STAGES.index(s)).sum()) for s in names}
 
 
 def _stages(attack: str) -> tuple[str, ...]:
@@ -108,26 +115,6 @@ def _check_names(attack: str, loss_attack: str) -> None:
 
 def _default_loss_attack(attack: str) -> str:
     return attack if attack in ("pgd", "fgsm") else "apgd-ce"
-
-
-def _seeded_call(
-    fn: Callable[..., torch.Tensor], *args, indices: torch.Tensor, **kwargs
-) -> torch.Tensor:
-    # per-example seeding needs each example's global index; an implementation that takes
-    # only the first one (index_offset) seeds by position within the examples passed
-    if "indices" in inspect.signature(fn).parameters:
-        return fn(*args, indices=indices, **kwargs)
-    return fn(*args, index_offset=int(indices[0]) if indices.numel() else 0, **kwargs)
-
-
-def _import_stage(name: str) -> Callable[..., torch.Tensor]:
-    if name == "fab-t":
-        from .fab import fab_targeted
-
-        return fab_targeted
-    from .square import square_attack
-
-    return square_attack
 
 
 def autoattack_batch(
@@ -231,9 +218,9 @@ def _later_stage(
         extra = (
             {"n_target_classes": n_target_classes} if stage == "fab-t" else {"n_queries": n_queries}
         )
+        attack = fab_targeted if stage == "fab-t" else square_attack
         # these take no stream: fold it into the seed so train and test differ
-        return _seeded_call(
-            _import_stage(stage),
+        return attack(
             model,
             xs,
             ys,
@@ -343,7 +330,6 @@ def run_attack(
 
     Raises:
         ConfigError: an unknown attack name.
-        ImportError: AutoAttack's FAB-T or Square stage is not available.
     """
     attack = cfg.attack.value if attack is None else str(attack)
     loss_attack = _default_loss_attack(attack) if loss_attack is None else str(loss_attack)

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..config import Norm
 from ..errors import ConfigError
-from .seeding import example_generators
+from .seeding import example_generators, global_indices
 
 __all__ = ["fab_targeted", "project_onto_hyperplane"]
 
@@ -245,9 +245,7 @@ def fab_targeted(
         logits = model(x)
     robust = logits.argmax(1) == y
     ranked = logits.argsort(dim=1, descending=True)
-    index = torch.arange(x.shape[0]) + index_offset
-    if indices is not None:
-        index = torch.as_tensor(indices).cpu().long()
+    index = global_indices(x.shape[0], indices, index_offset)
     for rank in range(1, min(n_target_classes, logits.shape[1] - 1) + 1):
         for restart in range(restarts):
             todo = robust.nonzero().flatten()

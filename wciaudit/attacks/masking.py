@@ -36,6 +36,8 @@ from torch import nn
 from ..config import Attack, Norm, ScanConfig
 from ..data import stratified_subset
 from .pgd import _descend, pgd_attack
+from .seeding import mix
+from .square import square_attack
 
 
 @dataclass
@@ -142,7 +144,7 @@ def masking_checks(
         cfg: eps, norm, steps K, lo/hi, seed, dtype.
         alpha: significance level of each check.
         stream: seeds the starts apart from the scan's own (default: the test stream).
-        square: run check (c) when the Square attack is available.
+        square: run check (c), Square against the white-box attacks.
         square_queries: Square's query budget here (the full AutoAttack uses 5000).
 
     Cost on n examples: 9K + 21 forward-backward passes (K = cfg.steps, at least 20 for
@@ -224,14 +226,6 @@ def _square_check(
     queries: int,
     stream: int,
 ) -> MaskingCheck:
-    try:
-        from .square import square_attack
-    except ImportError:
-        return MaskingCheck(
-            "square-vs-whitebox", None, "skipped: the Square attack is not available"
-        )
-    from .seeding import mix
-
     x_sq = square_attack(
         model,
         xs,

@@ -102,3 +102,20 @@ def per_example_normal(
 ) -> torch.Tensor:
     """Standard normal draws, float32 on the CPU, one row per global example index."""
     return _draw(shape, indices, key, normal=True)
+
+
+def global_indices(
+    n: int, indices: torch.Tensor | None = None, index_offset: int = 0
+) -> torch.Tensor:
+    """The global index of each of n examples: ``indices`` as given (a subset of a
+    split), else index_offset, ..., index_offset + n - 1 (a contiguous shard).
+
+    Raises:
+        ValueError: ``indices`` does not hold one index per example.
+    """
+    if indices is None:
+        return torch.arange(index_offset, index_offset + n)
+    indices = torch.as_tensor(indices).reshape(-1).cpu().long()
+    if indices.shape[0] != n:
+        raise ValueError(f"{indices.shape[0]} indices for {n} examples")
+    return indices

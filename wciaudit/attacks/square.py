@@ -46,7 +46,7 @@ from torch import nn
 
 from ..config import Norm
 from ..errors import ConfigError
-from .seeding import example_generators
+from .seeding import example_generators, global_indices
 
 __all__ = ["square_attack"]
 
@@ -319,9 +319,7 @@ def square_attack(
     if eps == 0 or x.shape[0] == 0:
         return x_adv
     n, c, h, w = x.shape
-    index = torch.arange(n) + index_offset
-    if indices is not None:
-        index = torch.as_tensor(indices).cpu().long()
+    index = global_indices(x.shape[0], indices, index_offset)
 
     with torch.no_grad():
         todo = (model(x).argmax(1) == y).nonzero().flatten()
