@@ -467,8 +467,14 @@ def _ggn_by_jacobians(
 def hookable(objective: Objective, names: list[str]) -> list[str]:
     """Layers the backward route serves: every use of the weight is a call of a Linear
     or zero-padded Conv2d module holding it (see :func:`ggn_traces`)."""
+    return list(weight_modules(objective, names))
+
+
+def weight_modules(objective: Objective, names: list[str]) -> dict[str, list[nn.Module]]:
+    """The Linear / zero-padded Conv2d modules holding each layer's weight, for the
+    layers whose every use is a call of one of them (see :func:`ggn_traces`)."""
     uses, _ = _weight_uses(objective, names)
-    return [n for n in names if n in uses]
+    return {n: uses[n] for n in names if n in uses}
 
 
 def ggn_bytes_per_example(objective: Objective, names: list[str], classes: int) -> int:

@@ -47,8 +47,10 @@ from functools import partial
 import torch
 
 from .estimate import TraceEstimate
+from .ggn import weight_modules
 from .groups import GROUPS, group_count, probe_groups
 from .objective import Objective
+from .taps import GroupTaps, group_products, tappable
 
 Progress = Callable[[int], None]
 _PROBE_CHUNK = 16
@@ -212,21 +214,35 @@ def hutchinson_traces(
     stop: dict[str, str] = {}
     hvp = _BatchedHvp()
     want = {n: min(min_probes, max_probes) for n in names}
+    # layers whose groups share one graph through zero weight taps (:mod:`.taps`)
+    tapped = _Tapped(objective, names, members) if len(sizes) > 1 else None
+    untapped = [n for n in names if tapped is None or n not in tapped.names]
     # the graphs of every batch are kept across rounds when they fit one batch's memory
     keep_graphs = objective.n_local <= objective.batch_size
     cached: list[tuple[int, dict[str, torch.Tensor]]] | None = None
     round_ = 0
     while want:
-        graphs = cached if cached is not None else _group_graphs(objective, weights, names, members)
-        built: list[tuple[int, dict[str, torch.Tensor]]] | None = (
-            [] if keep_graphs and cached is None else None
-        )
         draw = partial(_probes, seed, round_=round_)
-        sums = _round_sums(
-            objective, hvp, graphs, weights, want, index, draw, len(sizes), progress, built
-        )
-        if built is not None:
-            cached = built
+        sums = {n: torch.zeros(len(sizes), k, dtype=torch.float64) for n, k in want.items()}
+        if tapped is not None:
+            tapped.round(want, index, draw, sums, progress)
+        rest = {n: k for n, k in want.items() if n in untapped}
+        if rest:
+            graphs = (
+                cached
+                if cached is not None
+                else _group_graphs(objective, weights, untapped, members)
+            )
+            built: list[tuple[int, dict[str, torch.Tensor]]] | None = (
+                [] if keep_graphs and cached is None else None
+            )
+            sums.update(
+                _round_sums(
+                    objective, hvp, graphs, weights, rest, index, draw, len(sizes), progress, built
+                )
+            )
+            if built is not None:
+                cached = built
         # one collective per round: every process gets every group's probe values
         flat = objective.reduce(torch.cat([sums[n].flatten() for n in want]))
         parts = torch.split(flat, [len(sizes) * k for k in want.values()])
@@ -390,3 +406,77 @@ def _group_graphs(
             loss = objective.loss(weights, xb, yb)
             grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True)
             yield g, dict(zip(names, grads, strict=True))
+
+
+# memory the zero taps of one graph may take (G copies of the tapped layers' weights,
+# their gradients and products: about 4 times the taps)
+_TAP_BYTES = 256 * 2**20
+
+
+class _Tapped:
+    """The layers served by zero per-group taps (:mod:`.taps`): every group's probe
+    through one graph per batch, in chunks of layers within ``_TAP_BYTES``."""
+
+    def __init__(self, objective: Objective, names: list[str], members: list[torch.Tensor]):
+        self.objective, self.members = objective, members
+        modules = weight_modules(objective, names)
+        ok = set(tappable(objective, modules)) if modules else set()
+        params = dict(objective.model.named_parameters())
+        itemsize = torch.empty((), dtype=objective.dtype).element_size()
+        per_layer = {n: 4 * len(members) * params[n].numel() * itemsize for n in ok}
+        self.names = [n for n in names if n in ok and per_layer[n] <= _TAP_BYTES]
+        self.chunks: list[list[str]] = []
+        for n in self.names:
+            last = self.chunks[-1] if self.chunks else None
+            if last is not None and sum(per_layer[m] for m in last) + per_layer[n] <= _TAP_BYTES:
+                last.append(n)
+            else:
+                self.chunks.append([n])
+        self.modules = {n: modules[n] for n in self.names}
+        # one batch and one chunk: the graph is built once and kept across rounds
+        self.keep = len(self.chunks) == 1 and objective.n_local <= objective.batch_size
+        self.cached: tuple[GroupTaps, list[dict[str, torch.Tensor]]] | None = None
+
+    def round(
+        self,
+        want: dict[str, int],
+        index: dict[str, int],
+        draw: Callable[..., torch.Tensor],
+        sums: dict[str, torch.Tensor],
+        progress: Progress | None,
+    ) -> None:
+        """Adds each group's probe values of the wanted tapped layers to ``sums``."""
+        groups = len(self.members)
+        for chunk in self.chunks:
+            wanted = [n for n in chunk if n in want]
+            if not wanted:
+                continue
+            taps, graphs = self._graphs(chunk)
+            probes = {
+                n: torch.stack(
+                    [
+                        draw(index[n], group=g, count=want[n], shape=tuple(taps.taps[n].shape[1:]))
+                        for g in range(groups)
+                    ]
+                )
+                for n in wanted
+            }
+            for grads in graphs:
+                for n in wanted:
+                    tap = taps.taps[n]
+                    batched = tap.dim() == 3 or tap.device.type == "cuda"
+                    for c in range(0, want[n], _PROBE_CHUNK):
+                        p = probes[n][:, c : c + _PROBE_CHUNK].to(tap.device, tap.dtype)
+                        sums[n][:, c : c + p.shape[1]] += group_products(grads[n], tap, p, batched)
+                        if progress is not None:
+                            progress(p.shape[1] * groups)
+
+    def _graphs(self, chunk: list[str]) -> tuple[GroupTaps, Iterable[dict[str, torch.Tensor]]]:
+        if self.cached is not None:
+            return self.cached
+        taps = GroupTaps(self.objective, {n: self.modules[n] for n in chunk}, len(self.members))
+        graphs = taps.graphs(self.members)
+        if self.keep:
+            self.cached = (taps, list(graphs))
+            return self.cached
+        return taps, graphs
