@@ -133,7 +133,8 @@ class ScanConfig:
         tol: target relative standard error of WCI; probes go where they cut WCI's
             variance most.
         layer_tol: also hold every per-layer trace to this relative SE (None: only WCI).
-        k_labels: labels sampled per example on the sampled-label Gauss-Newton route.
+        k_labels: labels sampled per example in the first round of the sampled-label
+            Gauss-Newton route (>= 2); more are drawn where a layer's tolerance asks.
         max_probes: probe cap per layer for Hutchinson.
         min_probes: probes per layer before the stop rule may fire.
         hessian_samples: number of train examples the Hessian is taken over.
@@ -178,7 +179,7 @@ class ScanConfig:
     memory_bytes: int = DEFAULT_MEMORY_BYTES
     masking_samples: int = 64
     layer_tol: float | None = None
-    k_labels: int = 16
+    k_labels: int = 2
     attack_spread: bool = True
 
     def __post_init__(self) -> None:

@@ -214,7 +214,7 @@ LayerTolOpt = Annotated[
     ),
 ]
 KLabelsOpt = Annotated[
-    int, typer.Option("--k-labels", help="Labels sampled per example on the mc-ggn route.")
+    int, typer.Option("--k-labels", help="Labels sampled per example in the first round of the mc-ggn route (more where the tolerance asks).")
 ]
 MaxProbesOpt = Annotated[int, typer.Option("--max-probes", help="Hutchinson probe cap per layer.")]
 CurvatureOpt = Annotated[

@@ -62,7 +62,7 @@ def layer_traces(
     n_total: int | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     n_population: int | None = None,
-    k_labels: int = 16,
+    k_labels: int = 2,
     weight_norms: list[float] | None = None,
     tol_target: str | None = None,
     layer_tol: float | None = None,

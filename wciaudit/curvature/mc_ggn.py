@@ -72,7 +72,7 @@ def mc_ggn_traces(
     objective: Objective,
     names: list[str] | None = None,
     *,
-    k_labels: int = 16,
+    k_labels: int = 2,
     tol: float | None = None,
     max_labels: int | None = None,
     seed: int = 0,
@@ -259,7 +259,7 @@ def _by_vmap(
                 gr = grad_fn(weights, xc, labels[c : c + chunk, j])
                 for n in names:
                     out[n][start + c : start + c + xc.shape[0], j] = (
-                        gr[n].flatten(1).pow(2).sum(1).double().cpu()
+                        gr[n].detach().flatten(1).pow(2).sum(1).double().cpu()
                     )
                 del gr
         start += xb.shape[0]

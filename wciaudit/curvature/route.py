@@ -14,8 +14,9 @@ count is the expected count for the tolerance, n = max(min_probes, (spread / tol
 with a per-probe relative spread of ``PROBE_SPREAD`` (block-restricted probes measured
 0.2-0.7 on the sample ResNet and ViT); the MC route's label count is
 max(k_labels, (LABEL_SPREAD / tol)^2 / n) for n examples, the labels its SE needs to
-reach the tolerance on its own. Exact beats MC when C + 1 <= that label count, since
-then the exact answer costs no more than the noisy one.
+reach the tolerance on its own. Exact beats MC when C + 1 <= ``EXACT_PREMIUM`` times
+that label count: an exact value has no label noise, which is worth a few passes
+(with the defaults, 2 labels: exact up to 15 classes).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ PROBE_SPREAD = 0.5
 LABEL_SPREAD = 1.0
 # backward passes per block-restricted Hessian-vector product
 HVP_PASSES = 2
+# the exact route is taken while it costs at most this many times the sampled-label
+# route: its value carries no label noise (with 2 labels: exact up to 15 classes)
+EXACT_PREMIUM = 8
 _NOT_PIECEWISE_LINEAR = "residual does not vanish (output not piecewise linear in this weight)"
 
 
@@ -191,8 +195,11 @@ def _auto_routes(
     hutch_line = f"Hutchinson {hutch_all:g} ({probes} probes per layer)"
     # layers whose C Jacobian rows do not fit take sampled labels beside the exact route
     exact_plan = exact_cost + (labels if big else 0)
-    if exact_layers and exact_plan <= mc_cost and exact_plan <= hutch_all:
-        reason = f"residual vanishes; {c}: {exact_line} <= {mc_line}, {hutch_line}"
+    if exact_layers and exact_plan <= EXACT_PREMIUM * mc_cost and exact_plan <= hutch_all:
+        reason = (
+            f"residual vanishes; {c}: {exact_line} <= {EXACT_PREMIUM} x {mc_line} "
+            f"(exact has no label noise), {hutch_line}"
+        )
         for n in exact_layers:
             routes[n] = Route(n, "exact-ggn", reason, exact_cost / len(exact_layers))
         for n in big:
@@ -201,7 +208,7 @@ def _auto_routes(
             )
     elif mc_cost <= hutch_all:
         why = (
-            f"{mc_line} passes < {exact_line}"
+            f"{mc_line} passes, {exact_line} > {EXACT_PREMIUM} x that"
             if not big
             else f"{mc_line} passes; C Jacobian rows of some layers exceed the memory budget"
         )
