@@ -274,10 +274,11 @@ def _wci(
         result.se_covers["wci"] = sorted({c for la in result.layers for c in la.se_covers})
         return
     sizes = torch.bincount(probe_groups(subset.n, groups, run.cfg.seed), minlength=groups).tolist()
+    ses = [la.trace_se for la in result.layers]
     attack_var = None
     if again is not None and all(_paired(e, e2) for e, e2 in zip(estimates, again, strict=True)):
         attack_var = attack_variance(
-            sensitivities(frob, traces), shares, [list(e.group_shares) for e in again]
+            sensitivities(frob, traces, ses), shares, [list(e.group_shares) for e in again]
         )
     err = wci_error(
         frob,
@@ -287,6 +288,7 @@ def _wci(
         sizes,
         subset.n_population,
         attack_var=attack_var,
+        trace_ses=ses,
     )
     result.wci_se = err.se
     result.wci_se_method = (

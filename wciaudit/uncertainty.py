@@ -29,6 +29,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import bounds
+
 __all__ = ["WciError", "sensitivities", "wci_error", "attack_variance"]
 
 
@@ -43,11 +45,19 @@ class WciError:
     covers: tuple[str, ...]
 
 
-def sensitivities(frob_norms: Sequence[float], traces: Sequence[float]) -> list[float]:
-    """a_k = dWCI/dT_k = ||W_k||_F / (2 sqrt(T_k)), 0 where T_k <= 0 (the term is 0)."""
-    return [
-        f / (2.0 * math.sqrt(t)) if t > 0 else 0.0 for f, t in zip(frob_norms, traces, strict=True)
-    ]
+def sensitivities(
+    frob_norms: Sequence[float],
+    traces: Sequence[float],
+    trace_ses: Sequence[float] | None = None,
+) -> list[float]:
+    """a_k = dWCI/dT_k = ||W_k||_F / (2 sqrt(T_k)), 0 where T_k <= 0 (the term is 0).
+
+    With the traces' SEs, a trace within a few SE of 0 (or below it) gets the slope
+    that gives its term the spread it has under a normal estimate
+    (:func:`wciaudit.bounds.term_slope`), where the delta method gives too little.
+    """
+    ses = [0.0] * len(traces) if trace_ses is None else trace_ses
+    return [bounds.term_slope(f, t, s) for f, t, s in zip(frob_norms, traces, ses, strict=True)]
 
 
 def _shares(a: Sequence[float], group_shares: Sequence[Sequence[float]]) -> list[float]:
@@ -86,6 +96,7 @@ def wci_error(
     n_population: int | None,
     *,
     attack_var: float | None = None,
+    trace_ses: Sequence[float] | None = None,
 ) -> WciError:
     """SE of WCI from the layers' group shares (Cochran 1977, 10.8, ratio form).
 
@@ -97,6 +108,8 @@ def wci_error(
         n_population: the split's size N (None: the subset is the whole split).
         attack_var: Var_attack(WCI) from :func:`attack_variance`, or None when not
             measured.
+        trace_ses: per layer, the trace's total SE, for the slopes of traces near 0
+            (:func:`sensitivities`); None: the delta method's slopes.
 
     Returns:
         :class:`WciError`; ``covers`` lists the sources its SE includes.
@@ -106,7 +119,7 @@ def wci_error(
         >>> e.se, e.covers
         (0.0, ())
     """
-    a = sensitivities(frob_norms, traces)
+    a = sensitivities(frob_norms, traces, trace_ses)
     n = sum(group_sizes)
     groups = len(group_sizes)
     w = math.fsum((a_k * s) ** 2 for a_k, s in zip(a, probe_ses, strict=True))

@@ -214,7 +214,11 @@ LayerTolOpt = Annotated[
     ),
 ]
 KLabelsOpt = Annotated[
-    int, typer.Option("--k-labels", help="Labels sampled per example in the first round of the mc-ggn route (more where the tolerance asks).")
+    int,
+    typer.Option(
+        "--k-labels",
+        help="Labels sampled per example in the first round of the mc-ggn route (more where the tolerance asks).",
+    ),
 ]
 MaxProbesOpt = Annotated[int, typer.Option("--max-probes", help="Hutchinson probe cap per layer.")]
 CurvatureOpt = Annotated[

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..bounds import term_slope
 from .estimate import TraceEstimate, mean_and_se
 from .ggn import ggn_traces, hookable, residual_vanishes
 from .hutchinson import hutchinson_traces
@@ -259,15 +260,19 @@ _WCI_ROUNDS = 12
 _ROUND_SEED = 7_777_777
 
 
+def _slope(norm: float, e: TraceEstimate) -> float:
+    """d term / d Tr of a layer, as its SE sees it (:func:`wciaudit.bounds.term_slope`)."""
+    return term_slope(norm, e.trace, e.se)
+
+
 def wci_relative_se(norms: dict[str, float], estimates: dict[str, TraceEstimate]) -> float:
-    """Relative SE of WCI = sum_k ||W_k||_F sqrt(max(Tr_k, 0)) by the delta method:
-    Var(WCI) = sum_k ||W_k||_F^2 Var(Tr_k) / (4 Tr_k) over layers with Tr_k > 0."""
+    """Relative SE of WCI = sum_k ||W_k||_F sqrt(max(Tr_k, 0)), layers independent:
+    Var(WCI) = sum_k a_k^2 Var(Tr_k), a_k the delta method's ||W_k||_F / (2 sqrt(Tr_k))
+    away from 0, and near or below 0 the slope of a normal estimate's spread
+    (:func:`wciaudit.bounds.term_slope`), so a trace near 0 neither stalls the rule
+    (the delta method's slope grows without bound there) nor drops out of it."""
     wci = math.fsum(norms[n] * math.sqrt(max(e.trace, 0.0)) for n, e in estimates.items())
-    var = math.fsum(
-        norms[n] ** 2 * e.se**2 / (4 * e.trace)
-        for n, e in estimates.items()
-        if e.trace > 0 and e.se > 0
-    )
+    var = math.fsum((_slope(norms[n], e) * e.se) ** 2 for n, e in estimates.items() if e.se > 0)
     if wci == 0:
         return 0.0 if var == 0 else math.inf
     return math.sqrt(var) / wci
@@ -336,18 +341,16 @@ def _allocate(
     everything = {**fixed, **current}
     wci = math.fsum(norms[n] * math.sqrt(max(e.trace, 0.0)) for n, e in everything.items())
     budget = (tol * wci) ** 2 - math.fsum(
-        norms[n] ** 2 * e.se**2 / (4 * e.trace) for n, e in fixed.items() if e.trace > 0
+        (_slope(norms[n], e) * e.se) ** 2 for n, e in fixed.items()
     )
+    # per-probe variance of each open layer's term: a_k^2 Var(Tr_k) n_k
     a = {
-        n: norms[n] ** 2 * (e.se**2 * e.probes) / (4 * e.trace)
+        n: (_slope(norms[n], e) * e.se) ** 2 * e.probes
         for n, e in current.items()
-        if e.trace > 0 and e.se > 0 and isinstance(e.probes, int) and e.probes < max_probes
+        if e.se > 0 and isinstance(e.probes, int) and e.probes < max_probes
     }
-    capped = math.fsum(
-        norms[n] ** 2 * e.se**2 / (4 * e.trace)
-        for n, e in current.items()
-        if n not in a and e.trace > 0
-    )
+    a = {n: v for n, v in a.items() if v > 0}
+    capped = math.fsum((_slope(norms[n], e) * e.se) ** 2 for n, e in current.items() if n not in a)
     budget -= capped
     if not a or budget <= 0:
         return {}  # the layers at their cap (or the fixed routes) already exceed the target
