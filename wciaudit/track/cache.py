@@ -104,10 +104,12 @@ def key_settings(
 
 
 def read_cache(path: Path) -> AuditResult | None:
-    """A cached result, or None when absent or unreadable (it is then scanned again)."""
+    """A cached result, or None when absent, unreadable or incomplete (a stopped scan):
+    the checkpoint is then scanned again."""
     if not path.is_file():
         return None
     try:
-        return AuditResult.load(path)
+        result = AuditResult.load(path)
     except ConfigError:
         return None
+    return result if result.complete else None
