@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -33,3 +34,16 @@ def digits_test() -> tuple[torch.Tensor, torch.Tensor]:
     """96 test examples, a stratified seeded subset of the shipped sample data."""
     splits = load_data("sample", test_samples=96, seed=0)
     return splits.x_test, splits.y_test
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_root(tmp_path_factory: pytest.TempPathFactory):
+    """``wciaudit track`` keeps its cache under the user's cache folder; the tests (and the
+    commands they start) keep theirs in a temporary one, never in the home folder."""
+    old = os.environ.get("WCIAUDIT_CACHE_DIR")
+    os.environ["WCIAUDIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("wciaudit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("WCIAUDIT_CACHE_DIR", None)
+    else:
+        os.environ["WCIAUDIT_CACHE_DIR"] = old

@@ -19,7 +19,7 @@ from wciaudit.cli.app import app
 from wciaudit.errors import ConfigError
 from wciaudit.report import render_track
 from wciaudit.stats import kendall_tau
-from wciaudit.track import find_checkpoints, order_checkpoints, track
+from wciaudit.track import cache_folder, find_checkpoints, order_checkpoints, track
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "sample_models" / "run_digits_cnn"
@@ -57,7 +57,7 @@ def _one_thread():
 
 @pytest.fixture()
 def run3(tmp_path: Path) -> Path:
-    """Three checkpoints of the shipped run, copied so the cache lands in tmp_path."""
+    """Three checkpoints of the shipped run, copied into tmp_path (a cache of its own)."""
     folder = tmp_path / "run"
     folder.mkdir()
     for epoch in (1, 10, 40):
@@ -137,7 +137,7 @@ def test_cache_second_run_scans_nothing_and_new_epoch_scans_one(run3, monkeypatc
     monkeypatch.setattr(track_run, "scan", counting)
     first = track([run3], "sample", arch=ARCH, **SMALL)
     assert len(calls) == 3 and first.scanned == 3
-    assert len(list((run3 / ".wciaudit-cache").glob("*.json"))) == 3
+    assert len(list(Path(first.cache_dir).glob("*.json"))) == 3
 
     calls.clear()
     second = track([str(run3)], "sample", arch=ARCH, **SMALL)
@@ -167,7 +167,7 @@ def test_interrupted_run_keeps_finished_scans(run3, monkeypatch):
     monkeypatch.setattr(track_run, "scan", flaky)
     with pytest.raises(KeyboardInterrupt):
         track([run3], "sample", arch=ARCH, **SMALL)
-    cache = run3 / ".wciaudit-cache"
+    cache = cache_folder([run3], order_checkpoints(find_checkpoints([run3])), None)
     assert len(list(cache.glob("*.json"))) == 2
     assert not list(cache.glob(".*.tmp"))  # atomic writes leave no partial file
     monkeypatch.setattr(track_run, "scan", real_scan)
@@ -175,8 +175,8 @@ def test_interrupted_run_keeps_finished_scans(run3, monkeypatch):
 
 
 def test_corrupt_cache_entry_is_scanned_again(run3):
-    track([run3], "sample", arch=ARCH, **SMALL)
-    victim = sorted((run3 / ".wciaudit-cache").glob("*.json"))[0]
+    first = track([run3], "sample", arch=ARCH, **SMALL)
+    victim = sorted(Path(first.cache_dir).glob("*.json"))[0]
     victim.write_text("{not json")
     assert track([run3], "sample", arch=ARCH, **SMALL).scanned == 1
 

@@ -216,11 +216,18 @@ def apply_gates(
 
     Returns:
         A :class:`Gate` whose ``checks`` hold one :meth:`GateCheck.to_dict` per
-        threshold and whose ``failures`` hold one line per failed check.
+        threshold and whose ``failures`` hold one line per failed check; for an
+        incomplete result (a stopped scan), or an incomplete baseline the WCI increase
+        is taken against, a failed gate with one line and no checks.
 
     Raises:
         ConfigError: when ``max_wci_increase`` is set and ``baseline`` is None.
     """
+    if not result.complete:
+        # a stopped scan lacks figures; checking what it has would pass it on half an audit
+        return Gate(passed=False, failures=[f"{result.incomplete_reason}; gates need a whole scan"])
+    if baseline is not None and not baseline.complete and config.max_wci_increase is not None:
+        return Gate(passed=False, failures=[f"the baseline is an {baseline.incomplete_reason}"])
     checks = [c.to_dict() for c in check_gates(result, config, baseline)]
     failures = [c["message"] for c in checks if c["status"] == "fail"]
     return Gate(passed=not failures, failures=failures, checks=checks)

@@ -26,6 +26,9 @@ from ._version import __version__
 from .errors import ConfigError
 
 SCHEMA_VERSION = 1
+#: the stages of a scan, in the order they run (``AuditResult.stages`` lists those that
+#: finished; a scan without data runs the first two)
+STAGES = ("load", "data", "attack", "evaluate", "curvature", "bound")
 
 
 @dataclass
@@ -171,12 +174,13 @@ class Gate:
 
 @dataclass
 class Timings:
-    load_s: float = 0.0
-    attack_s: float = 0.0
-    trace_s: float = 0.0
+    # seconds per stage; null in an incomplete result for a stage that did not finish
+    load_s: float | None = 0.0
+    attack_s: float | None = 0.0
+    trace_s: float | None = 0.0
     total_s: float = 0.0
-    eval_s: float = 0.0
-    data_s: float = 0.0
+    eval_s: float | None = 0.0
+    data_s: float | None = 0.0
     # when the scan started (UTC, ISO 8601); kept with the timings so that two runs
     # with the same seed differ in this block alone
     started_at: str = ""
@@ -218,6 +222,24 @@ class AuditResult:
     timings: Timings = field(default_factory=Timings)
     environment: Environment = field(default_factory=Environment)
     notes: list[str] = field(default_factory=list)
+    # the stages that finished, in order (:data:`STAGES`); a result written when a scan
+    # was stopped (SIGTERM, Ctrl-C) after its attack stage has ``complete`` False and
+    # ``stopped_at`` the stage that did not finish: that stage's figures and those of
+    # the stages after it are null
+    complete: bool = True
+    stopped_at: str | None = None
+    stages: list[str] = field(default_factory=list)
+
+    @property
+    def incomplete_reason(self) -> str | None:
+        """One sentence on what an incomplete result lacks; None for a complete one."""
+        if self.complete:
+            return None
+        done = ", ".join(self.stages) or "none"
+        return (
+            f"incomplete result: the scan was stopped during its {self.stopped_at or '?'} "
+            f"stage (finished: {done}); the figures of that stage and later ones are null"
+        )
 
     # -- derived figures used by the report and the gate -------------------------------
     @property
@@ -277,6 +299,9 @@ class AuditResult:
                 timings=_build(Timings, d.get("timings")),
                 environment=_build(Environment, d.get("environment")),
                 notes=list(d.get("notes") or []),
+                complete=_flag(d.get("complete", True), "complete"),
+                stopped_at=None if d.get("stopped_at") is None else str(d["stopped_at"]),
+                stages=[str(x) for x in d.get("stages") or []],
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"malformed wciaudit result: {exc}") from None
@@ -361,6 +386,12 @@ def _umask() -> int:
     old = os.umask(0o022)
     os.umask(old)
     return old
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} must be true or false")
+    return value
 
 
 def _build(cls: type, d: Any) -> Any:

@@ -12,11 +12,9 @@ Example:
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import partial
@@ -48,10 +46,10 @@ from .result import (
     Metrics,
     OtherParameter,
     PacBayes,
-    Timings,
 )
 from .retry import run_with_batch_retry
 from .scan_curvature import measure_curvature
+from .scan_stages import StageCallback, Stages
 
 #: progress(stage, advance, total): stage is "attack-train", "attack-test" or "curvature";
 #: total is None where it is not known in advance (Hutchinson probes).
@@ -72,6 +70,7 @@ def scan(
     input_size: tuple[int, int, int] | None = None,
     weights_only: bool = False,
     progress: ProgressCallback | None = None,
+    on_stage: StageCallback | None = None,
     shard: Shard | None = None,
     **settings: Any,
 ) -> AuditResult:
@@ -92,6 +91,10 @@ def scan(
             keywords ``arch, arch_args, num_classes, mean, std, input_size,
             weights_only`` (not both).
         progress: optional callback ``progress(stage, advance, total)``.
+        on_stage: optional callback ``on_stage(stage, partial)`` after each stage but
+            the last, ``partial`` being a copy of the result as it would stand if the
+            scan stopped then (``complete`` False, see :mod:`wciaudit.scan_stages`):
+            keep the latest to save what finished when the scan is interrupted.
         shard: this process's place under torchrun (see :mod:`wciaudit.distributed`);
             default: a single process.
 
@@ -101,42 +104,25 @@ def scan(
     Raises:
         CheckpointError, DataError, ConfigError: with a one-line message.
     """
-    t_start = time.perf_counter()
-    started_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    stages = Stages(on_stage)
     cfg, unset = _make_config(config, settings)
     options = _load_options(
         options, arch, arch_args, num_classes, mean, std, input_size, weights_only
     )
-    timings: dict[str, float] = {}
-
-    with _timed(timings, "load_s"):
+    with stages.stage("load"):
         loaded = _load(checkpoint, options)
     cfg, threat_sources = _threat_model(cfg, unset, loaded)
     run = _Run.create(cfg, shard or Shard(), progress)
-    with _timed(timings, "data_s"):
-        splits, data_reason = (
-            (None, "weights only: no data asked for")
-            if options.weights_only
-            else choose_data(data, loaded, cfg, run.notes)
-        )
-    result = _new_result(loaded, run, threat_sources)
-    if splits is None:
-        result.dataset = DatasetInfo(name="none", reason=data_reason, lo=cfg.lo, hi=cfg.hi)
-        run.notes.append("no data: every data-dependent figure is null")
-    else:
-        result.dataset = _dataset_info(splits, data_reason, cfg)
-        _measure(run, loaded, splits, result, timings)
-        _bound(result, cfg, splits)
-    flagged = [la.name for la in result.layers if la.flag]
-    if flagged:
-        run.notes.append(
-            f"{len(flagged)} layer(s) flagged (non-positive trace or not converged): "
-            + ", ".join(flagged[:5])
-        )
-    result.config["batch_size_used"] = run.batches.size
-    result.timings = Timings(
-        **timings, total_s=time.perf_counter() - t_start, started_at=started_at
-    )
+    stages.finish = partial(_finish, run=run)
+    with stages.stage("data"):
+        splits, result = _data(data, loaded, options, run, threat_sources, stages)
+    if splits is not None:
+        _measure(run, loaded, splits, result, stages)
+        with stages.stage("bound"):
+            _bound(result, cfg, splits)
+    _finish(result, run)
+    result.stages = list(stages.done)
+    result.timings = stages.timings()
     return result
 
 
@@ -173,25 +159,12 @@ class _Run:
         return tick
 
 
-class _timed:
-    """``with _timed(timings, "attack_s"):`` records the block's wall time in seconds."""
-
-    def __init__(self, timings: dict[str, float], key: str) -> None:
-        self._timings, self._key = timings, key
-
-    def __enter__(self) -> None:
-        self._t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self._timings[self._key] = time.perf_counter() - self._t0
-
-
 def _measure(
     run: _Run,
     loaded: LoadedCheckpoint,
     splits: Splits,
     result: AuditResult,
-    timings: dict[str, float],
+    stages: Stages,
 ) -> None:
     """attack -> robust figures -> Hessian subset -> curvature, filling ``result``."""
     net = AuditedModel(loaded.model, loaded.info.mean, loaded.info.std)
@@ -200,14 +173,14 @@ def _measure(
         class_note = check_model_accepts(net, splits, run.device, run.dtype)
         if class_note:
             run.notes.append(class_note)
-        with _timed(timings, "attack_s"):
+        with stages.stage("attack"):
             outcomes = _attack(run, net, splits)
             result.attacks = _attack_info(run, outcomes)
             result.attacks.masking = _masking(run, net, splits)
-        with _timed(timings, "eval_s"):
+        with stages.stage("evaluate"):
             result.metrics = _robust_figures(run, net, splits, outcomes)
         adv = {split: outcome.x_loss for split, outcome in outcomes.items()}
-        with _timed(timings, "trace_s"):
+        with stages.stage("curvature"):
             loss_attack = next(iter(outcomes.values())).loss_attack
             measure_curvature(run, net, splits, adv, result, loss_attack)
 
@@ -336,7 +309,44 @@ def _bound(result: AuditResult, cfg: ScanConfig, splits: Splits) -> None:
             )
 
 
+def _finish(result: AuditResult, run: _Run) -> None:
+    """What sums up the stages that ran: the flagged layers, the batch size used."""
+    flagged = [la.name for la in result.layers if la.flag]
+    if flagged:
+        result.notes.append(
+            f"{len(flagged)} layer(s) flagged (non-positive trace or not converged): "
+            + ", ".join(flagged[:5])
+        )
+    result.config["batch_size_used"] = run.batches.size
+
+
 # -- setting up ---------------------------------------------------------------------------
+def _data(
+    data: Any,
+    loaded: LoadedCheckpoint,
+    options: LoadOptions,
+    run: _Run,
+    threat_sources: dict[str, str],
+    stages: Stages,
+) -> tuple[Splits | None, AuditResult]:
+    """The data the scan runs on (None: weights only) and the result before any measurement."""
+    cfg = run.cfg
+    splits, reason = (
+        (None, "weights only: no data asked for")
+        if options.weights_only
+        else choose_data(data, loaded, cfg, run.notes)
+    )
+    result = _new_result(loaded, run, threat_sources)
+    if splits is None:
+        result.dataset = DatasetInfo(name="none", reason=reason, lo=cfg.lo, hi=cfg.hi)
+        run.notes.append("no data: every data-dependent figure is null")
+        stages.plan = stages.plan[:2]
+    else:
+        result.dataset = _dataset_info(splits, reason, cfg)
+    stages.result = result
+    return splits, result
+
+
 def _new_result(loaded: LoadedCheckpoint, run: _Run, threat_sources: dict[str, str]) -> AuditResult:
     """The result before any measurement: checkpoint, config, environment, inventory."""
     info = CheckpointInfo(**{f.name: getattr(loaded.info, f.name) for f in fields(CheckpointInfo)})

@@ -48,7 +48,8 @@ def test_help_has_no_bool_type_no_empty_default_and_capital_arguments(command: s
 
 def test_track_help_shows_its_defaults() -> None:
     text = _flat(runner.invoke(app, ["track", "--help"]).stdout)
-    assert "(default: RUN/.wciaudit-cache)" in text
+    assert "(default: a folder for this run under $WCIAUDIT_CACHE_DIR, else" in text
+    assert "~/.cache/wciaudit; the run folder is never written to)" in text
     assert "(default: <run name>.track.html in the current folder)" in text
 
 

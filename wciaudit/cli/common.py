@@ -34,6 +34,8 @@ _STOPPED = {
     signal.SIGINT: ("interrupted; no output was written", EXIT_INTERRUPTED),
     signal.SIGTERM: ("terminated (SIGTERM); no output was written", EXIT_TERMINATED),
 }
+#: the signals received while the current command runs (see :func:`stop_signal`)
+_received: list[int] = []
 
 
 class Terminated(BaseException):
@@ -61,7 +63,8 @@ def handle_errors(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        received: list[int] = []
+        global _received
+        received = _received = []
         previous = watch_signals(received)
         try:
             return func(*args, **kwargs)
@@ -77,6 +80,21 @@ def handle_errors(func: F) -> F:
                 signal.signal(signum, handler)
 
     return wrapper  # type: ignore[return-value]
+
+
+def stop_signal() -> int | None:
+    """The signal that is stopping the current command, None when none was received.
+
+    A command that can keep part of its work (``scan``: the stages that finished) asks
+    this in its own ``except BaseException`` and then ends with :func:`stopped`."""
+    return _received[0] if _received else None
+
+
+def stopped(signum: int, what: str) -> typer.Exit:
+    """The one line and exit code (130, 143) for a command a signal stopped after it
+    wrote ``what`` (a sentence saying which file holds which part of the work)."""
+    message, code = _STOPPED[signum]
+    return fail(message.replace("no output was written", what), code)
 
 
 def watch_signals(record: list[int]) -> dict[int, Any]:

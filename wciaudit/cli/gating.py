@@ -117,7 +117,7 @@ def render_markdown(result: AuditResult, sigmas: float) -> str:
 def _verdict(gate: Gate) -> str:
     failed = len(gate.failures)
     if not gate.checks:
-        return "no gates set"
+        return "❌ " + gate.failures[0] if failed else "no gates set"
     if failed:
         return f"❌ {failed} gate{'s' if failed > 1 else ''} failed"
     return "✅ all gates passed"

@@ -42,7 +42,7 @@ JsonOpt = Annotated[
     Path | None,
     typer.Option(
         "--json",
-        help="Where to write the JSON result (default: <checkpoint name>.wciaudit.json in the current folder).",
+        help="Where to write the JSON result (default: <checkpoint name>.wciaudit.json in the current folder). A scan stopped by SIGTERM or Ctrl-C after its attack stage writes the stages that finished here, marked incomplete.",
         dir_okay=False,
     ),
 ]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..result import AuditResult
-from .common import check_output_folders, handle_errors, out
+from .common import check_output_folders, err, handle_errors, out
 from .options import CsvOpt, PlotlyMode, PlotlyOpt, QuietOpt
 
 
@@ -28,12 +28,19 @@ def report(
     csv_path: CsvOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write the HTML report (self-contained unless --plotly cdn) for saved results."""
+    """Write the HTML report (self-contained unless --plotly cdn) for saved results; an incomplete result (a stopped scan) is rendered with a warning."""
     from ..export import write_csv
     from ..report import write_report
 
     check_output_folders(output, csv_path)
     loaded = [AuditResult.load(p) for p in results]
+    for path, result in zip(results, loaded, strict=True):
+        if not result.complete:
+            err.print(
+                f"wciaudit: warning: {path}: {result.incomplete_reason}",
+                markup=False,
+                soft_wrap=True,
+            )
     written = [write_report(loaded, output, plotly=plotly.value)]
     if csv_path is not None:
         written.append(write_csv(loaded, csv_path))

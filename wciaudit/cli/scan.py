@@ -12,7 +12,14 @@ from ..distributed import Shard, leave, shard_from_env
 from ..result import AuditResult
 from ..scan import checkpoint_stem
 from ..scan import scan as run_scan
-from .common import check_output_folders, handle_errors, out, progress_bars
+from .common import (
+    check_output_folders,
+    handle_errors,
+    out,
+    progress_bars,
+    stop_signal,
+    stopped,
+)
 from .gating import GateSetup, report_gates
 from .options import (
     CsvOpt,
@@ -61,6 +68,7 @@ def scan(
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
     check_output_folders(target, html, csv_path)
     shard = shard_from_env() if distributed else Shard()
+    kept: list[AuditResult] = []
     try:
         with progress_bars(not quiet and shard.is_main) as progress:
             result = run_scan(
@@ -72,8 +80,13 @@ def scan(
                 input_size=settings.input_size,
                 weights_only=weights_only,
                 progress=progress,
+                on_stage=lambda _stage, partial: kept.append(partial),
                 shard=shard,
             )
+    except BaseException:
+        if shard.is_main and kept:
+            keep_finished_stages(kept[-1], target, skipped=html or csv_path)
+        raise
     finally:
         leave(shard)
     result.gate = gates.apply(result)
@@ -92,6 +105,25 @@ def scan(
     code = report_gates(result, gates, quiet=quiet)
     if code:
         raise typer.Exit(code)
+
+
+def keep_finished_stages(partial: AuditResult, target: Path, *, skipped: Path | None) -> None:
+    """When a signal stops the scan after its attack stage, write the stages that
+    finished to the JSON path, marked incomplete, and end with one line (exit 130 or
+    143). Before that stage, or on any other exception, nothing is written. The HTML
+    report and the CSV are not written for an incomplete result (``skipped``: one was
+    asked for): they would look like a finished audit once shared; ``wciaudit report``
+    renders the JSON later with the incompleteness stated on the page."""
+    signum = stop_signal()
+    if signum is None or "attack" not in partial.stages:
+        return
+    path = partial.save(target)
+    tail = "; no HTML report or CSV for an incomplete result" if skipped is not None else ""
+    raise stopped(
+        signum,
+        f"wrote the incomplete result {path} (stopped during the {partial.stopped_at} "
+        f"stage; finished: {', '.join(partial.stages)}){tail}",
+    ) from None
 
 
 def write_outputs(

@@ -33,7 +33,7 @@ def track(
         Path | None,
         typer.Option(
             "--cache",
-            help="Folder of per-checkpoint results (default: RUN/.wciaudit-cache).",
+            help="Folder of per-checkpoint results (default: a folder for this run under $WCIAUDIT_CACHE_DIR, else $XDG_CACHE_HOME/wciaudit, else ~/.cache/wciaudit; the run folder is never written to).",
             file_okay=False,
             show_default=False,
         ),

@@ -205,6 +205,12 @@ def _hessian_text(result: TrackResult, cfg: dict[str, Any]) -> str:
 
 
 # -- the curves ----------------------------------------------------------------------------
+_MARGIN = {"l": 60, "r": 60, "t": 50, "b": 50}
+#: the width plotly's vertical toolbar takes at a chart's right edge: a chart with
+#: labels on its right (a second axis, a colour bar) keeps this much clear of them
+_TOOLBAR = 34
+
+
 class _Curves:
     """Builds the run's curves: one x axis (epochs), the markers on every chart."""
 
@@ -247,8 +253,17 @@ class _Curves:
             title={"text": title, "font": {"size": 14}},
             xaxis=axis(title={"text": f"epoch ({self.epoch_source})"}, zeroline=False),
             yaxis=axis(title={"text": ytitle}, zeroline=False),
-            margin={"l": 60, "r": 60, "t": 50, "b": 50},
-            legend={"orientation": "h", "y": -0.25},
+            margin=_MARGIN,
+            # the legend at the foot of the figure, below the axis title whatever the
+            # chart's height (a paper-relative place lands on the title)
+            legend={
+                "orientation": "h",
+                "x": 0,
+                "xanchor": "left",
+                "yref": "container",
+                "y": 0,
+                "yanchor": "bottom",
+            },
             shapes=self.shapes,
             annotations=self.notes,
             hovermode="x unified",
@@ -285,13 +300,17 @@ def _figures(
     c = _Curves(result, s, markers)
     blue, orange, green, red, pink = PALETTE[0], PALETTE[1], PALETTE[2], PALETTE[3], PALETTE[4]
     # gap_err is a difference of accuracies: whole percentage points, a few round ticks
+    # (its own round ticks, not ticks synced to gap_loss's grid, which land on values
+    # like 9% and 16%; no grid of its own, which would cross gap_loss's)
     gap_err_axis = axis(
         title={"text": "gap_err"},
         overlaying="y",
         side="right",
         zeroline=False,
         tickformat=".0%",
+        tickmode="auto",
         nticks=6,
+        showgrid=False,
     )
     figs: dict[str, Any] = {
         "fig-wci": {
@@ -309,7 +328,12 @@ def _figures(
                     yaxis="y2",
                 ),
             ],
-            "layout": c.layout("Robust generalization gap", "gap_loss", yaxis2=gap_err_axis),
+            "layout": c.layout(
+                "Robust generalization gap",
+                "gap_loss",
+                yaxis2=gap_err_axis,
+                margin={**_MARGIN, "r": _MARGIN["r"] + _TOOLBAR},
+            ),
         },
         "fig-acc": {
             "data": [
@@ -358,7 +382,7 @@ def _layers_figure(result: TrackResult, c: _Curves) -> dict[str, Any]:
                 "y": [svg_text(n) for n in names],
                 "z": rows,
                 "colorscale": "Viridis",
-                "colorbar": {"title": {"text": "||W||·sqrt(Tr H)"}},
+                "colorbar": {"title": {"text": "||W||·sqrt(Tr H)", "side": "right"}},
                 "hovertemplate": "epoch %{x}<br>%{y}<br>term %{z:.4g}<extra></extra>",
             }
         ],
@@ -368,6 +392,7 @@ def _layers_figure(result: TrackResult, c: _Curves) -> dict[str, Any]:
             yaxis=axis(autorange="reversed"),
             hovermode="closest",
             height=max(320, 60 + 28 * len(names)),
+            margin={**_MARGIN, "r": _MARGIN["r"] + 60 + _TOOLBAR},
         ),
     }
 

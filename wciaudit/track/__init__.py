@@ -1,7 +1,7 @@
 """Track a training run: every checkpoint scanned, ordered by epoch, WCI set against the gap.
 
 - :mod:`.files`: find a run's checkpoints, read their epoch, order and hash them;
-- :mod:`.cache`: one cached result per checkpoint and settings;
+- :mod:`.cache`: one cached result per checkpoint and settings, in a folder the user owns;
 - :mod:`.result`: :class:`TrackResult`, its series, correlations and markers;
 - :mod:`.run`: :func:`track`, which ties them together.
 
@@ -9,13 +9,13 @@ The page is drawn by :func:`wciaudit.report.render_track`; the rank statistics a
 :mod:`wciaudit.stats`.
 """
 
-from .cache import CACHE_DIR_NAME
+from .cache import CACHE_ENV, cache_folder, cache_root
 from .files import CHECKPOINT_SUFFIXES, RunCheckpoint, find_checkpoints, order_checkpoints
 from .result import MEASURES, TARGETS, Correlation, TrackEntry, TrackResult
 from .run import TrackProgress, track
 
 __all__ = [
-    "CACHE_DIR_NAME",
+    "CACHE_ENV",
     "CHECKPOINT_SUFFIXES",
     "MEASURES",
     "TARGETS",
@@ -26,5 +26,7 @@ __all__ = [
     "TrackResult",
     "find_checkpoints",
     "order_checkpoints",
+    "cache_folder",
+    "cache_root",
     "track",
 ]

@@ -3,6 +3,12 @@
 Each scan is stored under a key made of the checkpoint's sha256 and a digest of every
 setting that changes the numbers, written atomically as soon as it is done. Re-running
 after a new epoch scans only the new file; an interrupted run keeps what it finished.
+
+The cache lives in a folder the user owns, not beside the checkpoints (a run folder may
+be read-only or shared): ``$WCIAUDIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/wciaudit``, else
+``~/.cache/wciaudit`` (``%LOCALAPPDATA%\\wciaudit\\cache`` on Windows), one sub-folder per
+run folder named after it and the hash of its resolved path, so two runs never share
+one. ``--cache DIR`` puts the entries in ``DIR`` itself.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from ..errors import ConfigError
 from ..result import SCHEMA_VERSION, AuditResult
 from .files import RunCheckpoint
 
-#: default cache folder, inside the run folder
-CACHE_DIR_NAME = ".wciaudit-cache"
+#: the environment variable that sets the cache's root folder
+CACHE_ENV = "WCIAUDIT_CACHE_DIR"
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
@@ -62,17 +68,49 @@ def arch_key(spec: str | None) -> dict[str, Any] | None:
     return {"spec": spec}
 
 
+def cache_root() -> Path:
+    """The folder that holds every run's cache: ``$WCIAUDIT_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/wciaudit`` (an absolute XDG path only, as the XDG spec says), else
+    ``%LOCALAPPDATA%\\wciaudit\\cache`` on Windows, else ``~/.cache/wciaudit``."""
+    own = os.environ.get(CACHE_ENV)
+    if own:
+        return Path(own).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "wciaudit"
+    local = os.environ.get("LOCALAPPDATA")
+    if os.name == "nt" and local:
+        return Path(local) / "wciaudit" / "cache"
+    return Path.home() / ".cache" / "wciaudit"
+
+
+def run_folder(
+    sources: Sequence[str | os.PathLike[str]], ordered: list[RunCheckpoint]
+) -> Path | None:
+    """The folder a run is known by: the run folder given, else the folder of its first
+    checkpoint (a glob or a list of files)."""
+    first = Path(os.fspath(sources[0])).expanduser()
+    if first.is_dir() and not (first / "config.json").is_file():
+        return first
+    return ordered[0].path.parent if ordered else None
+
+
 def cache_folder(
     sources: Sequence[str | os.PathLike[str]],
     ordered: list[RunCheckpoint],
     cache_dir: str | os.PathLike[str] | None,
 ) -> Path | None:
+    """Where this run's entries go: ``cache_dir`` when given, else the run's own folder
+    under :func:`cache_root`, named ``<run folder name>-<sha256 of its resolved path>``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    first = Path(os.fspath(sources[0])).expanduser()
-    if first.is_dir() and not (first / "config.json").is_file():
-        return first / CACHE_DIR_NAME
-    return ordered[0].path.parent / CACHE_DIR_NAME if ordered else None
+    folder = run_folder(sources, ordered)
+    if folder is None:
+        return None
+    resolved = str(folder.resolve())
+    digest = hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in folder.resolve().name)
+    return cache_root() / "track" / f"{name[:40] or 'run'}-{digest}"
 
 
 def key_settings(
@@ -104,10 +142,12 @@ def key_settings(
 
 
 def read_cache(path: Path) -> AuditResult | None:
-    """A cached result, or None when absent or unreadable (it is then scanned again)."""
+    """A cached result, or None when absent, unreadable or incomplete (a stopped scan):
+    the checkpoint is then scanned again."""
     if not path.is_file():
         return None
     try:
-        return AuditResult.load(path)
+        result = AuditResult.load(path)
     except ConfigError:
         return None
+    return result if result.complete else None

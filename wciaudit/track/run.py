@@ -57,8 +57,10 @@ def track(
         data: as for :func:`wciaudit.scan` (``None``: each checkpoint's named dataset).
         config: the scan settings, or pass them as keyword ``settings`` (``eps="0.1"``).
         arch, arch_args, num_classes, mean, std: checkpoint loading options.
-        cache_dir: where the per-checkpoint results live (default: ``.wciaudit-cache``
-            inside the run folder, or beside the first checkpoint).
+        cache_dir: where the per-checkpoint results live (default: a folder for this
+            run under :func:`~wciaudit.track.cache.cache_root`, ``$WCIAUDIT_CACHE_DIR``,
+            ``$XDG_CACHE_HOME/wciaudit`` or ``~/.cache/wciaudit``; the run folder is
+            never written to).
         use_cache: False scans everything again (and refreshes the cache).
         progress: ``progress(stage, advance, total)``, see :data:`TrackProgress`.
 

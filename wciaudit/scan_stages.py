@@ -1,0 +1,99 @@
+"""A scan's stages: their wall times, which finished, and the result as it stands after each.
+
+:func:`wciaudit.scan` runs its stages (:data:`~wciaudit.result.STAGES`) inside
+:meth:`Stages.stage`. After each stage but the last, the ``on_stage`` callback gets a
+copy of the result as it would stand if the scan stopped then: ``complete`` False, the
+finished stages in ``stages``, the stage that runs next in ``stopped_at``, that stage's
+figures and those of the stages after it null (never estimated), and a failed gate
+block, so that nothing reading the file takes it for a scan that passed. The library
+prints and writes nothing; the command line keeps the latest copy and writes it when a
+signal stops the scan after its attack stage.
+
+Example:
+    >>> from wciaudit import scan
+    >>> kept = []
+    >>> result = scan("sample_models/digits_resnet_pgd.safetensors", "sample",
+    ...               on_stage=lambda stage, partial: kept.append(partial))  # doctest: +SKIP
+    >>> [(p.stages[-1], p.stopped_at) for p in kept]  # doctest: +SKIP
+    [('data', 'attack'), ('attack', 'evaluate'), ('evaluate', 'curvature'), ('curvature', 'bound')]
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from .result import STAGES, AuditResult, Gate, Timings
+
+__all__ = ["StageCallback", "Stages"]
+
+#: on_stage(stage, partial): ``stage`` just finished; ``partial`` is the incomplete result
+StageCallback = Callable[[str, AuditResult], None]
+
+#: the Timings field of each stage that is timed
+_TIMING_KEYS = {
+    "load": "load_s",
+    "data": "data_s",
+    "attack": "attack_s",
+    "evaluate": "eval_s",
+    "curvature": "trace_s",
+}
+
+
+class Stages:
+    """The bookkeeping of one scan's stages.
+
+    Attributes:
+        done: the stages that finished, in order.
+        plan: the stages this scan runs (a scan without data stops after ``data``).
+        result: the result the stages fill in, once it exists (the callback needs it).
+        finish: what the scan does to a result before returning it (notes that sum up
+            the layers, the batch size used), applied to every copy as well.
+    """
+
+    def __init__(self, on_stage: StageCallback | None) -> None:
+        self.started = time.perf_counter()
+        self.started_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        self.seconds: dict[str, float] = {}
+        self.done: list[str] = []
+        self.plan: tuple[str, ...] = STAGES
+        self.result: AuditResult | None = None
+        self.finish: Callable[[AuditResult], None] | None = None
+        self._on_stage = on_stage
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block; when it ends without an exception, mark ``name`` finished and
+        hand the incomplete result to the callback (unless ``name`` was the last stage)."""
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - t0
+        self.done.append(name)
+        upcoming = [s for s in self.plan if s not in self.done]
+        if self._on_stage is not None and self.result is not None and upcoming:
+            self._on_stage(name, self.incomplete(upcoming[0]))
+
+    def timings(self, *, incomplete: bool = False) -> Timings:
+        """The wall times; a stage that did not run is 0 in a complete result and null in
+        an incomplete one (it may have been running)."""
+        missing = None if incomplete else 0.0
+        seconds = {key: self.seconds.get(stage, missing) for stage, key in _TIMING_KEYS.items()}
+        return Timings(
+            **seconds, total_s=time.perf_counter() - self.started, started_at=self.started_at
+        )
+
+    def incomplete(self, stopped_at: str) -> AuditResult:
+        """A copy of the result as it stands, marked as stopped during ``stopped_at``."""
+        assert self.result is not None
+        partial = copy.deepcopy(self.result)
+        if self.finish is not None:
+            self.finish(partial)
+        partial.complete, partial.stopped_at, partial.stages = False, stopped_at, list(self.done)
+        partial.timings = self.timings(incomplete=True)
+        reason = partial.incomplete_reason or ""
+        partial.notes.append(reason)
+        partial.gate = Gate(passed=False, failures=[reason])
+        return partial
