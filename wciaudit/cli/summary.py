@@ -82,30 +82,18 @@ def _robustness_table(result: AuditResult) -> Table:
     t = Table(title="Robustness", show_edge=False)
     for col in ("", "train", "test", "gap"):
         t.add_column(col, justify="right")
-    t.add_row(
-        "clean acc",
-        fmt(m.clean_acc_train, m.clean_acc_train_se),
-        fmt(m.clean_acc_test, m.clean_acc_test_se),
-        "",
-    )
-    t.add_row(
-        "robust acc",
-        fmt(m.robust_acc_train, m.robust_acc_train_se),
-        fmt(m.robust_acc_test, m.robust_acc_test_se),
-        fmt(m.gap_err, m.gap_err_se),
-    )
-    t.add_row(
-        "clean loss",
-        fmt(m.clean_loss_train, m.clean_loss_train_se),
-        fmt(m.clean_loss_test, m.clean_loss_test_se),
-        "",
-    )
-    t.add_row(
-        "robust loss",
-        fmt(m.robust_loss_train, m.robust_loss_train_se),
-        fmt(m.robust_loss_test, m.robust_loss_test_se),
-        fmt(m.gap_loss, m.gap_loss_se),
-    )
+    for label, kind, gap in (
+        ("clean acc", "clean_acc", None),
+        ("robust acc", "robust_acc", "gap_err"),
+        ("clean loss", "clean_loss", None),
+        ("robust loss", "robust_loss", "gap_loss"),
+    ):
+        t.add_row(
+            label,
+            fmt(getattr(m, f"{kind}_train"), getattr(m, f"{kind}_train_se")),
+            fmt(getattr(m, f"{kind}_test"), getattr(m, f"{kind}_test_se")),
+            "" if gap is None else fmt(getattr(m, gap), getattr(m, f"{gap}_se")),
+        )
     return t
 
 

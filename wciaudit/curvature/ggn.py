@@ -403,25 +403,9 @@ def per_example_sq_norms(module: nn.Module, a: torch.Tensor, d: torch.Tensor) ->
     Returns:
         (N,) squared norms.
     """
-    n = a.shape[0]
-    if isinstance(module, nn.Linear):
-        if a.dim() == 2:
-            return d.pow(2).sum(1) * a.pow(2).sum(1)
-        a3, d3 = a.reshape(n, -1, a.shape[-1]), d.reshape(n, -1, d.shape[-1])
-        return _sq_norm_of_products(
-            d3.unsqueeze(1).transpose(2, 3), a3.unsqueeze(1).transpose(2, 3)
-        )
-    g = module.groups
-    cols = F.unfold(
-        a,
-        module.kernel_size,
-        dilation=module.dilation,
-        padding=module.padding,
-        stride=module.stride,
-    )
-    cols = cols.reshape(n, g, -1, cols.shape[-1])  # (N, g, Kg, L)
-    dd = d.reshape(n, g, -1, cols.shape[-1])  # (N, g, Og, L)
-    return _sq_norm_of_products(dd, cols)
+    if isinstance(module, nn.Linear) and a.dim() == 2:
+        return d.pow(2).sum(1) * a.pow(2).sum(1)
+    return _sq_norm_of_products(*_token_form(module, a, d))
 
 
 def _sq_norm_of_products(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
