@@ -36,7 +36,7 @@ from .data import Splits
 from .data_choice import check_model_accepts, choose_data
 from .distributed import Shard
 from .errors import CheckpointError, ConfigError
-from .metrics import per_example, robust_gap, split_figures
+from .metrics import accuracy, per_example, robust_gap, split_figures
 from .model import AuditedModel, eval_mode, no_tf32, other_parameters, resolve_device, weight_layers
 from .result import (
     AttackInfo,
@@ -278,17 +278,27 @@ def _robust_figures(
 
 
 def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
-    """Which attack gave which figure, and what broke the examples of each split."""
+    """Which attack gave which figure, what broke the examples of each split, and the
+    robust accuracy of the chosen attack and of the loss attack side by side."""
     any_outcome = next(iter(outcomes.values()))
-    broken_by = {}
+    broken_by: dict[str, dict[str, int]] = {}
+    robust_acc: dict[str, dict[str, float | None]] = {any_outcome.attack: {}}
+    robust_acc.setdefault(any_outcome.loss_attack, {})
     for split, outcome in outcomes.items():
         codes = run.shard.gather_cat(outcome.broken_code)
         broken_by[split] = broken_counts(codes, outcome.stages)
+        for attack, correct in (
+            (outcome.loss_attack, outcome.loss_correct),
+            (outcome.attack, outcome.correct),
+        ):
+            acc, se = accuracy(run.shard.gather_cat(correct.double()))
+            robust_acc[attack].update({split: acc, f"{split}_se": se})
     return AttackInfo(
         accuracy_from=any_outcome.attack,
         loss_from=any_outcome.loss_attack,
         hessian_points_from=any_outcome.loss_attack,
         broken_by=broken_by,
+        robust_acc=robust_acc,
     )
 
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..config import Norm
 from ..errors import ConfigError
-from .pgd import project
+from .pgd import bcast_rows, project
 from .seeding import global_indices, per_example_normal, per_example_uniform
 
 APGD_CE_TAG = 2
@@ -81,10 +81,6 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     return -margin / (z[:, 0] - 0.5 * (third + fourth) + 1e-12)
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 def _norm(norm: Norm | str) -> Norm:
     try:
         return Norm(norm)
@@ -103,10 +99,10 @@ def _start(
 ) -> torch.Tensor:
     if norm is Norm.linf:
         t = per_example_uniform(tuple(x.shape), indices, key).to(x.device, x.dtype) * 2 - 1
-        t = t / _bcast(t.flatten(1).abs().amax(dim=1).clamp_min(1e-12), x)
+        t = t / bcast_rows(t.flatten(1).abs().amax(dim=1).clamp_min(1e-12), x)
     else:
         t = per_example_normal(tuple(x.shape), indices, key).to(x.device, x.dtype)
-        t = t / _bcast(t.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+        t = t / bcast_rows(t.flatten(1).norm(dim=1).clamp_min(1e-12), x)
     return (x + eps * t).clamp(lo, hi)
 
 
@@ -182,7 +178,7 @@ def apgd_run(
                 k = max(k - k_decr, k_min)
         if stop_when_all_broken and bool(broken.all()):
             break
-    x_adv = torch.where(_bcast(broken, x), x_found, x_best)
+    x_adv = torch.where(bcast_rows(broken, x), x_found, x_best)
     return APGDBatch(x_best.detach(), loss_best, broken, x_adv.detach())
 
 
@@ -215,8 +211,8 @@ def _momentum_step(
     if norm is Norm.linf:
         direction = grad.sign()
     else:
-        direction = grad / _bcast(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-    z = project(x_cur + _bcast(eta, x) * direction, x, eps, norm, lo, hi)
+        direction = grad / bcast_rows(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+    z = project(x_cur + bcast_rows(eta, x) * direction, x, eps, norm, lo, hi)
     return project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, eps, norm, lo, hi)
 
 
@@ -290,7 +286,7 @@ def apgd_ce(
         out.broken[todo] = run.broken
         out.x_adv[todo] = run.x_adv
     # a robust example's x_adv is its highest-loss point over all restarts
-    out.x_adv = torch.where(_bcast(out.broken, x), out.x_adv, out.x_loss)
+    out.x_adv = torch.where(bcast_rows(out.broken, x), out.x_adv, out.x_loss)
     return out
 
 

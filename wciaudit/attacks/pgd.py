@@ -55,7 +55,8 @@ def random_start_noise(
     return u * 2 - 1
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def bcast_rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-example vector, shape (N,), viewed as (N, 1, ..., 1) to broadcast against ``like``."""
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -68,7 +69,7 @@ def project(
     else:
         d = x_adv - x
         norms = d.flatten(1).norm(dim=1).clamp_min(1e-12)
-        x_adv = x + d * _bcast((eps / norms).clamp(max=1.0), x)
+        x_adv = x + d * bcast_rows((eps / norms).clamp(max=1.0), x)
     return x_adv.clamp(lo, hi)
 
 
@@ -79,8 +80,8 @@ def _start(x: torch.Tensor, cfg: ScanConfig, start: int, stream: int, restart: i
     if cfg.norm is Norm.linf:
         return project(x + cfg.eps * u, x, cfg.eps, cfg.norm, cfg.lo, cfg.hi)
     # L2: a point of the ball, radius scaled by the uniform magnitude of the noise
-    direction = u / _bcast(u.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-    radius = _bcast(u.flatten(1).abs().mean(dim=1), x)
+    direction = u / bcast_rows(u.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+    radius = bcast_rows(u.flatten(1).abs().mean(dim=1), x)
     return project(x + cfg.eps * radius * direction, x, cfg.eps, cfg.norm, cfg.lo, cfg.hi)
 
 
@@ -115,7 +116,7 @@ def _descend(
             if cfg.norm is Norm.linf:
                 step = alpha * grad.sign()
             else:
-                step = alpha * grad / _bcast(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+                step = alpha * grad / bcast_rows(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
             x_adv = project(x_adv.detach() + step, x, cfg.eps, cfg.norm, cfg.lo, cfg.hi)
     return x_adv
 
@@ -177,7 +178,7 @@ def pgd_attack(
         newly = correct & ~correct_r
         x_adv_found[newly] = x_r[newly]
         correct = correct & correct_r
-    x_adv = torch.where(_bcast(correct, x), x_loss, x_adv_found)
+    x_adv = torch.where(bcast_rows(correct, x), x_loss, x_adv_found)
     return PGDBatch(x_loss.detach(), best_loss, correct, x_adv.detach())
 
 
