@@ -31,7 +31,15 @@ from .attacks import AttackOutcome, masking_checks, run_attack
 from .attacks.autoattack import broken_counts
 from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
 from .checkpoints.precedence import FLAG
-from .config import DEFAULT_EPS, LoadOptions, Norm, ScanConfig, parse_eps, parse_norm
+from .config import (
+    DEFAULT_EPS,
+    LoadOptions,
+    Norm,
+    ScanConfig,
+    config_from_settings,
+    parse_eps,
+    parse_norm,
+)
 from .data import Splits
 from .data_choice import check_model_accepts, choose_data
 from .distributed import Shard
@@ -103,7 +111,7 @@ def scan(
     """
     t_start = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    cfg, unset = _make_config(config, settings)
+    cfg, unset = config_from_settings(config, settings)
     options = _load_options(
         options, arch, arch_args, num_classes, mean, std, input_size, weights_only
     )
@@ -423,27 +431,6 @@ class _BatchSize:
         )
 
 
-_THREAT_MODEL = ("eps", "norm")
-
-
-def _make_config(
-    config: ScanConfig | None, settings: dict[str, Any]
-) -> tuple[ScanConfig, set[str]]:
-    """The config, and which of ``eps`` / ``norm`` are unset (None, or given nowhere)."""
-    unset = {k for k in _THREAT_MODEL if k in settings and settings[k] is None}
-    settings = {k: v for k, v in settings.items() if k not in unset}
-    if config is not None:
-        return (config.with_(**settings) if settings else config), unset
-    known = {f.name for f in fields(ScanConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    unset |= {k for k in _THREAT_MODEL if k not in settings}
-    return ScanConfig(**settings), unset
-
-
 def _load_options(options: LoadOptions | None, *keywords: Any) -> LoadOptions:
     """One :class:`LoadOptions` from ``options`` or from scan()'s loading keywords."""
     names = ("arch", "arch_args", "num_classes", "mean", "std", "input_size", "weights_only")
@@ -459,7 +446,7 @@ def _load_options(options: LoadOptions | None, *keywords: Any) -> LoadOptions:
 
 
 def _threat_model(
-    cfg: ScanConfig, unset: set[str], loaded: LoadedCheckpoint
+    cfg: ScanConfig, unset: frozenset[str], loaded: LoadedCheckpoint
 ) -> tuple[ScanConfig, dict[str, str]]:
     """eps and norm: the flag > the checkpoint's metadata > the default (8/255, linf)."""
     record = loaded.record
