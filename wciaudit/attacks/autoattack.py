@@ -30,7 +30,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,6 +102,16 @@ class AttackOutcome:
         return float(self.loss_correct.float().mean()) if self.correct.numel() else float("nan")
 
 
+@dataclass(frozen=True)
+class AutoAttackSettings:
+    """AutoAttack's budgets; the defaults are the original's (Croce & Hein 2020)."""
+
+    apgd_steps: int = 100
+    n_target_classes: int = 9
+    n_queries: int = 5000
+    fab_steps: int = 100
+
+
 def broken_counts(broken_code: torch.Tensor, stages: tuple[str, ...]) -> dict[str, int]:
     """How many examples each stage broke first, from codes into :data:`STAGES` (e.g.
     gathered from every process), for the stages that ran plus "clean"."""
@@ -140,9 +151,11 @@ def autoattack_batch(
     apgd_steps: int = 100,
     n_target_classes: int = 9,
     n_queries: int = 5000,
+    fab_steps: int = 100,
     stages: tuple[str, ...] = AUTOATTACK_STAGES,
 ) -> dict[str, torch.Tensor]:
-    """AutoAttack's stages on one batch (see the module docstring).
+    """AutoAttack's stages on one batch (see the module docstring); ``apgd_steps``,
+    ``n_target_classes``, ``n_queries`` and ``fab_steps`` as :class:`AutoAttackSettings`.
 
     Returns:
         ``x_adv``, ``broken_code`` (index into :data:`STAGES`, -1 robust), and from the
@@ -159,6 +172,7 @@ def autoattack_batch(
     x_adv = x.clone()
     out: dict[str, torch.Tensor | None] = {"x_loss": None, "loss": None, "loss_correct": None}
     common = {"eps": eps, "norm": norm, "seed": seed, "lo": lo, "hi": hi}
+    budget = AutoAttackSettings(apgd_steps, n_target_classes, n_queries, fab_steps)
     for stage in stages:
         robust = code < 0
         if stage == "apgd-ce":
@@ -175,17 +189,7 @@ def autoattack_batch(
                 break
             xs, ys = x[todo], y[todo]
             xs_adv = _later_stage(
-                model,
-                stage,
-                xs,
-                ys,
-                idx[todo.cpu()],
-                clean_logits[todo],
-                stream=stream,
-                apgd_steps=apgd_steps,
-                n_target_classes=n_target_classes,
-                n_queries=n_queries,
-                common=common,
+                model, stage, xs, ys, idx[todo.cpu()], clean_logits[todo], stream, budget, common
             )
             with torch.no_grad():
                 hit = model(xs_adv).argmax(1) != ys
@@ -204,41 +208,33 @@ def _later_stage(
     ys: torch.Tensor,
     indices: torch.Tensor,
     clean_logits: torch.Tensor,
-    *,
     stream: int,
-    apgd_steps: int,
-    n_target_classes: int,
-    n_queries: int,
-    common: dict,
+    budget: AutoAttackSettings,
+    common: dict[str, Any],
 ) -> torch.Tensor:
     """One stage after APGD-CE on the still-robust examples ``xs``: their points."""
+    targets = budget.n_target_classes
     if stage == "apgd-t":
         xs_adv, _ = apgd_targeted(
             model,
             xs,
             ys,
-            steps=apgd_steps,
-            n_target_classes=n_target_classes,
+            steps=budget.apgd_steps,
+            n_target_classes=targets,
             stream=stream,
             indices=indices,
             clean_logits=clean_logits,
             **common,
         )
         return xs_adv
-    if stage in ("fab-t", "square"):
-        extra = (
-            {"n_target_classes": n_target_classes} if stage == "fab-t" else {"n_queries": n_queries}
+    # FAB-T and Square take no stream: fold it into the seed so train and test differ
+    common = {**common, "seed": mix(common["seed"], stream), "indices": indices}
+    if stage == "fab-t":
+        return fab_targeted(
+            model, xs, ys, n_target_classes=targets, steps=budget.fab_steps, **common
         )
-        attack = fab_targeted if stage == "fab-t" else square_attack
-        # these take no stream: fold it into the seed so train and test differ
-        return attack(
-            model,
-            xs,
-            ys,
-            indices=indices,
-            **{**common, "seed": mix(common["seed"], stream)},
-            **extra,
-        )
+    if stage == "square":
+        return square_attack(model, xs, ys, n_queries=budget.n_queries, **common)
     raise ConfigError(f"unknown AutoAttack stage {stage!r}")
 
 
@@ -251,9 +247,7 @@ def _attack_batch(
     loss_attack: str,
     start: int,
     stream: int,
-    apgd_steps: int,
-    n_target_classes: int,
-    n_queries: int,
+    budget: AutoAttackSettings,
 ) -> dict[str, torch.Tensor]:
     if attack in ("pgd", "fgsm"):
         out = _pgd_batch(model, x, y, cfg, attack, start, stream, keep_loss=loss_attack == attack)
@@ -270,16 +264,14 @@ def _attack_batch(
             indices=torch.arange(start, start + x.shape[0]),
             lo=cfg.lo,
             hi=cfg.hi,
-            apgd_steps=apgd_steps,
-            n_target_classes=n_target_classes,
-            n_queries=n_queries,
             stages=stages,
+            **asdict(budget),
         )
         if loss_attack != "apgd-ce":
             out.update(x_loss=None, loss=None, loss_correct=None)
     if out["x_loss"] is None:
         x_loss, loss, broken = _loss_attack(
-            model, x, y, cfg, loss_attack, start, stream, apgd_steps
+            model, x, y, cfg, loss_attack, start, stream, budget.apgd_steps
         )
         clean = out["broken_code"] != STAGES.index("clean")
         out.update(x_loss=x_loss, loss=loss, loss_correct=clean & ~broken)
@@ -362,6 +354,7 @@ def run_attack(
     apgd_steps: int = 100,
     n_target_classes: int = 9,
     n_queries: int = 5000,
+    fab_steps: int = 100,
 ) -> AttackOutcome:
     """Attack a split batch by batch: robust accuracy from ``attack``, the robust-loss
     points from ``loss_attack``.
@@ -376,8 +369,8 @@ def run_attack(
         stream: 0 for the train split, 1 for test (different starts).
         index_offset: global index of x[0] (a shard's first example under torchrun).
         progress: called with the number of examples done after each batch.
-        apgd_steps, n_target_classes, n_queries: AutoAttack's settings (original:
-            100, 9, 5000).
+        apgd_steps, n_target_classes, n_queries, fab_steps: AutoAttack's settings
+            (original: 100, 9, 5000, 100), see :class:`AutoAttackSettings`.
 
     Raises:
         ConfigError: an unknown attack name.
@@ -385,6 +378,7 @@ def run_attack(
     attack = cfg.attack.value if attack is None else str(attack)
     loss_attack = _default_loss_attack(attack) if loss_attack is None else str(loss_attack)
     _check_names(attack, loss_attack)
+    budget = AutoAttackSettings(apgd_steps, n_target_classes, n_queries, fab_steps)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     device = torch.device(device)
     n = x.shape[0]
@@ -405,9 +399,7 @@ def run_attack(
             loss_attack,
             index_offset + i,
             stream,
-            apgd_steps,
-            n_target_classes,
-            n_queries,
+            budget,
         )
         j = i + xb.shape[0]
         x_loss[i:j], x_adv[i:j] = part["x_loss"].cpu(), part["x_adv"].cpu()
