@@ -39,10 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Norm
+from ..config import Norm, parse_norm
 from ..errors import ConfigError
-from .pgd import bcast_rows, project
 from .seeding import global_indices, per_example_normal, per_example_uniform
+from .threat import (
+    bcast_rows,
+    check_counts,
+    check_threat_model,
+    project,
+    steepest_direction,
+    unit,
+)
 
 APGD_CE_TAG = 2
 APGD_T_TAG = 3
@@ -81,13 +88,6 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     return -margin / (z[:, 0] - 0.5 * (third + fourth) + 1e-12)
 
 
-def _norm(norm: Norm | str) -> Norm:
-    try:
-        return Norm(norm)
-    except ValueError:
-        raise ConfigError(f"norm must be linf or l2, got {norm!r}") from None
-
-
 def _start(
     x: torch.Tensor,
     eps: float,
@@ -99,11 +99,9 @@ def _start(
 ) -> torch.Tensor:
     if norm is Norm.linf:
         t = per_example_uniform(tuple(x.shape), indices, key).to(x.device, x.dtype) * 2 - 1
-        t = t / bcast_rows(t.flatten(1).abs().amax(dim=1).clamp_min(1e-12), x)
     else:
         t = per_example_normal(tuple(x.shape), indices, key).to(x.device, x.dtype)
-        t = t / bcast_rows(t.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-    return (x + eps * t).clamp(lo, hi)
+    return (x + eps * unit(t, norm)).clamp(lo, hi)
 
 
 def apgd_run(
@@ -133,7 +131,7 @@ def apgd_run(
         stop_when_all_broken: end early once every example is broken (for accuracy
             only: ``x_loss`` then stops improving).
     """
-    norm = _norm(norm)
+    norm = parse_norm(norm)
     n = x.shape[0]
     k = max(int(0.22 * steps), 1)
     k_min, k_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
@@ -208,19 +206,27 @@ def _momentum_step(
     hi: float,
 ) -> torch.Tensor:
     """z = P(x_k + eta s(grad)); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))."""
-    if norm is Norm.linf:
-        direction = grad.sign()
-    else:
-        direction = grad / bcast_rows(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+    direction = steepest_direction(grad, norm)
     z = project(x_cur + bcast_rows(eta, x) * direction, x, eps, norm, lo, hi)
     return project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, eps, norm, lo, hi)
 
 
-def _check(eps: float, steps: int, restarts: int) -> None:
-    if not eps >= 0:
-        raise ConfigError(f"eps must be >= 0, got {eps!r}")
-    if steps < 1 or restarts < 1:
-        raise ConfigError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+def _prepare(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: Norm | str,
+    lo: float,
+    hi: float,
+    indices: torch.Tensor | None,
+    index_offset: int,
+    **counts: int,
+) -> tuple[torch.Tensor, torch.Tensor, Norm, torch.Tensor]:
+    """Both APGDs' checks and inputs: (x, y) detached, the norm, the global indices."""
+    norm = check_threat_model(eps, norm, lo, hi)
+    check_counts(**counts)
+    idx = global_indices(x.shape[0], indices, index_offset)
+    return x.detach(), y.detach(), norm, idx
 
 
 def apgd_ce(
@@ -252,10 +258,9 @@ def apgd_ce(
     Returns:
         :class:`APGDBatch`; ``loss`` is the cross-entropy at ``x_loss``.
     """
-    _check(eps, steps, restarts)
-    norm = _norm(norm)
-    idx = global_indices(x.shape[0], indices, index_offset)
-    x, y = x.detach(), y.detach()
+    x, y, norm, idx = _prepare(
+        x, y, eps, norm, lo, hi, indices, index_offset, steps=steps, restarts=restarts
+    )
 
     def ce(logits: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
         return F.cross_entropy(logits, y, reduction="none")
@@ -319,10 +324,19 @@ def apgd_targeted(
         (x_adv, broken): a misclassified point where one was found, else x; and the
         bool mask of broken examples.
     """
-    _check(eps, steps, restarts)
-    norm = _norm(norm)
-    idx = global_indices(x.shape[0], indices, index_offset)
-    x, y = x.detach(), y.detach()
+    x, y, norm, idx = _prepare(
+        x,
+        y,
+        eps,
+        norm,
+        lo,
+        hi,
+        indices,
+        index_offset,
+        steps=steps,
+        restarts=restarts,
+        n_target_classes=n_target_classes,
+    )
     if clean_logits is None:
         with torch.no_grad():
             clean_logits = model(x)

@@ -40,9 +40,10 @@ from ..config import ScanConfig
 from ..errors import ConfigError
 from .apgd import apgd_ce, apgd_targeted
 from .fab import fab_targeted
-from .pgd import bcast_rows, pgd_attack
+from .pgd import pgd_attack
 from .seeding import mix
 from .square import square_attack
+from .threat import bcast_rows
 
 Progress = Callable[[int], None]
 
