@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -229,6 +231,27 @@ def _prepare(
     return x.detach(), y.detach(), norm, idx
 
 
+def _cross_entropy(y: torch.Tensor) -> LossFn:
+    return partial(F.cross_entropy, target=y, reduction="none")
+
+
+def _seeded_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    indices: torch.Tensor,
+    key: tuple[int, ...],
+    budget: dict[str, Any],
+    stop_when_all_broken: bool = False,
+) -> APGDBatch:
+    """One APGD run from the start drawn for these examples' global ``indices`` and
+    ``key``; ``budget``: eps, norm, steps, lo, hi."""
+    b = budget
+    x0 = _start(x, b["eps"], b["norm"], indices, key, b["lo"], b["hi"])
+    return apgd_run(model, x, y, loss_fn, x0, **budget, stop_when_all_broken=stop_when_all_broken)
+
+
 def apgd_ce(
     model: nn.Module,
     x: torch.Tensor,
@@ -262,28 +285,16 @@ def apgd_ce(
         x, y, eps, norm, lo, hi, indices, index_offset, steps=steps, restarts=restarts
     )
 
-    def ce(logits: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
-        return F.cross_entropy(logits, y, reduction="none")
-
-    x0 = _start(x, eps, norm, idx, (APGD_CE_TAG, seed, stream, 0), lo, hi)
-    out = apgd_run(model, x, y, ce, x0, eps=eps, norm=norm, steps=steps, lo=lo, hi=hi)
+    budget = {"eps": eps, "norm": norm, "steps": steps, "lo": lo, "hi": hi}
+    key = (APGD_CE_TAG, seed, stream)
+    out = _seeded_run(model, x, y, _cross_entropy(y), idx, (*key, 0), budget)
     for restart in range(1, restarts):
         todo = (~out.broken).nonzero().flatten()
         if todo.numel() == 0:
             break
-        xs, ys = x[todo], y[todo]
-        x0 = _start(xs, eps, norm, idx[todo.cpu()], (APGD_CE_TAG, seed, stream, restart), lo, hi)
-        run = apgd_run(
-            model,
-            xs,
-            ys,
-            lambda z, ys=ys: ce(z, ys),
-            x0,
-            eps=eps,
-            norm=norm,
-            steps=steps,
-            lo=lo,
-            hi=hi,
+        ys = y[todo]
+        run = _seeded_run(
+            model, x[todo], ys, _cross_entropy(ys), idx[todo.cpu()], (*key, restart), budget
         )
         better = run.loss > out.loss[todo]
         out.x_loss[todo[better]] = run.x_loss[better]
@@ -344,6 +355,7 @@ def apgd_targeted(
     if n_classes < 2:
         raise ConfigError(f"a targeted attack needs at least 2 classes, got {n_classes}")
     ranked = clean_logits.argsort(dim=1, descending=True)
+    budget = {"eps": eps, "norm": norm, "steps": steps, "lo": lo, "hi": hi}
     x_adv = x.clone()
     broken = clean_logits.argmax(1) != y
     for rank in range(1, min(n_target_classes, n_classes - 1) + 1):
@@ -351,20 +363,15 @@ def apgd_targeted(
             todo = (~broken).nonzero().flatten()
             if todo.numel() == 0:
                 return x_adv, broken
-            xs, ys, ts = x[todo], y[todo], ranked[todo, rank]
-            key = (APGD_T_TAG, seed, stream, rank, restart)
-            x0 = _start(xs, eps, norm, idx[todo.cpu()], key, lo, hi)
-            run = apgd_run(
+            ys, ts = y[todo], ranked[todo, rank]
+            run = _seeded_run(
                 model,
-                xs,
+                x[todo],
                 ys,
-                lambda z, ys=ys, ts=ts: dlr_targeted_loss(z, ys, ts),
-                x0,
-                eps=eps,
-                norm=norm,
-                steps=steps,
-                lo=lo,
-                hi=hi,
+                partial(dlr_targeted_loss, y=ys, target=ts),
+                idx[todo.cpu()],
+                (APGD_T_TAG, seed, stream, rank, restart),
+                budget,
                 stop_when_all_broken=True,
             )
             x_adv[todo[run.broken]] = run.x_adv[run.broken]
