@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from wciaudit import Splits, scan
+from wciaudit.attacks import run_attack
 from wciaudit.distributed import Shard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +75,45 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+#: AutoAttack's stages at a test's size (the original: 100 APGD steps, 9 targets, 5000
+#: queries, 100 FAB steps); the composition and the per-example seeding are what is tested
+SMALL_AUTOATTACK = dict(apgd_steps=10, n_target_classes=2, n_queries=40, fab_steps=10)
+
+
+def _small_autoattack() -> None:
+    """Every run_attack of a scan (the attack and the attack-spread re-attack) at the
+    test's size; in this process only."""
+    small = partial(run_attack, **SMALL_AUTOATTACK)
+    for module in ("wciaudit.scan", "wciaudit.scan_curvature"):
+        importlib.import_module(module).run_attack = small
+
+
+CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
+#: the sample CNN on 40 + 40 digits at eps 0.1: APGD-CE and APGD-T both break examples
+AUTOATTACK_SETTINGS = dict(
+    SETTINGS,
+    arch=str(ROOT / "sample_models" / "digits_cnn.py"),
+    train_samples=40,
+    test_samples=40,
+    hessian_samples=20,
+    attack="autoattack",
+)
+
+
+def _autoattack_worker(rank: int, world: int, port: int, out: str) -> None:
+    _small_autoattack()
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        shard = Shard(rank=rank, world=world)
+        result = scan(CNN, "sample", shard=shard, **AUTOATTACK_SETTINGS)
+        if rank == 0:
+            Path(out).write_text(result.to_json())
+    finally:
+        dist.destroy_process_group()
+
+
 def _comparable(d: dict) -> dict:
     d = dict(d)
     d.pop("timings")
@@ -102,6 +144,28 @@ def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
     double = json.loads(out.read_text())
     assert double["config"]["processes"] == 2
     assert {la["method"] for la in double["layers"]} == {"hutchinson", "exact-ggn"}
+    _close(_comparable(single), _comparable(double))
+
+
+def test_autoattack_in_two_gloo_processes_matches_one(tmp_path: Path, monkeypatch) -> None:
+    """AutoAttack's every stage is seeded by the example's global index, so two shards
+    give the one process's figures: robust accuracy, what broke each example, APGD-CE's
+    own figure and the traces at its points."""
+    small = partial(run_attack, **SMALL_AUTOATTACK)
+    for module in ("wciaudit.scan", "wciaudit.scan_curvature"):
+        monkeypatch.setattr(importlib.import_module(module), "run_attack", small)
+    single = json.loads(scan(CNN, "sample", **AUTOATTACK_SETTINGS).to_json())
+    out = tmp_path / "rank0.json"
+    mp.spawn(_autoattack_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    double = json.loads(out.read_text())
+    assert double["config"]["processes"] == 2
+    attacks = single["attacks"]
+    assert list(attacks["robust_acc"]) == ["autoattack", "apgd-ce"]
+    # APGD-CE and APGD-T break examples, and some survive into FAB-T and Square
+    assert (
+        attacks["broken_by"]["test"]["apgd-ce"] > 0 and attacks["broken_by"]["test"]["apgd-t"] > 0
+    )
+    assert attacks["robust_acc"]["autoattack"]["test"] > 0
     _close(_comparable(single), _comparable(double))
 
 

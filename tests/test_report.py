@@ -17,6 +17,7 @@ from wciaudit.formatting import fmt_num, fmt_pct, fmt_pm
 from wciaudit.report import charts, render_report, write_report
 from wciaudit.report import single as report_mod
 from wciaudit.result import (
+    AttackInfo,
     AuditResult,
     CheckpointInfo,
     DatasetInfo,
@@ -223,6 +224,26 @@ def _figure_blob(html: str) -> str:
     )
     assert m is not None
     return m.group(1)
+
+
+def test_autoattack_and_its_loss_attack_side_by_side() -> None:
+    r = make_result()
+    r.config["attack"] = "autoattack"
+    r.attacks = AttackInfo(
+        accuracy_from="autoattack",
+        loss_from="apgd-ce",
+        hessian_points_from="apgd-ce",
+        robust_acc={
+            "autoattack": {"train": 0.71, "train_se": 0.014, "test": 0.62, "test_se": 0.017},
+            "apgd-ce": {"train": 0.734, "train_se": 0.014, "test": 0.641, "test_se": 0.017},
+        },
+    )
+    html = _without_plotly(render_report([r]))
+    row = re.search(r"robust accuracy, apgd-ce.*?</tr>", html, flags=re.S)
+    assert row is not None and fmt_pct(0.734, 0.014) in row.group(0)
+    assert fmt_pct(0.641, 0.017) in row.group(0)
+    assert "robust accuracy, autoattack" in html and "robust loss, apgd-ce" in html
+    assert "AUTOATTACK, seed 0" in html and "AUTOATTACK-10" not in html
 
 
 def test_gate_checks_shown() -> None:

@@ -71,10 +71,17 @@ def test_scan_figures_equal_exact_computations(act: type[nn.Module]) -> None:
     with torch.no_grad():
         robust_loss = F.cross_entropy(net(x_adv), splits.y_train).item()
         robust_loss_test = F.cross_entropy(net(x_adv_test), splits.y_test).item()
-        robust_acc = (net(x_adv).argmax(1) == splits.y_train).double().mean().item()
+        # robust: classified right both as it is and at the attack's point
+        robust = (net(x_adv).argmax(1) == splits.y_train) & (
+            net(splits.x_train.double()).argmax(1) == splits.y_train
+        )
+        robust_acc = robust.double().mean().item()
     m = result.metrics
     assert m.robust_loss_train == pytest.approx(robust_loss, rel=1e-12)
     assert m.robust_acc_train == pytest.approx(robust_acc)
+    # PGD gives both figures: one entry, the same accuracy
+    assert list(result.attacks.robust_acc) == ["pgd"]
+    assert result.attacks.robust_acc["pgd"]["train"] == pytest.approx(robust_acc)
     assert m.gap_loss == pytest.approx(robust_loss_test - robust_loss, rel=1e-9)
     assert m.gap_loss_se > 0 and m.robust_acc_train_se == pytest.approx(
         math.sqrt(robust_acc * (1 - robust_acc) / 60)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors
 import safetensors.torch
 import torch
 from typer.testing import CliRunner
@@ -232,6 +233,53 @@ def test_cli_track_writes_page_and_json_and_uses_cache(run3, tmp_path):
     assert json.loads(js.read_text())["series"]["epoch"] == [1, 10, 40]
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "0 scanned, 3 from the cache" in res.output
+
+
+def test_threat_model_comes_from_each_checkpoint_unless_flagged(tmp_path):
+    """No --eps: each checkpoint's metadata eps (0.1 in the shipped run), recorded as
+    such; --eps is a flag and a different cache key, so it scans again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for epoch in (1, 10):
+        shutil.copy(RUN / f"epoch_{epoch}.safetensors", run)
+    tiny = [a for a in SMALL_CLI if a not in ("--eps", "0.1")]
+    runner = CliRunner()
+    js = tmp_path / "t.json"
+    res = runner.invoke(
+        app, ["track", str(run), *tiny, "-o", str(tmp_path / "t.html"), "--json", str(js)]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(js.read_text())
+    for entry in data["checkpoints"]:
+        config = entry["result"]["config"]
+        assert config["eps"] == pytest.approx(0.1)
+        assert config["threat_model_source"] == {"eps": "checkpoint metadata", "norm": "default"}
+    assert data["settings"]["config"]["eps"] is None
+    assert "threat model: linf (default) eps=0.1 (checkpoint metadata)" in res.output
+    assert "eps=0.1 (checkpoint metadata)" in (tmp_path / "t.html").read_text()
+
+    res = runner.invoke(app, ["track", str(run), *tiny, "--eps", "8/255", "--json", str(js)])
+    assert res.exit_code == 0 and "2 scanned, 0 from the cache" in res.output
+    for entry in json.loads(js.read_text())["checkpoints"]:
+        config = entry["result"]["config"]
+        assert config["eps"] == pytest.approx(8 / 255)
+        assert config["threat_model_source"]["eps"] == "flag"
+
+
+def test_checkpoints_with_different_metadata_eps_are_noted(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(RUN / "epoch_1.safetensors", run)
+    with safetensors.safe_open(str(RUN / "epoch_10.safetensors"), "pt") as f:
+        meta = {**f.metadata(), "eps": "0.3"}
+    tensors = safetensors.torch.load_file(str(RUN / "epoch_10.safetensors"))
+    safetensors.torch.save_file(tensors, str(run / "epoch_10.safetensors"), metadata=meta)
+    small = {k: v for k, v in SMALL.items() if k != "eps"}
+    out = track([run], "sample", arch=ARCH, **{**small, "train_samples": 40, "test_samples": 40})
+    assert [e.result.config["eps"] for e in out.entries] == pytest.approx([0.1, 0.3])
+    assert any("different threat models (linf eps 0.1, linf eps 0.3)" in n for n in out.notes), (
+        out.notes
+    )
 
 
 def test_cli_track_usage_errors(tmp_path):

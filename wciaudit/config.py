@@ -348,6 +348,37 @@ def _parse_arch_args(arch_args: Mapping[str, Any] | str | None) -> dict[str, Any
     )
 
 
+#: the settings that, left unset, come from the checkpoint's metadata (SPEC: threat model)
+THREAT_MODEL = ("eps", "norm")
+
+
+def config_from_settings(
+    config: ScanConfig | None, settings: dict[str, Any]
+) -> tuple[ScanConfig, frozenset[str]]:
+    """The config of :func:`wciaudit.scan` or ``track``: ``config`` with the keyword
+    ``settings`` on top, or a ScanConfig made of them; and which of ``eps`` / ``norm``
+    are unset, so that each checkpoint's metadata decides them.
+
+    A threat-model setting is unset when passed as None, or, without ``config``, when
+    not passed at all; a ``config`` given sets both (its eps and norm count as flags).
+
+    Raises:
+        ConfigError: an unknown setting (without ``config``) or an invalid value.
+    """
+    unset = {k for k in THREAT_MODEL if k in settings and settings[k] is None}
+    settings = {k: v for k, v in settings.items() if k not in unset}
+    if config is not None:
+        return (config.with_(**settings) if settings else config), frozenset(unset)
+    known = {f.name for f in fields(ScanConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    unset |= {k for k in THREAT_MODEL if k not in settings}
+    return ScanConfig(**settings), frozenset(unset)
+
+
 def _check_stats(values: Any, name: str) -> tuple[float, ...]:
     try:
         out = tuple(float(v) for v in values)
@@ -382,6 +413,8 @@ __all__ = [
     "LoadOptions",
     "DEFAULT_EPS",
     "DEFAULT_MEMORY_BYTES",
+    "THREAT_MODEL",
+    "config_from_settings",
     "parse_eps",
     "parse_norm",
     "format_eps",

@@ -46,11 +46,20 @@ def per_example(
 
 def split_figures(losses: torch.Tensor, correct: torch.Tensor) -> SplitFigures:
     n = int(losses.numel())
-    acc = float(correct.mean())
+    acc, acc_se = accuracy(correct)
     loss = float(losses.mean())
     loss_se = float(losses.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
-    acc_se = math.sqrt(acc * (1 - acc) / n) if n > 0 else math.nan
     return SplitFigures(acc=acc, loss=loss, acc_se=acc_se, loss_se=loss_se, n=n)
+
+
+def accuracy(correct: torch.Tensor) -> tuple[float, float]:
+    """The fraction of true entries of ``correct`` (bool or 0/1), and its SE
+    sqrt(a (1 - a) / n); NaN for both when empty."""
+    n = int(correct.numel())
+    if n == 0:
+        return math.nan, math.nan
+    acc = float(correct.double().mean())
+    return acc, math.sqrt(acc * (1 - acc) / n)
 
 
 def robust_gap(train: SplitFigures, test: SplitFigures) -> dict[str, float]:

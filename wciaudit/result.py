@@ -162,6 +162,10 @@ class AttackInfo:
     hessian_points_from: str = ""
     # per split: how many examples each stage broke first ("clean": misclassified as is)
     broken_by: dict[str, dict[str, int]] = field(default_factory=dict)
+    # robust accuracy under each attack that ran, side by side: {attack: {"train",
+    # "train_se", "test", "test_se"}}; the chosen attack first, then the loss attack when
+    # it is another one (AutoAttack's APGD-CE stage, or the PGD that gave the loss)
+    robust_acc: dict[str, dict[str, float | None]] = field(default_factory=dict)
     masking: dict[str, Any] | None = None
 
 

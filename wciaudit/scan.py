@@ -29,12 +29,20 @@ from .attacks import AttackOutcome, masking_checks, run_attack
 from .attacks.autoattack import broken_counts
 from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
 from .checkpoints.precedence import FLAG
-from .config import DEFAULT_EPS, LoadOptions, Norm, ScanConfig, parse_eps, parse_norm
+from .config import (
+    DEFAULT_EPS,
+    LoadOptions,
+    Norm,
+    ScanConfig,
+    config_from_settings,
+    parse_eps,
+    parse_norm,
+)
 from .data import Splits
 from .data_choice import check_model_accepts, choose_data
 from .distributed import Shard
 from .errors import CheckpointError, ConfigError
-from .metrics import per_example, robust_gap, split_figures
+from .metrics import accuracy, per_example, robust_gap, split_figures
 from .model import AuditedModel, eval_mode, no_tf32, other_parameters, resolve_device, weight_layers
 from .result import (
     AttackInfo,
@@ -105,7 +113,7 @@ def scan(
         CheckpointError, DataError, ConfigError: with a one-line message.
     """
     stages = Stages(on_stage)
-    cfg, unset = _make_config(config, settings)
+    cfg, unset = config_from_settings(config, settings)
     options = _load_options(
         options, arch, arch_args, num_classes, mean, std, input_size, weights_only
     )
@@ -251,17 +259,27 @@ def _robust_figures(
 
 
 def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
-    """Which attack gave which figure, and what broke the examples of each split."""
+    """Which attack gave which figure, what broke the examples of each split, and the
+    robust accuracy of the chosen attack and of the loss attack side by side."""
     any_outcome = next(iter(outcomes.values()))
-    broken_by = {}
+    broken_by: dict[str, dict[str, int]] = {}
+    robust_acc: dict[str, dict[str, float | None]] = {any_outcome.attack: {}}
+    robust_acc.setdefault(any_outcome.loss_attack, {})
     for split, outcome in outcomes.items():
         codes = run.shard.gather_cat(outcome.broken_code)
         broken_by[split] = broken_counts(codes, outcome.stages)
+        for attack, correct in (
+            (outcome.loss_attack, outcome.loss_correct),
+            (outcome.attack, outcome.correct),
+        ):
+            acc, se = accuracy(run.shard.gather_cat(correct.double()))
+            robust_acc[attack].update({split: acc, f"{split}_se": se})
     return AttackInfo(
         accuracy_from=any_outcome.attack,
         loss_from=any_outcome.loss_attack,
         hessian_points_from=any_outcome.loss_attack,
         broken_by=broken_by,
+        robust_acc=robust_acc,
     )
 
 
@@ -423,27 +441,6 @@ class _BatchSize:
         )
 
 
-_THREAT_MODEL = ("eps", "norm")
-
-
-def _make_config(
-    config: ScanConfig | None, settings: dict[str, Any]
-) -> tuple[ScanConfig, set[str]]:
-    """The config, and which of ``eps`` / ``norm`` are unset (None, or given nowhere)."""
-    unset = {k for k in _THREAT_MODEL if k in settings and settings[k] is None}
-    settings = {k: v for k, v in settings.items() if k not in unset}
-    if config is not None:
-        return (config.with_(**settings) if settings else config), unset
-    known = {f.name for f in fields(ScanConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    unset |= {k for k in _THREAT_MODEL if k not in settings}
-    return ScanConfig(**settings), unset
-
-
 def _load_options(options: LoadOptions | None, *keywords: Any) -> LoadOptions:
     """One :class:`LoadOptions` from ``options`` or from scan()'s loading keywords."""
     names = ("arch", "arch_args", "num_classes", "mean", "std", "input_size", "weights_only")
@@ -459,7 +456,7 @@ def _load_options(options: LoadOptions | None, *keywords: Any) -> LoadOptions:
 
 
 def _threat_model(
-    cfg: ScanConfig, unset: set[str], loaded: LoadedCheckpoint
+    cfg: ScanConfig, unset: frozenset[str], loaded: LoadedCheckpoint
 ) -> tuple[ScanConfig, dict[str, str]]:
     """eps and norm: the flag > the checkpoint's metadata > the default (8/255, linf)."""
     record = loaded.record

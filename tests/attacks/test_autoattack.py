@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from wciaudit.attacks.apgd import apgd_ce, apgd_targeted
 from wciaudit.attacks.autoattack import STAGES, autoattack_batch, run_attack
+from wciaudit.attacks.pgd import pgd_attack
 from wciaudit.config import ScanConfig
 from wciaudit.errors import ConfigError
 
@@ -38,6 +39,7 @@ def test_apgd_stages_compose_on_the_still_robust(digits_cnn, digits_test) -> Non
     assert ((out["x_adv"] - x).abs() <= 0.1 + 1e-6).all()
     # the loss points are APGD-CE's on every example, clean-misclassified included
     assert torch.allclose(out["loss"], ce.loss) and torch.equal(out["x_loss"], ce.x_loss)
+    assert torch.equal(out["loss_correct"], clean & ~ce.broken)
 
 
 def test_run_attack_records_which_attack_gave_what(digits_cnn, digits_test) -> None:
@@ -55,9 +57,48 @@ def test_run_attack_records_which_attack_gave_what(digits_cnn, digits_test) -> N
     assert sum(counts.values()) + int(out.correct.sum()) == x.shape[0]
     pgd = run_attack(digits_cnn, x, y, cfg)  # cfg.attack: pgd serves both figures
     assert (pgd.attack, pgd.loss_attack) == ("pgd", "pgd")
-    assert set(pgd.broken_by) <= {None, "pgd"}
+    assert set(pgd.broken_by) <= {None, "clean", "pgd"}
     with pytest.raises(ConfigError):
         run_attack(digits_cnn, x, y, cfg, attack="cw")
+
+
+def test_pgd_counts_examples_misclassified_clean_as_clean(digits_cnn, digits_test) -> None:
+    """broken_by against a direct count: an example the model gets wrong without any
+    attack is "clean", never "pgd", and is not robust whatever PGD's point does."""
+    x, y = digits_test
+    cfg = ScanConfig(eps=0.1, steps=10, batch_size=x.shape[0])
+    out = run_attack(digits_cnn, x, y, cfg)
+    clean = _correct(digits_cnn, x, y)
+    pgd = pgd_attack(digits_cnn, x, y, cfg)
+    assert int((~clean).sum()) > 0  # the sample has clean errors, so the count is tested
+    assert out.stages == ("clean", "pgd")
+    assert out.broken_counts() == {
+        "clean": int((~clean).sum()),
+        "pgd": int((clean & ~pgd.correct).sum()),
+    }
+    assert torch.equal(out.correct, clean & pgd.correct)
+    # PGD gives the loss too: its accuracy beside itself is the same figure
+    assert torch.equal(out.loss_correct, out.correct)
+
+
+def test_loss_attack_accuracy_is_kept_beside_the_chosen_one(digits_cnn, digits_test) -> None:
+    """Under AutoAttack, APGD-CE's own robust accuracy comes from its stage; under
+    APGD-T, from the separate APGD-CE run that gives the loss: both against APGD-CE
+    run directly on the same examples and seeds."""
+    x, y = digits_test
+    x, y = x[:48], y[:48]
+    cfg = ScanConfig(eps=0.1, batch_size=48)
+    clean = _correct(digits_cnn, x, y)
+    ce = apgd_ce(digits_cnn, x, y, eps=0.1, steps=20)
+    auto = run_attack(
+        digits_cnn, x, y, cfg, attack="autoattack", apgd_steps=20, n_target_classes=2, n_queries=50
+    )
+    assert torch.equal(auto.loss_correct, clean & ~ce.broken)
+    assert auto.loss_attack_accuracy >= auto.robust_accuracy
+    counts = auto.broken_counts()
+    assert int(auto.loss_correct.sum()) == 48 - counts["clean"] - counts["apgd-ce"]
+    targeted = run_attack(digits_cnn, x, y, cfg, attack="apgd-t", apgd_steps=20, n_target_classes=2)
+    assert torch.equal(targeted.loss_correct, clean & ~ce.broken)
 
 
 def test_run_attack_does_not_depend_on_the_batch_size(digits_cnn, digits_test) -> None:

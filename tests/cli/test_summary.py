@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from wciaudit.cli.summary import SHOWN_LAYERS, print_summary
-from wciaudit.result import AuditResult, DatasetInfo, LayerResult
+from wciaudit.result import AttackInfo, AuditResult, DatasetInfo, LayerResult, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,3 +138,34 @@ def test_scan_subprocess_at_80_columns(tmp_path: Path) -> None:
     words = res.stdout.split()
     for la in shown:
         assert la["name"] in words
+
+
+def _autoattack_result() -> AuditResult:
+    r = _result(["conv1.weight"])
+    r.config = {"eps": 0.1, "norm": "linf", "attack": "autoattack", "seed": 0, "device": "cpu"}
+    r.metrics = Metrics(robust_acc_train=0.25, robust_acc_test=0.5, gap_err=-0.25)
+    r.attacks = AttackInfo(
+        accuracy_from="autoattack",
+        loss_from="apgd-ce",
+        hessian_points_from="apgd-ce",
+        broken_by={"test": {"clean": 1, "apgd-ce": 17, "apgd-t": 2, "fab-t": 0, "square": 0}},
+        robust_acc={
+            "autoattack": {"train": 0.25, "train_se": 0.07, "test": 0.5, "test_se": 0.08},
+            "apgd-ce": {"train": 0.275, "train_se": 0.07, "test": 0.55, "test_se": 0.08},
+        },
+    )
+    return r
+
+
+def test_autoattack_and_its_loss_attack_side_by_side() -> None:
+    text = _render(_autoattack_result(), width=120)
+    lines = text.splitlines()
+    auto = next(line for line in lines if "robust acc, autoattack" in line)
+    ce = next(line for line in lines if "robust acc, apgd-ce" in line)
+    assert "0.25" in auto and "0.5" in auto
+    assert "0.275" in ce and "0.55" in ce
+    assert "robust accuracy from autoattack; robust loss and Hessian points from apgd-ce" in text
+    assert "broken first by, test: clean 1, apgd-ce 17, apgd-t 2, fab-t 0, square 0" in text
+    assert "robust loss, apgd-ce" in text
+    # AutoAttack's settings are its own: no PGD step count beside its name
+    assert "autoattack-" not in text

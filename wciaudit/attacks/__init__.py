@@ -7,7 +7,8 @@
   gives robust accuracy from the chosen attack and the robust-loss points from the
   loss-maximising one;
 - :mod:`.masking`: gradient-masking checks;
-- :mod:`.seeding`: per-example random streams keyed by the global example index.
+- :mod:`.seeding`: per-example random streams keyed by the global example index;
+- :mod:`.threat`: the threat model's checks, per-example sizes and directions, projection.
 """
 
 from .autoattack import ATTACKS, AttackOutcome, run_attack

@@ -34,15 +34,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Norm
+from ..config import Norm, parse_norm
 from ..errors import ConfigError
-from .pgd import project
 from .seeding import global_indices, per_example_normal, per_example_uniform
+from .threat import (
+    bcast_rows,
+    check_counts,
+    check_threat_model,
+    project,
+    steepest_direction,
+    unit,
+)
 
 APGD_CE_TAG = 2
 APGD_T_TAG = 3
@@ -81,17 +90,6 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     return -margin / (z[:, 0] - 0.5 * (third + fourth) + 1e-12)
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
-def _norm(norm: Norm | str) -> Norm:
-    try:
-        return Norm(norm)
-    except ValueError:
-        raise ConfigError(f"norm must be linf or l2, got {norm!r}") from None
-
-
 def _start(
     x: torch.Tensor,
     eps: float,
@@ -103,11 +101,9 @@ def _start(
 ) -> torch.Tensor:
     if norm is Norm.linf:
         t = per_example_uniform(tuple(x.shape), indices, key).to(x.device, x.dtype) * 2 - 1
-        t = t / _bcast(t.flatten(1).abs().amax(dim=1).clamp_min(1e-12), x)
     else:
         t = per_example_normal(tuple(x.shape), indices, key).to(x.device, x.dtype)
-        t = t / _bcast(t.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-    return (x + eps * t).clamp(lo, hi)
+    return (x + eps * unit(t, norm)).clamp(lo, hi)
 
 
 def apgd_run(
@@ -137,7 +133,7 @@ def apgd_run(
         stop_when_all_broken: end early once every example is broken (for accuracy
             only: ``x_loss`` then stops improving).
     """
-    norm = _norm(norm)
+    norm = parse_norm(norm)
     n = x.shape[0]
     k = max(int(0.22 * steps), 1)
     k_min, k_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
@@ -182,7 +178,7 @@ def apgd_run(
                 k = max(k - k_decr, k_min)
         if stop_when_all_broken and bool(broken.all()):
             break
-    x_adv = torch.where(_bcast(broken, x), x_found, x_best)
+    x_adv = torch.where(bcast_rows(broken, x), x_found, x_best)
     return APGDBatch(x_best.detach(), loss_best, broken, x_adv.detach())
 
 
@@ -212,19 +208,48 @@ def _momentum_step(
     hi: float,
 ) -> torch.Tensor:
     """z = P(x_k + eta s(grad)); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))."""
-    if norm is Norm.linf:
-        direction = grad.sign()
-    else:
-        direction = grad / _bcast(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-    z = project(x_cur + _bcast(eta, x) * direction, x, eps, norm, lo, hi)
+    direction = steepest_direction(grad, norm)
+    z = project(x_cur + bcast_rows(eta, x) * direction, x, eps, norm, lo, hi)
     return project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, eps, norm, lo, hi)
 
 
-def _check(eps: float, steps: int, restarts: int) -> None:
-    if not eps >= 0:
-        raise ConfigError(f"eps must be >= 0, got {eps!r}")
-    if steps < 1 or restarts < 1:
-        raise ConfigError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+def _prepare(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: Norm | str,
+    lo: float,
+    hi: float,
+    indices: torch.Tensor | None,
+    index_offset: int,
+    **counts: int,
+) -> tuple[torch.Tensor, torch.Tensor, Norm, torch.Tensor]:
+    """Both APGDs' checks and inputs: (x, y) detached, the norm, the global indices."""
+    norm = check_threat_model(eps, norm, lo, hi)
+    check_counts(**counts)
+    idx = global_indices(x.shape[0], indices, index_offset)
+    return x.detach(), y.detach(), norm, idx
+
+
+def _cross_entropy(y: torch.Tensor) -> LossFn:
+    return partial(F.cross_entropy, target=y, reduction="none")
+
+
+def _seeded_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    indices: torch.Tensor,
+    key: tuple[int, ...],
+    budget: dict[str, Any],
+    stop_when_all_broken: bool = False,
+) -> APGDBatch:
+    """One APGD run from the start drawn for these examples' global ``indices`` and
+    ``key``; ``budget``: eps, norm, steps, lo, hi."""
+    b = budget
+    x0 = _start(x, b["eps"], b["norm"], indices, key, b["lo"], b["hi"])
+    return apgd_run(model, x, y, loss_fn, x0, **budget, stop_when_all_broken=stop_when_all_broken)
 
 
 def apgd_ce(
@@ -256,33 +281,20 @@ def apgd_ce(
     Returns:
         :class:`APGDBatch`; ``loss`` is the cross-entropy at ``x_loss``.
     """
-    _check(eps, steps, restarts)
-    norm = _norm(norm)
-    idx = global_indices(x.shape[0], indices, index_offset)
-    x, y = x.detach(), y.detach()
+    x, y, norm, idx = _prepare(
+        x, y, eps, norm, lo, hi, indices, index_offset, steps=steps, restarts=restarts
+    )
 
-    def ce(logits: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
-        return F.cross_entropy(logits, y, reduction="none")
-
-    x0 = _start(x, eps, norm, idx, (APGD_CE_TAG, seed, stream, 0), lo, hi)
-    out = apgd_run(model, x, y, ce, x0, eps=eps, norm=norm, steps=steps, lo=lo, hi=hi)
+    budget = {"eps": eps, "norm": norm, "steps": steps, "lo": lo, "hi": hi}
+    key = (APGD_CE_TAG, seed, stream)
+    out = _seeded_run(model, x, y, _cross_entropy(y), idx, (*key, 0), budget)
     for restart in range(1, restarts):
         todo = (~out.broken).nonzero().flatten()
         if todo.numel() == 0:
             break
-        xs, ys = x[todo], y[todo]
-        x0 = _start(xs, eps, norm, idx[todo.cpu()], (APGD_CE_TAG, seed, stream, restart), lo, hi)
-        run = apgd_run(
-            model,
-            xs,
-            ys,
-            lambda z, ys=ys: ce(z, ys),
-            x0,
-            eps=eps,
-            norm=norm,
-            steps=steps,
-            lo=lo,
-            hi=hi,
+        ys = y[todo]
+        run = _seeded_run(
+            model, x[todo], ys, _cross_entropy(ys), idx[todo.cpu()], (*key, restart), budget
         )
         better = run.loss > out.loss[todo]
         out.x_loss[todo[better]] = run.x_loss[better]
@@ -290,7 +302,7 @@ def apgd_ce(
         out.broken[todo] = run.broken
         out.x_adv[todo] = run.x_adv
     # a robust example's x_adv is its highest-loss point over all restarts
-    out.x_adv = torch.where(_bcast(out.broken, x), out.x_adv, out.x_loss)
+    out.x_adv = torch.where(bcast_rows(out.broken, x), out.x_adv, out.x_loss)
     return out
 
 
@@ -323,10 +335,19 @@ def apgd_targeted(
         (x_adv, broken): a misclassified point where one was found, else x; and the
         bool mask of broken examples.
     """
-    _check(eps, steps, restarts)
-    norm = _norm(norm)
-    idx = global_indices(x.shape[0], indices, index_offset)
-    x, y = x.detach(), y.detach()
+    x, y, norm, idx = _prepare(
+        x,
+        y,
+        eps,
+        norm,
+        lo,
+        hi,
+        indices,
+        index_offset,
+        steps=steps,
+        restarts=restarts,
+        n_target_classes=n_target_classes,
+    )
     if clean_logits is None:
         with torch.no_grad():
             clean_logits = model(x)
@@ -334,6 +355,7 @@ def apgd_targeted(
     if n_classes < 2:
         raise ConfigError(f"a targeted attack needs at least 2 classes, got {n_classes}")
     ranked = clean_logits.argsort(dim=1, descending=True)
+    budget = {"eps": eps, "norm": norm, "steps": steps, "lo": lo, "hi": hi}
     x_adv = x.clone()
     broken = clean_logits.argmax(1) != y
     for rank in range(1, min(n_target_classes, n_classes - 1) + 1):
@@ -341,20 +363,15 @@ def apgd_targeted(
             todo = (~broken).nonzero().flatten()
             if todo.numel() == 0:
                 return x_adv, broken
-            xs, ys, ts = x[todo], y[todo], ranked[todo, rank]
-            key = (APGD_T_TAG, seed, stream, rank, restart)
-            x0 = _start(xs, eps, norm, idx[todo.cpu()], key, lo, hi)
-            run = apgd_run(
+            ys, ts = y[todo], ranked[todo, rank]
+            run = _seeded_run(
                 model,
-                xs,
+                x[todo],
                 ys,
-                lambda z, ys=ys, ts=ts: dlr_targeted_loss(z, ys, ts),
-                x0,
-                eps=eps,
-                norm=norm,
-                steps=steps,
-                lo=lo,
-                hi=hi,
+                partial(dlr_targeted_loss, y=ys, target=ts),
+                idx[todo.cpu()],
+                (APGD_T_TAG, seed, stream, rank, restart),
+                budget,
                 stop_when_all_broken=True,
             )
             x_adv[todo[run.broken]] = run.x_adv[run.broken]

@@ -1,17 +1,21 @@
 """AutoAttack (Croce & Hein 2020, version "standard") and the attack a scan runs.
 
 AutoAttack: APGD-CE -> APGD-T -> FAB-T -> Square (5000 queries), each stage run only on
-the examples every earlier stage left robust (examples misclassified clean count as
-broken by "clean" and are not attacked), with the original settings: 100 APGD
+the examples every earlier stage left robust, with the original settings: 100 APGD
 iterations, 9 target classes (at most C - 1), one restart each. Robust accuracy is the
-fraction never broken.
+fraction never broken. Under every attack, PGD and FGSM included, an example the model
+misclassifies as it is counts as broken by "clean", not by the attack (the field's rule:
+robust accuracy is at most clean accuracy).
 
 :func:`run_attack` runs the attack chosen for robust accuracy and, from the same or a
 separate run, a loss-maximising attack (PGD or APGD-CE) whose points carry the robust
 loss and the Hessian (SPEC: L_adv). Where the chosen attack starts with the loss
 attack (``pgd`` with ``pgd``, ``apgd-ce`` or ``autoattack`` with ``apgd-ce``) the one run
 serves both: APGD-CE then also runs on the examples misclassified clean, for their loss.
-:class:`AttackOutcome` records which attack produced which figure.
+:class:`AttackOutcome` records which attack produced which figure, and keeps the loss
+attack's own robust accuracy (``loss_correct``) so that both can be reported side by side;
+where the loss attack is a stage of the chosen one (APGD-CE in AutoAttack) this costs
+nothing, as the stage has run on every example anyway.
 
 Example:
     >>> import torch
@@ -26,7 +30,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,6 +43,7 @@ from .fab import fab_targeted
 from .pgd import pgd_attack
 from .seeding import mix
 from .square import square_attack
+from .threat import bcast_rows
 
 Progress = Callable[[int], None]
 
@@ -58,6 +64,8 @@ class AttackOutcome:
         x_loss: points for the robust loss and the Hessian, from ``loss_attack``.
         loss: cross-entropy at ``x_loss`` per example, shape (N,).
         correct: True where ``attack`` left the example correctly classified, (N,) bool.
+        loss_correct: the same for ``loss_attack`` alone (equal to ``correct`` when the
+            two attacks are one), (N,) bool.
         broken_code: index into :data:`STAGES` of the stage that first broke each
             example, -1 where none did; shape (N,) int64 (gathers like any tensor).
         x_adv: the chosen attack's points: the misclassified one where found.
@@ -69,6 +77,7 @@ class AttackOutcome:
     x_loss: torch.Tensor
     loss: torch.Tensor
     correct: torch.Tensor
+    loss_correct: torch.Tensor
     broken_code: torch.Tensor
     x_adv: torch.Tensor
     attack: str
@@ -88,6 +97,21 @@ class AttackOutcome:
     def robust_accuracy(self) -> float:
         return float(self.correct.float().mean()) if self.correct.numel() else float("nan")
 
+    @property
+    def loss_attack_accuracy(self) -> float:
+        """Robust accuracy under ``loss_attack`` alone."""
+        return float(self.loss_correct.float().mean()) if self.correct.numel() else float("nan")
+
+
+@dataclass(frozen=True)
+class AutoAttackSettings:
+    """AutoAttack's budgets; the defaults are the original's (Croce & Hein 2020)."""
+
+    apgd_steps: int = 100
+    n_target_classes: int = 9
+    n_queries: int = 5000
+    fab_steps: int = 100
+
 
 def broken_counts(broken_code: torch.Tensor, stages: tuple[str, ...]) -> dict[str, int]:
     """How many examples each stage broke first, from codes into :data:`STAGES` (e.g.
@@ -97,11 +121,7 @@ def broken_counts(broken_code: torch.Tensor, stages: tuple[str, ...]) -> dict[st
 
 
 def _stages(attack: str) -> tuple[str, ...]:
-    if attack == "autoattack":
-        return ("clean", *AUTOATTACK_STAGES)
-    if attack in ("apgd-ce", "apgd-t"):
-        return ("clean", attack)
-    return (attack,)
+    return ("clean", *AUTOATTACK_STAGES) if attack == "autoattack" else ("clean", attack)
 
 
 def _check_names(attack: str, loss_attack: str) -> None:
@@ -132,14 +152,17 @@ def autoattack_batch(
     apgd_steps: int = 100,
     n_target_classes: int = 9,
     n_queries: int = 5000,
+    fab_steps: int = 100,
     stages: tuple[str, ...] = AUTOATTACK_STAGES,
 ) -> dict[str, torch.Tensor]:
-    """AutoAttack's stages on one batch (see the module docstring).
+    """AutoAttack's stages on one batch (see the module docstring); ``apgd_steps``,
+    ``n_target_classes``, ``n_queries`` and ``fab_steps`` as :class:`AutoAttackSettings`.
 
     Returns:
         ``x_adv``, ``broken_code`` (index into :data:`STAGES`, -1 robust), and from the
-        APGD-CE stage (run on every example) ``x_loss`` and ``loss`` (cross-entropy),
-        both None when APGD-CE is not among ``stages``.
+        APGD-CE stage (run on every example) ``x_loss``, ``loss`` (cross-entropy) and
+        ``loss_correct`` (APGD-CE's own robust examples), None when APGD-CE is not among
+        ``stages``.
     """
     x, y = x.detach(), y.detach()
     idx = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(indices).cpu()
@@ -148,8 +171,9 @@ def autoattack_batch(
     code = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     code[clean_logits.argmax(1) != y] = STAGES.index("clean")
     x_adv = x.clone()
-    out: dict[str, torch.Tensor | None] = {"x_loss": None, "loss": None}
+    out: dict[str, torch.Tensor | None] = {"x_loss": None, "loss": None, "loss_correct": None}
     common = {"eps": eps, "norm": norm, "seed": seed, "lo": lo, "hi": hi}
+    budget = AutoAttackSettings(apgd_steps, n_target_classes, n_queries, fab_steps)
     for stage in stages:
         robust = code < 0
         if stage == "apgd-ce":
@@ -158,23 +182,15 @@ def autoattack_batch(
             out["x_loss"], out["loss"] = run.x_loss, run.loss
             newly = robust & run.broken
             x_adv[newly] = run.x_adv[newly]
+            # APGD-CE's own robust accuracy, reported beside the composition's
+            out["loss_correct"] = robust & ~run.broken
         else:
             todo = robust.nonzero().flatten()
             if todo.numel() == 0:
                 break
             xs, ys = x[todo], y[todo]
             xs_adv = _later_stage(
-                model,
-                stage,
-                xs,
-                ys,
-                idx[todo.cpu()],
-                clean_logits[todo],
-                stream=stream,
-                apgd_steps=apgd_steps,
-                n_target_classes=n_target_classes,
-                n_queries=n_queries,
-                common=common,
+                model, stage, xs, ys, idx[todo.cpu()], clean_logits[todo], stream, budget, common
             )
             with torch.no_grad():
                 hit = model(xs_adv).argmax(1) != ys
@@ -193,41 +209,33 @@ def _later_stage(
     ys: torch.Tensor,
     indices: torch.Tensor,
     clean_logits: torch.Tensor,
-    *,
     stream: int,
-    apgd_steps: int,
-    n_target_classes: int,
-    n_queries: int,
-    common: dict,
+    budget: AutoAttackSettings,
+    common: dict[str, Any],
 ) -> torch.Tensor:
     """One stage after APGD-CE on the still-robust examples ``xs``: their points."""
+    targets = budget.n_target_classes
     if stage == "apgd-t":
         xs_adv, _ = apgd_targeted(
             model,
             xs,
             ys,
-            steps=apgd_steps,
-            n_target_classes=n_target_classes,
+            steps=budget.apgd_steps,
+            n_target_classes=targets,
             stream=stream,
             indices=indices,
             clean_logits=clean_logits,
             **common,
         )
         return xs_adv
-    if stage in ("fab-t", "square"):
-        extra = (
-            {"n_target_classes": n_target_classes} if stage == "fab-t" else {"n_queries": n_queries}
+    # FAB-T and Square take no stream: fold it into the seed so train and test differ
+    common = {**common, "seed": mix(common["seed"], stream), "indices": indices}
+    if stage == "fab-t":
+        return fab_targeted(
+            model, xs, ys, n_target_classes=targets, steps=budget.fab_steps, **common
         )
-        attack = fab_targeted if stage == "fab-t" else square_attack
-        # these take no stream: fold it into the seed so train and test differ
-        return attack(
-            model,
-            xs,
-            ys,
-            indices=indices,
-            **{**common, "seed": mix(common["seed"], stream)},
-            **extra,
-        )
+    if stage == "square":
+        return square_attack(model, xs, ys, n_queries=budget.n_queries, **common)
     raise ConfigError(f"unknown AutoAttack stage {stage!r}")
 
 
@@ -240,60 +248,96 @@ def _attack_batch(
     loss_attack: str,
     start: int,
     stream: int,
-    apgd_steps: int,
-    n_target_classes: int,
-    n_queries: int,
+    budget: AutoAttackSettings,
 ) -> dict[str, torch.Tensor]:
-    idx = torch.arange(start, start + x.shape[0])
-    out: dict[str, torch.Tensor | None] = {"x_loss": None, "loss": None}
     if attack in ("pgd", "fgsm"):
-        res = pgd_attack(model, x, y, cfg.with_(attack=attack), start=start, stream=stream)
-        code = torch.where(res.correct, -1, STAGES.index(attack))
-        out.update(x_adv=res.x_adv, broken_code=code)
-        if loss_attack == attack:
-            out.update(x_loss=res.x_loss, loss=res.loss)
+        out = _pgd_batch(model, x, y, cfg, attack, start, stream, keep_loss=loss_attack == attack)
     else:
         stages = AUTOATTACK_STAGES if attack == "autoattack" else (attack,)
-        out.update(
-            autoattack_batch(
-                model,
-                x,
-                y,
-                eps=cfg.eps,
-                norm=cfg.norm.value,
-                seed=cfg.seed,
-                stream=stream,
-                indices=idx,
-                lo=cfg.lo,
-                hi=cfg.hi,
-                apgd_steps=apgd_steps,
-                n_target_classes=n_target_classes,
-                n_queries=n_queries,
-                stages=stages,
-            )
+        out = autoattack_batch(
+            model,
+            x,
+            y,
+            eps=cfg.eps,
+            norm=cfg.norm.value,
+            seed=cfg.seed,
+            stream=stream,
+            indices=torch.arange(start, start + x.shape[0]),
+            lo=cfg.lo,
+            hi=cfg.hi,
+            stages=stages,
+            **asdict(budget),
         )
         if loss_attack != "apgd-ce":
-            out.update(x_loss=None, loss=None)
+            out.update(x_loss=None, loss=None, loss_correct=None)
     if out["x_loss"] is None:
-        if loss_attack == "apgd-ce":
-            run = apgd_ce(
-                model,
-                x,
-                y,
-                eps=cfg.eps,
-                norm=cfg.norm,
-                steps=apgd_steps,
-                seed=cfg.seed,
-                stream=stream,
-                indices=idx,
-                lo=cfg.lo,
-                hi=cfg.hi,
-            )
-            out.update(x_loss=run.x_loss, loss=run.loss)
-        else:
-            res = pgd_attack(model, x, y, cfg.with_(attack=loss_attack), start=start, stream=stream)
-            out.update(x_loss=res.x_loss, loss=res.loss)
+        x_loss, loss, broken = _loss_attack(
+            model, x, y, cfg, loss_attack, start, stream, budget.apgd_steps
+        )
+        clean = out["broken_code"] != STAGES.index("clean")
+        out.update(x_loss=x_loss, loss=loss, loss_correct=clean & ~broken)
     return out
+
+
+def _pgd_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ScanConfig,
+    attack: str,
+    start: int,
+    stream: int,
+    *,
+    keep_loss: bool,
+) -> dict[str, torch.Tensor | None]:
+    """PGD or FGSM for robust accuracy: examples misclassified as they are count as
+    broken by "clean" and keep x; with ``keep_loss`` the same run gives the loss points."""
+    res = pgd_attack(model, x, y, cfg.with_(attack=attack), start=start, stream=stream)
+    with torch.no_grad():
+        clean_wrong = model(x).argmax(1) != y
+    code = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+    code[~res.correct] = STAGES.index(attack)
+    code[clean_wrong] = STAGES.index("clean")
+    out = {
+        "x_adv": torch.where(bcast_rows(clean_wrong, x), x, res.x_adv),
+        "broken_code": code,
+        "x_loss": None,
+        "loss": None,
+        "loss_correct": None,
+    }
+    if keep_loss:
+        out.update(x_loss=res.x_loss, loss=res.loss, loss_correct=code < 0)
+    return out
+
+
+def _loss_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ScanConfig,
+    loss_attack: str,
+    start: int,
+    stream: int,
+    apgd_steps: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss-maximising attack run on its own: (x_loss, loss, broken)."""
+    if loss_attack == "apgd-ce":
+        run = apgd_ce(
+            model,
+            x,
+            y,
+            eps=cfg.eps,
+            norm=cfg.norm,
+            steps=apgd_steps,
+            seed=cfg.seed,
+            stream=stream,
+            index_offset=start,
+            lo=cfg.lo,
+            hi=cfg.hi,
+        )
+        return run.x_loss, run.loss, run.broken
+    res = pgd_attack(model, x, y, cfg.with_(attack=loss_attack), start=start, stream=stream)
+    return res.x_loss, res.loss, ~res.correct
 
 
 def run_attack(
@@ -311,6 +355,7 @@ def run_attack(
     apgd_steps: int = 100,
     n_target_classes: int = 9,
     n_queries: int = 5000,
+    fab_steps: int = 100,
 ) -> AttackOutcome:
     """Attack a split batch by batch: robust accuracy from ``attack``, the robust-loss
     points from ``loss_attack``.
@@ -325,8 +370,8 @@ def run_attack(
         stream: 0 for the train split, 1 for test (different starts).
         index_offset: global index of x[0] (a shard's first example under torchrun).
         progress: called with the number of examples done after each batch.
-        apgd_steps, n_target_classes, n_queries: AutoAttack's settings (original:
-            100, 9, 5000).
+        apgd_steps, n_target_classes, n_queries, fab_steps: AutoAttack's settings
+            (original: 100, 9, 5000, 100), see :class:`AutoAttackSettings`.
 
     Raises:
         ConfigError: an unknown attack name.
@@ -334,6 +379,7 @@ def run_attack(
     attack = cfg.attack.value if attack is None else str(attack)
     loss_attack = _default_loss_attack(attack) if loss_attack is None else str(loss_attack)
     _check_names(attack, loss_attack)
+    budget = AutoAttackSettings(apgd_steps, n_target_classes, n_queries, fab_steps)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     device = torch.device(device)
     n = x.shape[0]
@@ -341,6 +387,7 @@ def run_attack(
     x_adv = torch.empty_like(x, dtype=dtype)
     loss = torch.empty(n, dtype=dtype)
     code = torch.empty(n, dtype=torch.long)
+    loss_correct = torch.empty(n, dtype=torch.bool)
     for i in range(0, n, cfg.batch_size):
         xb = x[i : i + cfg.batch_size].to(device, dtype)
         yb = y[i : i + cfg.batch_size].to(device)
@@ -353,19 +400,19 @@ def run_attack(
             loss_attack,
             index_offset + i,
             stream,
-            apgd_steps,
-            n_target_classes,
-            n_queries,
+            budget,
         )
         j = i + xb.shape[0]
         x_loss[i:j], x_adv[i:j] = part["x_loss"].cpu(), part["x_adv"].cpu()
         loss[i:j], code[i:j] = part["loss"].cpu(), part["broken_code"].cpu()
+        loss_correct[i:j] = part["loss_correct"].cpu()
         if progress is not None:
             progress(xb.shape[0])
     return AttackOutcome(
         x_loss=x_loss,
         loss=loss,
         correct=code < 0,
+        loss_correct=loss_correct,
         broken_code=code,
         x_adv=x_adv,
         attack=attack,

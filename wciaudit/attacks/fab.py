@@ -40,9 +40,9 @@ import math
 import torch
 from torch import nn
 
-from ..config import Norm
-from ..errors import ConfigError
+from ..config import Norm, parse_norm
 from .seeding import example_generators, global_indices
+from .threat import check_counts, check_threat_model, size, unit
 
 __all__ = ["fab_targeted", "project_onto_hyperplane"]
 
@@ -50,32 +50,6 @@ ALPHA_MAX = 0.1
 ETA = 1.05
 BETA = 0.9
 _FAB_TAG = 0xFAB
-
-
-def _check(
-    eps: float, norm: str, n_target_classes: int, steps: int, restarts: int, lo: float, hi: float
-) -> Norm:
-    try:
-        norm = Norm(norm)
-    except ValueError:
-        raise ConfigError(f"norm must be 'linf' or 'l2', got {norm!r}") from None
-    if not (eps >= 0 and math.isfinite(eps)):
-        raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
-    for name, value in (
-        ("n_target_classes", n_target_classes),
-        ("steps", steps),
-        ("restarts", restarts),
-    ):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
-    if not lo < hi:
-        raise ConfigError(f"the data range needs lo < hi, got [{lo}, {hi}]")
-    return norm
-
-
-def _size(d: torch.Tensor, norm: Norm) -> torch.Tensor:
-    d = d.flatten(1)
-    return d.abs().amax(1) if norm is Norm.linf else d.norm(dim=1)
 
 
 def _water_level(weight: torch.Tensor, cap: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -127,7 +101,7 @@ def project_onto_hyperplane(
     Returns:
         d, shape (N, D).
     """
-    norm = Norm(norm)
+    norm = parse_norm(norm)
     gap = b - (w * t).sum(1)
     s = torch.where(gap[:, None] < 0, -w, w)  # now s . d must equal |gap|
     gap = gap.abs()
@@ -169,12 +143,12 @@ def _fab_run(model, x0, y, target, norm: Norm, steps: int, lo: float, hi: float,
             torch.cat([x1, flat0]), torch.cat([g, g]), torch.cat([b, b]), norm, lo, hi
         )
         d1, d0 = d[:n], d[n:]
-        a = _size(d, norm).clamp_min(1e-8)
+        a = size(d, norm).clamp_min(1e-8)
         alpha = (a[:n] / (a[:n] + a[n:])).clamp(0.0, ALPHA_MAX)[:, None]
         x1 = ((1 - alpha) * (x1 + ETA * d1) + alpha * (flat0 + ETA * d0)).clamp(lo, hi)
         with torch.no_grad():
             is_adv = model(x1.view_as(x0)).argmax(1) != y
-        dist = _size(x1 - flat0, norm)
+        dist = size(x1 - flat0, norm)
         closer = is_adv & (dist < best_dist)
         best[closer] = x1[closer]
         best_dist[closer] = dist[closer]
@@ -189,8 +163,7 @@ def _random_start(x0, eps, norm: Norm, lo, hi, seed, indices, target_rank, resta
     t = torch.stack([draw(shape, generator=g) for g in gens]).to(x0.device, x0.dtype)
     if norm is Norm.linf:
         t = 2 * t - 1
-    unit = t / _size(t, norm).clamp_min(1e-12).view(-1, *([1] * len(shape)))
-    return (x0 + 0.5 * eps * unit).clamp(lo, hi)
+    return (x0 + 0.5 * eps * unit(t, norm)).clamp(lo, hi)
 
 
 def fab_targeted(
@@ -235,7 +208,8 @@ def fab_targeted(
         ConfigError: on a norm other than linf/l2, negative eps, a count below 1 or
             lo >= hi.
     """
-    norm = _check(eps, norm, n_target_classes, steps, restarts, lo, hi)
+    norm = check_threat_model(eps, norm, lo, hi)
+    check_counts(n_target_classes=n_target_classes, steps=steps, restarts=restarts)
     x = x.detach()
     y = y.to(x.device)
     x_adv = x.clone()

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..config import Attack, Norm, ScanConfig
 from .seeding import per_example_uniform
+from .threat import bcast_rows, project, steepest_direction, unit
 
 Progress = Callable[[int], None]
 
@@ -55,23 +56,6 @@ def random_start_noise(
     return u * 2 - 1
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
-def project(
-    x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm, lo: float, hi: float
-) -> torch.Tensor:
-    """Project onto the eps-ball around x (L-inf: clip; L2: rescale), then clip to [lo, hi]."""
-    if norm is Norm.linf:
-        x_adv = torch.max(torch.min(x_adv, x + eps), x - eps)
-    else:
-        d = x_adv - x
-        norms = d.flatten(1).norm(dim=1).clamp_min(1e-12)
-        x_adv = x + d * _bcast((eps / norms).clamp(max=1.0), x)
-    return x_adv.clamp(lo, hi)
-
-
 def _start(x: torch.Tensor, cfg: ScanConfig, start: int, stream: int, restart: int) -> torch.Tensor:
     if cfg.attack is Attack.fgsm or cfg.eps == 0:
         return x.clone()
@@ -79,8 +63,8 @@ def _start(x: torch.Tensor, cfg: ScanConfig, start: int, stream: int, restart: i
     if cfg.norm is Norm.linf:
         return project(x + cfg.eps * u, x, cfg.eps, cfg.norm, cfg.lo, cfg.hi)
     # L2: a point of the ball, radius scaled by the uniform magnitude of the noise
-    direction = u / _bcast(u.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-    radius = _bcast(u.flatten(1).abs().mean(dim=1), x)
+    direction = unit(u, Norm.l2)
+    radius = bcast_rows(u.flatten(1).abs().mean(dim=1), x)
     return project(x + cfg.eps * radius * direction, x, cfg.eps, cfg.norm, cfg.lo, cfg.hi)
 
 
@@ -112,10 +96,7 @@ def _descend(
             loss = F.cross_entropy(model(x_adv), y)
             (grad,) = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():
-            if cfg.norm is Norm.linf:
-                step = alpha * grad.sign()
-            else:
-                step = alpha * grad / _bcast(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+            step = alpha * steepest_direction(grad, cfg.norm)
             x_adv = project(x_adv.detach() + step, x, cfg.eps, cfg.norm, cfg.lo, cfg.hi)
     return x_adv
 
@@ -177,7 +158,7 @@ def pgd_attack(
         newly = correct & ~correct_r
         x_adv_found[newly] = x_r[newly]
         correct = correct & correct_r
-    x_adv = torch.where(_bcast(correct, x), x_loss, x_adv_found)
+    x_adv = torch.where(bcast_rows(correct, x), x_loss, x_adv_found)
     return PGDBatch(x_loss.detach(), best_loss, correct, x_adv.detach())
 
 

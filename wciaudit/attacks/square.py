@@ -47,6 +47,7 @@ from torch import nn
 from ..config import Norm
 from ..errors import ConfigError
 from .seeding import example_generators, global_indices
+from .threat import check_counts, check_threat_model, unit
 
 __all__ = ["square_attack"]
 
@@ -65,18 +66,10 @@ def _uniform(seed: int, indices: torch.Tensor, key: tuple[int, ...], shape: tupl
 
 
 def _check(eps: float, norm: str, n_queries: int, p_init: float, lo: float, hi: float) -> Norm:
-    try:
-        norm = Norm(norm)
-    except ValueError:
-        raise ConfigError(f"norm must be 'linf' or 'l2', got {norm!r}") from None
-    if not (eps >= 0 and math.isfinite(eps)):
-        raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
-    if n_queries < 1:
-        raise ConfigError(f"n_queries must be at least 1, got {n_queries}")
+    norm = check_threat_model(eps, norm, lo, hi)
+    check_counts(n_queries=n_queries)
     if not 0 < p_init <= 1:
         raise ConfigError(f"p_init must be in (0, 1], got {p_init}")
-    if not lo < hi:
-        raise ConfigError(f"the data range needs lo < hi, got [{lo}, {hi}]")
     return norm
 
 
@@ -138,11 +131,6 @@ def _positions(u: torch.Tensor, span: int) -> torch.Tensor:
     return (u * span).long().clamp(max=span - 1)
 
 
-def _l2_normalise(d: torch.Tensor) -> torch.Tensor:
-    n = d.flatten(1).norm(dim=1).view(-1, *([1] * (d.dim() - 1)))
-    return d / (n + 1e-12)
-
-
 def _linf_start(x, u, eps, lo, hi):
     n, c, _, w = x.shape
     signs = torch.where(u.view(n, c, 1, w) < 0.5, -1.0, 1.0).to(x.dtype)
@@ -161,7 +149,7 @@ def _l2_start(x, u, eps, lo, hi):
         for vw in range(first, w - s + 1, s):
             delta[:, :, vh : vh + s, vw : vw + s] = pattern * signs[:, block, :, None, None]
             block += 1
-    return (x + eps * _l2_normalise(delta)).clamp(lo, hi)
+    return (x + eps * unit(delta, Norm.l2)).clamp(lo, hi)
 
 
 def _l2_blocks(h: int, w: int) -> int:
@@ -223,7 +211,7 @@ def _l2_proposal(x, x_best, u, s, eps, lo, hi, pattern):
     delta = delta.clone()
     delta[second] = 0.0
     delta[first] = new.permute(0, 2, 3, 1)
-    return (x + eps * _l2_normalise(delta)).clamp(lo, hi)
+    return (x + eps * unit(delta, Norm.l2)).clamp(lo, hi)
 
 
 @torch.no_grad()

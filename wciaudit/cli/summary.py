@@ -71,10 +71,30 @@ def _print_header(result: AuditResult, console: Console) -> None:
     )
     if cfg:
         console.print(
-            f"threat: {cfg.get('norm', 'linf')} eps={format_eps(cfg['eps'])} {cfg['attack']}-{cfg['steps']} "
-            f"alpha={cfg['step_size']:.4g} restarts={cfg['restarts']} seed={cfg['seed']} device={cfg['device']}",
+            f"threat: {cfg.get('norm', 'linf')} eps={format_eps(cfg['eps'])} {attack_text(cfg)} "
+            f"seed={cfg['seed']} device={cfg['device']}",
             markup=False,
         )
+    at = result.attacks
+    if at.accuracy_from:
+        console.print(
+            f"robust accuracy from {at.accuracy_from}; robust loss and Hessian points from "
+            f"{at.loss_from}",
+            markup=False,
+        )
+    for split, counts in at.broken_by.items():
+        text = ", ".join(f"{stage} {k}" for stage, k in counts.items())
+        console.print(f"broken first by, {split}: {text}", markup=False)
+
+
+def attack_text(cfg: dict) -> str:
+    """``pgd-10 alpha=0.025 restarts=1``; the other attacks by name (their settings are fixed)."""
+    if cfg["attack"] in ("pgd", "fgsm"):
+        return (
+            f"{cfg['attack']}-{cfg['steps']} alpha={cfg['step_size']:.4g} "
+            f"restarts={cfg['restarts']}"
+        )
+    return str(cfg["attack"])
 
 
 def _robustness_table(result: AuditResult) -> Table:
@@ -82,18 +102,42 @@ def _robustness_table(result: AuditResult) -> Table:
     t = Table(title="Robustness", show_edge=False)
     for col in ("", "train", "test", "gap"):
         t.add_column(col, justify="right")
-    for label, kind, gap in (
-        ("clean acc", "clean_acc", None),
-        ("robust acc", "robust_acc", "gap_err"),
-        ("clean loss", "clean_loss", None),
-        ("robust loss", "robust_loss", "gap_loss"),
-    ):
-        t.add_row(
-            label,
-            fmt(getattr(m, f"{kind}_train"), getattr(m, f"{kind}_train_se")),
-            fmt(getattr(m, f"{kind}_test"), getattr(m, f"{kind}_test_se")),
-            "" if gap is None else fmt(getattr(m, gap), getattr(m, f"{gap}_se")),
-        )
+    t.add_row(
+        "clean acc",
+        fmt(m.clean_acc_train, m.clean_acc_train_se),
+        fmt(m.clean_acc_test, m.clean_acc_test_se),
+        "",
+    )
+    by_attack = result.attacks.robust_acc
+    chosen = result.attacks.accuracy_from
+    t.add_row(
+        f"robust acc, {chosen}" if len(by_attack) > 1 else "robust acc",
+        fmt(m.robust_acc_train, m.robust_acc_train_se),
+        fmt(m.robust_acc_test, m.robust_acc_test_se),
+        fmt(m.gap_err, m.gap_err_se),
+    )
+    # the loss attack's own figure beside the chosen attack's (PGD or APGD-CE beside
+    # AutoAttack), so that the two can be compared on the same examples
+    for attack, acc in by_attack.items():
+        if attack != chosen:
+            t.add_row(
+                f"robust acc, {attack}",
+                fmt(acc.get("train"), acc.get("train_se")),
+                fmt(acc.get("test"), acc.get("test_se")),
+                "",
+            )
+    t.add_row(
+        "clean loss",
+        fmt(m.clean_loss_train, m.clean_loss_train_se),
+        fmt(m.clean_loss_test, m.clean_loss_test_se),
+        "",
+    )
+    t.add_row(
+        f"robust loss, {result.attacks.loss_from}" if len(by_attack) > 1 else "robust loss",
+        fmt(m.robust_loss_train, m.robust_loss_train_se),
+        fmt(m.robust_loss_test, m.robust_loss_test_se),
+        fmt(m.gap_loss, m.gap_loss_se),
+    )
     return t
 
 

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from ..formatting import fmt_estimate, fmt_fixed, fmt_signed
 from ..report import write_track_page
+from ..report.track_page import threat_text
 from ..track import MEASURES, TARGETS, TrackResult
 from ..track import track as run_track
 from .common import check_output_folders, handle_errors, out, progress_bars
@@ -77,6 +78,7 @@ def track(
             settings.data,
             config=settings.config,
             **settings.loading,
+            **settings.threat_model,
             cache_dir=cache,
             use_cache=not no_cache,
             progress=progress,
@@ -143,6 +145,7 @@ def _print_summary(result: TrackResult) -> None:
         )
     if peak is not None:
         out.print(f"WCI peaks at epoch {peak['epoch']:g} ({peak['wci']:.4g})")
+    out.print(f"threat model: {threat_text(result)}", markup=False)
     for note in result.notes:
         out.print(f"note: {note}", markup=False)
     out.print(

@@ -157,7 +157,7 @@ def _settings_rows(result: TrackResult) -> list[tuple[str, str]]:
         ("arch", _arch_text(result, arch)),
         (
             "attack",
-            f"{cfg.get('attack')} {cfg.get('norm')} eps={format_eps(cfg.get('eps', 0.0))}, "
+            f"{cfg.get('attack')} {threat_text(result)}, "
             f"K={cfg.get('steps')}, alpha={fmt_num(cfg.get('step_size'))}, "
             f"restarts={cfg.get('restarts')}",
         ),
@@ -178,6 +178,31 @@ def _settings_rows(result: TrackResult) -> list[tuple[str, str]]:
             f"{len(result.entries) - result.scanned} from the cache)",
         ),
     ]
+
+
+def threat_text(result: TrackResult) -> str:
+    """``linf eps=0.1``, saying where each part came from when the checkpoints decided it
+    (their metadata, or the default where they say nothing): the values the scans used."""
+    cfg = result.settings.get("config", {})
+    parts = []
+    for key in ("norm", "eps"):
+        if cfg.get(key) is not None:
+            value = format_eps(cfg[key]) if key == "eps" else str(cfg[key])
+            parts.append(value if key == "norm" else f"eps={value}")
+            continue
+        used = sorted(
+            {
+                (
+                    e.result.config.get("eps_text" if key == "eps" else "norm"),
+                    e.result.config.get("threat_model_source", {}).get(key, "?"),
+                )
+                for e in result.entries
+            },
+            key=str,
+        )
+        text = ", ".join(f"{v} ({src})" for v, src in used) or "from each checkpoint"
+        parts.append(text if key == "norm" else f"eps={text}")
+    return " ".join(parts)
 
 
 def _arch_text(result: TrackResult, arch: dict[str, Any]) -> str:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ..checkpoints import file_sha256
-from ..config import ScanConfig
+from ..config import ScanConfig, config_from_settings
 from ..errors import ConfigError
 from ..result import write_atomic
 from ..scan import scan
@@ -56,6 +55,11 @@ def track(
         sources: run folders, glob patterns or checkpoint paths (:func:`find_checkpoints`).
         data: as for :func:`wciaudit.scan` (``None``: each checkpoint's named dataset).
         config: the scan settings, or pass them as keyword ``settings`` (``eps="0.1"``).
+            The threat model is resolved per checkpoint as :func:`wciaudit.scan` does it
+            (flag > the checkpoint's metadata ``eps`` / ``norm`` > default): ``eps`` or
+            ``norm`` passed as None, or given neither in ``config`` nor as a keyword, is
+            taken from each checkpoint; every result's ``config["threat_model_source"]``
+            says where it came from.
         arch, arch_args, num_classes, mean, std: checkpoint loading options.
         cache_dir: where the per-checkpoint results live (default: a folder for this
             run under :func:`~wciaudit.track.cache.cache_root`, ``$WCIAUDIT_CACHE_DIR``,
@@ -71,10 +75,10 @@ def track(
         ConfigError, CheckpointError, DataError: with a one-line message. Checkpoints
         scanned before the failure stay in the cache.
     """
-    config = _settings_config(config, settings)
+    config, unset = config_from_settings(config, settings)
     ordered = order_checkpoints(find_checkpoints(sources))
     cache = cache_folder(sources, ordered, cache_dir)
-    key = key_settings(config, data, arch, arch_args, num_classes, mean, std)
+    key = _cache_key(key_settings(config, data, arch, arch_args, num_classes, mean, std), unset)
     digest = settings_digest(key)
     if cache is not None:
         _make_folder(cache)
@@ -94,6 +98,7 @@ def track(
                 str(item.path),
                 data,
                 config=config,
+                **dict.fromkeys(unset),
                 arch=arch,
                 arch_args=arch_args,
                 num_classes=num_classes,
@@ -108,7 +113,19 @@ def track(
         if progress is not None:
             progress("checkpoints", 1, len(ordered))
     _correlate_run(out)
+    _note_threat_models(out)
     return out
+
+
+def _cache_key(key: dict[str, Any], unset: frozenset[str]) -> dict[str, Any]:
+    """The settings key with the threat model left to each checkpoint marked None ("from
+    each checkpoint") in place of the config's placeholder value: a later run given that
+    value as a flag must not read these results from the cache."""
+    for name in unset:
+        key["config"][name] = None
+        if name == "eps":
+            key["config"]["eps_text"] = None
+    return key
 
 
 def _checkpoint_ident(path: str | os.PathLike[str], sha: str) -> str:
@@ -131,19 +148,6 @@ def _make_folder(folder: Path) -> None:
         ) from None
 
 
-def _settings_config(config: ScanConfig | None, settings: dict[str, Any]) -> ScanConfig:
-    """``config`` with keyword ``settings`` on top, or a ScanConfig made of them."""
-    if config is not None:
-        return config.with_(**settings) if settings else config
-    known = {f.name for f in fields(ScanConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    return ScanConfig(**settings)
-
-
 def _correlate_run(out: TrackResult) -> None:
     """Fill in the correlations of every measure with every gap, and notes on what is missing."""
     series = out.series()
@@ -158,4 +162,16 @@ def _correlate_run(out: TrackResult) -> None:
     if out.entries and all(e.result.metrics.gap_loss is None for e in out.entries):
         out.notes.append(
             "no robust gap was measured (the data has one split?): nothing to correlate with"
+        )
+
+
+def _note_threat_models(out: TrackResult) -> None:
+    """A note where the checkpoints were attacked under different threat models (their
+    metadata disagree), which makes their figures incomparable."""
+    seen = {(e.result.config.get("norm"), e.result.config.get("eps_text")) for e in out.entries}
+    if len(seen) > 1:
+        models = ", ".join(f"{norm} eps {eps}" for norm, eps in sorted(seen, key=str))
+        out.notes.append(
+            f"the checkpoints were attacked under different threat models ({models}), "
+            "from their metadata: their figures are not comparable; pass --eps and --norm"
         )
