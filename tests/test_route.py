@@ -174,3 +174,28 @@ def test_a_layer_too_big_for_its_jacobian_rows_takes_sampled_labels_beside_the_e
     assert "memory budget" in est["2.weight"].route_reason
     exact = dense_traces(model, x, y, ["2.weight"])["2.weight"]
     assert abs(est["2.weight"].trace - exact) < 4 * est["2.weight"].se
+
+
+def _hutch(name: str, trace: float, probe_se: float, probes: int) -> TraceEstimate:
+    return TraceEstimate(
+        name=name, trace=trace, se=probe_se, probes=probes, method="hutchinson",
+        converged=False, stop_reason="", probe_se=probe_se,
+    )  # fmt: skip
+
+
+def test_the_wci_rounds_stop_where_no_probe_count_within_the_cap_meets_the_target() -> None:
+    from wciaudit.curvature import _reachable, _term_variance_at
+
+    exact = TraceEstimate(name="head", trace=4.0, se=0.0, probes=0, method="exact-ggn",
+                          converged=True, stop_reason="exact")  # fmt: skip
+    norms = {"head": 1.0, "a": 1.0, "b": 1.0}
+    # far from 0 the term's variance is the delta method's, the probe SE scaled by sqrt(p0 / p)
+    far = _hutch("a", 9.0, 0.3, 10)
+    assert _term_variance_at(1.0, far, 40) == pytest.approx((0.15 / (2 * 3.0)) ** 2)
+    # WCI = 2 + 3 = 5; at 200 probes the layer's term SE is 0.011 (0.2 %): reachable at 5 %
+    assert _reachable(norms, {"head": exact}, {"a": far}, 0.05, 200)
+    # a layer whose trace is 0 within its SE: its term's sd shrinks only as probes^(-1/4),
+    # sqrt(0.23 se) = 0.32 at 200 probes (se 0.45), above 5 % of WCI = 2, i.e. 0.1
+    near = {"a": _hutch("a", 0.0, 2.0, 10), "b": _hutch("b", -0.5, 2.0, 10)}
+    assert not _reachable(norms, {"head": exact}, near, 0.05, 200)
+    assert _reachable(norms, {"head": exact}, near, 0.05, 10**7)

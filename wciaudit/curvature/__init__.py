@@ -313,6 +313,8 @@ def _wci_target(
         everything = {**fixed, **current}
         if wci_relative_se(norms, everything) <= tol:
             break
+        if not _reachable(norms, fixed, current, tol, max_probes):
+            break  # not even every layer at the cap meets the target: say so, stop
         extra = _allocate(norms, fixed, current, tol, max_probes)
         if not extra:
             break
@@ -329,6 +331,34 @@ def _wci_target(
             ):
                 current[est.name] = pool(current[est.name], est)
     return current
+
+
+def _term_variance_at(norm: float, e: TraceEstimate, probes: int) -> float:
+    """Var of a Hutchinson layer's WCI term if it had ``probes`` probes: the probe part
+    of its SE shrinks as 1 / sqrt(probes), the subset part stays, and the term's slope
+    follows the SE (near 0 the variance shrinks only as 1 / sqrt(probes))."""
+    per_probe = e.probe_se**2 * int(e.probes)
+    se = math.sqrt(per_probe / max(probes, 1) + e.sample_se**2)
+    return (term_slope(norm, e.trace, se) * se) ** 2
+
+
+def _reachable(
+    norms: dict[str, float],
+    fixed: dict[str, TraceEstimate],
+    current: dict[str, TraceEstimate],
+    tol: float,
+    max_probes: int,
+) -> bool:
+    """Could the WCI reach relative SE ``tol`` with every open layer at ``max_probes``,
+    the traces as they stand? Where it cannot (a WCI near 0 beside layers whose traces
+    are near 0, whose terms stay noisy), further rounds are spent in vain."""
+    everything = {**fixed, **current}
+    wci = math.fsum(norms[n] * math.sqrt(max(e.trace, 0.0)) for n, e in everything.items())
+    var = math.fsum((_slope(norms[n], e) * e.se) ** 2 for n, e in fixed.items())
+    var += math.fsum(
+        _term_variance_at(norms[n], e, max(int(e.probes), max_probes)) for n, e in current.items()
+    )
+    return var <= (tol * wci) ** 2
 
 
 def _allocate(
