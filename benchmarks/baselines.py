@@ -1,7 +1,9 @@
 """The baselines wciaudit's trace engine is compared with.
 
-- the plain per-layer loop: per probe a fresh forward + ``autograd.grad(create_graph=True)``
-  over the whole data and one Hessian-vector product, the probe restricted to one layer;
+- the plain per-layer loop: the engine's estimator done naively: per probe and per
+  random group of the examples (one independent vector per group, as the engine draws)
+  a fresh forward + ``autograd.grad(create_graph=True)`` and one Hessian-vector product,
+  the probe restricted to one layer;
 - the whole-model shared probe: v_k . (Hv)_k read per layer from one full product;
 - PyHessian's ``hessian(...).trace()`` (whole-model total), when it is installed.
 
@@ -20,7 +22,8 @@ from common import MIN_PROBES, TOL, PeakMemory, Row, Setup, Stopwatch, next_roun
 from torch import nn
 from torch.func import functional_call
 
-from wciaudit.curvature.hutchinson import rademacher
+from wciaudit.curvature.groups import GROUPS, group_count, probe_groups
+from wciaudit.curvature.hutchinson import first_round, rademacher
 
 
 def layer_weights(setup: Setup) -> dict[str, torch.Tensor]:
@@ -42,18 +45,33 @@ def _batches(setup: Setup) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         )
 
 
+def group_rows(setup: Setup) -> list[torch.Tensor]:
+    """The engine's random groups of the Hessian samples (seed 0): each probe is one
+    independent vector per group, so the baselines draw the engine's distribution."""
+    n = setup.x.shape[0]
+    assignment = probe_groups(n, GROUPS, 0)
+    return [torch.nonzero(assignment == g).flatten() for g in range(group_count(n, GROUPS))]
+
+
+def group_probe(setup: Setup, shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """One probe of the grouped design: a Rademacher vector per group, (G, *shape)."""
+    return probe((len(group_rows(setup)), *shape), g, setup.device)
+
+
 def plain_probe(setup: Setup, w: dict[str, torch.Tensor], name: str, v: torch.Tensor) -> float:
-    """v^T H_kk v with a fresh double-backward graph over the whole data (the naive loop)."""
+    """sum_g v_g^T H_g,kk v_g for a grouped probe v (G, *shape), naively: per group a
+    fresh forward, ``grad(create_graph=True)`` and one Hessian-vector product."""
     total = 0.0
     n = setup.x.shape[0]
-    for xb, yb in _batches(setup):
-        loss = (
-            F.cross_entropy(functional_call(setup.net, {name: w[name]}, (xb,)), yb, reduction="sum")
-            / n
-        )
-        (g,) = torch.autograd.grad(loss, w[name], create_graph=True)
-        (hv,) = torch.autograd.grad(g, w[name], grad_outputs=v)
-        total += float((hv * v).sum())
+    for rows, vg in zip(group_rows(setup), v, strict=True):
+        for i in range(0, rows.shape[0], setup.batch_size):
+            part = rows[i : i + setup.batch_size]
+            xb, yb = setup.x[part].to(setup.device), setup.y[part].to(setup.device)
+            logits = functional_call(setup.net, {name: w[name]}, (xb,))
+            loss = F.cross_entropy(logits, yb, reduction="sum") / n
+            (g,) = torch.autograd.grad(loss, w[name], create_graph=True)
+            (hv,) = torch.autograd.grad(g, w[name], grad_outputs=vg)
+            total += float((hv * vg).sum())
     return total
 
 
@@ -67,7 +85,7 @@ def plain_pilot(
         shape = tuple(w[name].shape)
         with Stopwatch(setup.device) as sw:
             values[name] = [
-                plain_probe(setup, w, name, probe(shape, g, setup.device)) for _ in range(probes)
+                plain_probe(setup, w, name, group_probe(setup, shape, g)) for _ in range(probes)
             ]
         cost[name] = sw.seconds / probes
     return values, cost
@@ -76,14 +94,15 @@ def plain_pilot(
 def plain_stop_rule(
     setup: Setup, w: dict[str, torch.Tensor], name: str, seed: int, max_probes: int
 ) -> list[float]:
-    """The engine's stop rule, run with the plain loop: ``MIN_PROBES`` first, then rounds
+    """The engine's stop rule, run with the plain loop: its first round
+    (``first_round(MIN_PROBES, G, cap)``), then rounds
     of the probes the running variance asks for, until SE <= tol |mean| or the cap."""
     g = torch.Generator().manual_seed(seed)
     shape = tuple(w[name].shape)
     values: list[float] = []
-    want = MIN_PROBES
+    want = first_round(MIN_PROBES, len(group_rows(setup)), max_probes)
     while want > 0:
-        values += [plain_probe(setup, w, name, probe(shape, g, setup.device)) for _ in range(want)]
+        values += [plain_probe(setup, w, name, group_probe(setup, shape, g)) for _ in range(want)]
         _, want = next_round(values, tol=TOL, max_probes=max_probes)
     return values
 

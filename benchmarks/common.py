@@ -16,6 +16,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import wciaudit
 from wciaudit.attacks.pgd import attack_split
 from wciaudit.config import ScanConfig
-from wciaudit.curvature import layer_traces, mean_and_se
+from wciaudit.curvature import Objective, TraceEstimate, hutchinson_traces, mean_and_se
 from wciaudit.data import stratified_subset
 from wciaudit.model import AuditedModel, weight_layers
 
@@ -309,6 +311,18 @@ def dense_traces(setup: Setup) -> dict[str, float]:
 # the engine's pilots
 
 
+def fixed_probe_traces(
+    setup: Setup, probes: int, seed: int, progress: Callable[[int], None] | None = None
+) -> list[TraceEstimate]:
+    """The engine's Hutchinson estimates with exactly ``probes`` probes per layer, in one
+    round (``hutchinson_traces(probes=...)``; the stop rule does not run)."""
+    objective = Objective(setup.net, setup.x, setup.y, setup.names, setup.batch_size, setup.device)
+    with sdpa_kernel([SDPBackend.MATH]):
+        return hutchinson_traces(
+            objective, tol=math.inf, probes=probes, seed=seed, progress=progress
+        )
+
+
 def _engine_round(
     setup: Setup, probes: int, seed: int
 ) -> tuple[dict[str, Stats], list[float], float]:
@@ -317,19 +331,8 @@ def _engine_round(
     (with <= 32 probes per layer it fires once per layer, in layer order) and the total."""
     stamps: list[float] = []
     with Stopwatch(setup.device) as sw:
-        est = layer_traces(
-            setup.net,
-            setup.x,
-            setup.y,
-            setup.names,
-            method="hutchinson",
-            tol=0.0,
-            max_probes=probes,
-            min_probes=probes,
-            seed=seed,
-            batch_size=setup.batch_size,
-            device=setup.device,
-            progress=lambda kind, k: stamps.append(sw.seconds_so_far()),
+        est = fixed_probe_traces(
+            setup, probes, seed, progress=lambda k: stamps.append(sw.seconds_so_far())
         )
     # after one round, mean and SE give the sample mean and sd of the probe values
     stats = {e.name: (probes, e.trace, (e.se * math.sqrt(probes)) ** 2) for e in est}

@@ -38,7 +38,7 @@ from typing import Any
 
 import timm
 import torch
-from baselines import layer_weights, plain_pilot, plain_probe, probe
+from baselines import group_probe, layer_weights, plain_pilot, plain_probe
 from common import (
     Setup,
     Stopwatch,
@@ -171,7 +171,7 @@ def plain_seconds(setup: Setup, est: list[TraceEstimate], args: argparse.Namespa
     w = layer_weights(setup)
     g = torch.Generator().manual_seed(args.seed + 1)
     first = setup.names[0]
-    plain_probe(setup, w, first, probe(tuple(w[first].shape), g, setup.device))  # warm-up
+    plain_probe(setup, w, first, group_probe(setup, tuple(w[first].shape), g))  # warm-up
     values, cost = plain_pilot(setup, w, args.plain_probes, g)
     total = 0.0
     for e in est:
@@ -211,7 +211,7 @@ def warm_up(net: AuditedModel, x: torch.Tensor, y: torch.Tensor, cfg: ScanConfig
         setup = Setup("warm-up", net, layer_names(net.model)[:1], x[:2], y[:2], device, 2, 0.0)
         w = layer_weights(setup)
         name = setup.names[0]
-        plain_probe(setup, w, name, probe(tuple(w[name].shape), torch.Generator(), device))
+        plain_probe(setup, w, name, group_probe(setup, tuple(w[name].shape), torch.Generator()))
 
 
 def bench_model(

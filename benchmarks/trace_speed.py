@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 import torch
 from baselines import (
+    group_probe,
     layer_weights,
     plain_pilot,
     plain_probe,
     plain_stop_rule,
-    probe,
     pyhessian_rows,
     shared_pilot,
 )
@@ -57,6 +57,7 @@ from common import (
     build_setup,
     dense_traces,
     engine_pilot,
+    fixed_probe_traces,
     max_rel_err,
     pool,
     print_plain,
@@ -100,7 +101,7 @@ def run_pilots(setup: Setup, args: argparse.Namespace, w: dict, log: Log) -> Pil
     dev = setup.device
     g = torch.Generator().manual_seed(args.seed + 1)
     first = setup.names[0]
-    plain_probe(setup, w, first, probe(tuple(w[first].shape), g, dev))  # warm-up
+    plain_probe(setup, w, first, group_probe(setup, tuple(w[first].shape), g))  # warm-up
     p1, p2 = args.pilot_probes
     with PeakMemory(dev) as mem_engine:
         eng_values, eng_cost, graph_s, eng_total = engine_pilot(setup, p1, p2, args.seed)
@@ -326,21 +327,22 @@ def bench_model(setup: Setup, args: argparse.Namespace, log: Log) -> tuple[list[
 
 def _timed_traces(setup: Setup, method: str, seed: int, probes: int | None) -> tuple[float, float]:
     """Best of two ``layer_traces`` runs (the machine may be shared): seconds, peak MiB."""
-    kw = {} if probes is None else {"tol": 0.0, "min_probes": probes, "max_probes": probes}
     secs = math.inf
     for _ in range(2):
         with PeakMemory(setup.device) as mem, Stopwatch(setup.device) as sw:
-            layer_traces(
-                setup.net,
-                setup.x,
-                setup.y,
-                setup.names,
-                method=method,
-                batch_size=setup.batch_size,
-                device=setup.device,
-                seed=seed,
-                **kw,
-            )
+            if probes is None:
+                layer_traces(
+                    setup.net,
+                    setup.x,
+                    setup.y,
+                    setup.names,
+                    method=method,
+                    batch_size=setup.batch_size,
+                    device=setup.device,
+                    seed=seed,
+                )
+            else:
+                fixed_probe_traces(setup, probes, seed)
         secs = min(secs, sw.seconds)
     return secs, mem.mib
 

@@ -136,7 +136,9 @@ class ScanConfig:
         k_labels: labels sampled per example in the first round of the sampled-label
             Gauss-Newton route (>= 2); more are drawn where a layer's tolerance asks.
         max_probes: probe cap per layer for Hutchinson.
-        min_probes: probes per layer before the stop rule may fire.
+        min_probes: Hutchinson's probe variance has min_probes - 1 degrees of freedom
+            before the stop rule may fire (a probe is one vector per group of the
+            Hessian subset: with 16 groups the first round is 2 probes).
         hessian_samples: number of train examples the Hessian is taken over.
         delta: confidence of the PAC-Bayes confidence term.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.

@@ -322,8 +322,7 @@ def _wci_target(
             for est in hutchinson_traces(
                 objective,
                 tol=math.inf,
-                max_probes=count,
-                min_probes=count,
+                probes=count,
                 seed=seed + round_ * _ROUND_SEED,
                 group_seed=seed,
                 names=group,

@@ -14,7 +14,10 @@ Engine:
 - probes of a layer are pushed through the graph together (``is_grads_batched``,
   i.e. ``vmap`` over the backward), falling back to a loop where an op has no
   batching rule;
-- rounds: every layer first gets ``min_probes``; after each round a layer stops when
+- rounds: every layer first gets the probes that estimate its probe variance with
+  at least ``min_probes - 1`` degrees of freedom (:func:`first_round`: each probe is
+  one vector per group, so with 16 groups 2 probes give 16); after each round a layer
+  stops when
   its relative total standard error is <= ``tol`` (``stop_reason="tol"``), at
   ``max_probes`` (``"cap"``), or when only the subset part is above ``tol``
   (``"subset"``); the others get the probes their running variance says
@@ -181,6 +184,7 @@ def hutchinson_traces(
     names: list[str] | None = None,
     groups: int = GROUPS,
     group_seed: int | None = None,
+    probes: int | None = None,
 ) -> list[TraceEstimate]:
     """Per-layer Hutchinson estimates of Tr(H_kk) with standard errors.
 
@@ -194,13 +198,17 @@ def hutchinson_traces(
         objective: model, fixed examples, layers (``n_population``: the split's size).
         tol: stop a layer when its total SE / |mean| <= tol.
         max_probes: probe cap per layer.
-        min_probes: probes per layer in the first round.
+        min_probes: the probe variance has at least ``min_probes - 1`` degrees of
+            freedom before the stop rule may fire (:func:`first_round`).
         seed: probe and group seed.
         progress: called with the number of probes done after each layer-batch.
         names: subset of ``objective.names`` to estimate (default all).
         groups: the most groups the examples are split into.
         group_seed: seed of the group split (default ``seed``); runs that are pooled
             or paired share it, so their group shares line up.
+        probes: exactly this many probes per layer, in one round (the stop rule only
+            labels the result); None: the first round of :func:`first_round`, then
+            the stop rule.
 
     Returns:
         One :class:`TraceEstimate` per layer, in the order of ``names``.
@@ -213,7 +221,10 @@ def hutchinson_traces(
     history: dict[str, list[list[float]]] = {n: [] for n in names}
     stop: dict[str, str] = {}
     hvp = _BatchedHvp()
-    want = {n: min(min_probes, max_probes) for n in names}
+    first = first_round(min_probes, len(sizes), max_probes) if probes is None else probes
+    want = dict.fromkeys(names, first)
+    if probes is not None:
+        max_probes = probes
     # layers whose groups share one graph through zero weight taps (:mod:`.taps`)
     tapped = _Tapped(objective, names, members) if len(sizes) > 1 else None
     untapped = [n for n in names if tapped is None or n not in tapped.names]
@@ -264,6 +275,20 @@ def hutchinson_traces(
         want = next_want
         round_ += 1
     return [_estimate(objective, n, values[n], sizes, stop[n], history[n]) for n in names]
+
+
+def first_round(min_probes: int, groups: int, max_probes: int) -> int:
+    """Probes per layer in the first round: the fewest p >= 2 whose within-group probe
+    variance, G (p - 1) degrees of freedom over G groups, has at least ``min_probes - 1``
+    (what ``min_probes`` probes through one graph give), capped at ``min_probes`` and
+    ``max_probes``. With 16 groups and ``min_probes`` 10: 2 probes (16 vectors per layer).
+
+    Example:
+        >>> first_round(10, 16, 200), first_round(10, 4, 200), first_round(10, 1, 200)
+        (2, 4, 10)
+    """
+    p = 1 + math.ceil(max(min_probes - 1, 1) / max(groups, 1))
+    return int(min(max(p, 2), max(min_probes, 2), max_probes))
 
 
 def _split(objective: Objective, groups: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
