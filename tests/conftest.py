@@ -1,3 +1,4 @@
+import copy
 import sys
 from pathlib import Path
 
@@ -6,6 +7,9 @@ import torch
 
 # tests import their exact references from tests/reference.py
 sys.path.insert(0, str(Path(__file__).parent))
+
+from reference import dense_traces  # noqa: E402
+from torch import nn  # noqa: E402
 
 from wciaudit.checkpoints import load_checkpoint  # noqa: E402
 from wciaudit.data import load_data  # noqa: E402
@@ -33,3 +37,31 @@ def digits_test() -> tuple[torch.Tensor, torch.Tensor]:
     """96 test examples, a stratified seeded subset of the shipped sample data."""
     splits = load_data("sample", test_samples=96, seed=0)
     return splits.x_test, splits.y_test
+
+
+TIMM_RESNET_LAYERS = ["conv1.0.weight", "conv1.3.weight", "fc.weight"]
+
+
+@pytest.fixture(scope="session")
+def timm_resnet_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
+    """timm's ``test_resnet`` (deep stem, BatchNorm with running variances that are not 1,
+    residual blocks) on 6 seeded 1x8x8 inputs, with the dense float64 traces of its first
+    two stem convolutions and its head: (float32 model, x, y, layer names, exact traces).
+
+    The stem is narrowed to 4 channels with timm's own ``stem_width``: the dense reference
+    takes one double backward per weight, and 36 + 144 + 288 weights instead of
+    144 + 2304 + 288 cut it six-fold; whether the exact route is exact does not depend on
+    the width. Callers copy the model before changing its dtype.
+    """
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3, in_chans=1, stem_width=4).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    names = list(TIMM_RESNET_LAYERS)
+    exact = dense_traces(copy.deepcopy(model).double(), x.double(), y, names)
+    return model, x, y, names, exact
