@@ -1,5 +1,9 @@
 import copy
+import json
+import os
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,31 @@ torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
 ROOT = Path(__file__).resolve().parents[1]
+CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
+CNN_ARCH = ROOT / "sample_models" / "digits_cnn.py"
+# small settings for scans of the shipped CNN that check the command, not the figures
+FAST = [
+    "--train-samples",
+    "60",
+    "--test-samples",
+    "60",
+    "--hessian-samples",
+    "30",
+    "--steps",
+    "2",
+    "--eps",
+    "0.1",
+    "--masking-samples",
+    "0",
+    "-q",
+]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``wciaudit``: this checkout first on the path (the child
+    runs the code under test even where another copy is installed), one thread."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +94,38 @@ def timm_resnet_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor, list[str]
     names = list(TIMM_RESNET_LAYERS)
     exact = dense_traces(copy.deepcopy(model).double(), x.double(), y, names)
     return model, x, y, names, exact
+
+
+@dataclass(frozen=True)
+class SampleScan:
+    """A finished ``wciaudit scan`` run as a real process: its folder, arguments and exit."""
+
+    folder: Path
+    args: list[str]
+    proc: subprocess.CompletedProcess
+
+    @property
+    def json_path(self) -> Path:
+        return self.folder / "digits_cnn.wciaudit.json"
+
+    def result(self) -> dict:
+        return json.loads(self.json_path.read_text())
+
+
+@pytest.fixture(scope="session")
+def sample_cnn_scan(tmp_path_factory: pytest.TempPathFactory) -> SampleScan:
+    """One ``wciaudit scan`` of the shipped CNN on the shipped digits with ``FAST``
+    settings and no ``--json`` (so the result takes its default name), run once as a
+    subprocess in a folder of its own and shared by every test that only reads it.
+    Tests that need other settings, or that write, run their own scan."""
+    folder = tmp_path_factory.mktemp("sample_cnn_scan")
+    args = ["scan", str(CNN), "--arch", str(CNN_ARCH), "--data", "sample", *FAST]
+    proc = subprocess.run(
+        [sys.executable, "-m", "wciaudit", *args],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env=child_env(),
+        timeout=300,
+    )
+    return SampleScan(folder, args, proc)
