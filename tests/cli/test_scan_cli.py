@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runner import invoke_in
+from cli_runner import console_in, invoke_in
 from conftest import CNN, CNN_ARCH
 from typer.testing import CliRunner
 
@@ -226,13 +226,14 @@ def test_help_lists_the_choices() -> None:
 
 
 def test_usage_errors_are_one_line_from_the_console_script(tmp_path: Path) -> None:
+    """Through ``main()``, the console entry point, in this process: a real process
+    around it is tested by test_help's bare ``scan`` and the missing file above."""
     for args in (
         ["scan", str(CNN), "--steps", "many"],
         ["scan", str(CNN), "--json", str(tmp_path)],
         ["nosuchcommand"],
     ):
-        res = subprocess.run(
-            [sys.executable, "-m", "wciaudit", *args], capture_output=True, text=True, cwd=tmp_path
-        )
-        assert res.returncode == 2, (args, res.stderr)
-        assert res.stderr.startswith("wciaudit: error:") and res.stderr.count("\n") == 1, res.stderr
+        code, out, err = console_in(tmp_path, args)
+        assert code == 2, (args, err)
+        assert err.startswith("wciaudit: error:") and err.count("\n") == 1, err
+        assert out == ""
