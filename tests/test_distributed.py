@@ -96,6 +96,7 @@ def _close(a: object, b: object, path: str = "") -> None:
         assert a == b, path
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
     single = json.loads(scan(_model(), _splits(), **SETTINGS).to_json())
     out = tmp_path / "rank0.json"

@@ -334,6 +334,7 @@ def workflow_run(tmp_path_factory):
     return folder, workflow, runs
 
 
+@pytest.mark.slow
 def test_docs_workflow_runs(workflow_run):
     folder, workflow, runs = workflow_run
     assert [name for name, _ in runs] == [
@@ -366,6 +367,7 @@ def sample_scan(tmp_path_factory):
     return folder, proc
 
 
+@pytest.mark.slow
 def test_scan_exit_codes_on_the_sample_model(sample_scan):
     """0 / 1 / 2 for pass / fail / bad config: the pass as a real process (the fixture),
     the fail and the bad config through the console entry point in this process (a real
@@ -397,6 +399,7 @@ def test_scan_exit_codes_on_the_sample_model(sample_scan):
     assert not (folder / "bad.json").exists() and not (folder / "bad.md").exists()
 
 
+@pytest.mark.slow
 def test_gate_subprocess_on_a_saved_result(sample_scan, tmp_path):
     saved = sample_scan[0] / "ok.json"
     proc = _run(

@@ -25,6 +25,7 @@ def _run(args: list[str], cwd: Path) -> tuple[int, str, str]:
     return invoke_in(cwd, args)
 
 
+@pytest.mark.slow
 def test_scan_writes_schema_v1_json_named_after_the_checkpoint(sample_cnn_scan) -> None:  # noqa: ANN001
     assert sample_cnn_scan.proc.returncode == 0, sample_cnn_scan.proc.stderr
     files = list(sample_cnn_scan.folder.iterdir())
@@ -198,6 +199,7 @@ def test_bad_input_exits_2_with_one_line_and_no_output(case: str, tmp_path: Path
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_real_subprocess_exit_codes(sample_cnn_scan, tmp_path: Path) -> None:  # noqa: ANN001
     ok = sample_cnn_scan.proc
     assert ok.returncode == 0 and ok.stderr == "", ok.stderr

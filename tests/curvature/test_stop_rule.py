@@ -4,7 +4,7 @@ tiny model with exact traces, |estimate - exact| <= 2 SE must hold in >= 93 % of
 300 runs (100 seeds x 3 layers) give a binomial SE of sqrt(0.93 * 0.07 / 300) = 1.5 %,
 so the test asserts coverage >= 0.93 - 3 * 0.015. The seeds are what gives the test its
 power, so their number stays; each run is kept cheap instead. The model is the ReLU MLP,
-on which every run ends on the tolerance (20 to 40 probes): with GELU the first layer
+on which every run ends on the tolerance (after 15 to 77 probes): with GELU the first layer
 never reached 5 % within the 200-probe cap, so a third of the runs measured a fixed-size
 estimate rather than the stop rule, and cost three times as much.
 """
