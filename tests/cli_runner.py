@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
 
-from wciaudit.cli.app import app
+from wciaudit.cli.app import app, main
 
 runner = CliRunner()
 
@@ -21,3 +25,30 @@ def invoke_in(cwd: Path, args: list[str]) -> tuple[int, str, str]:
     finally:
         os.chdir(old)
     return res.exit_code, res.stdout, res.stderr
+
+
+def console_in(cwd: Path, args: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the console entry point ``main()`` run in this
+    process as ``wciaudit ARGS``: unlike ``invoke_in`` it goes through main's mapping of
+    click's usage errors and signals. The signal handlers main installs are put back.
+
+    A real process adds only the interpreter around ``main()``; the tests that need it
+    (exit status and stderr as a shell sees them) run ``python -m wciaudit``.
+    """
+    old_cwd, old_argv = os.getcwd(), sys.argv
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    out, err = io.StringIO(), io.StringIO()
+    os.chdir(cwd)
+    sys.argv = ["wciaudit", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(old_cwd)
+        sys.argv = old_argv
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return code, out.getvalue(), err.getvalue()

@@ -1,5 +1,9 @@
+import copy
+import json
 import os
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -8,6 +12,9 @@ import torch
 # tests import their exact references from tests/reference.py
 sys.path.insert(0, str(Path(__file__).parent))
 
+from reference import dense_traces  # noqa: E402
+from torch import nn  # noqa: E402
+
 from wciaudit.checkpoints import load_checkpoint  # noqa: E402
 from wciaudit.data import load_data  # noqa: E402
 from wciaudit.model import AuditedModel  # noqa: E402
@@ -15,8 +22,39 @@ from wciaudit.model import AuditedModel  # noqa: E402
 # CPU and GPU agree only with TF32 off; tests never rely on global seeding
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+# One intra-op thread in the test process. The models here are tiny, so a second thread
+# saves little; but float sums then split the same way whatever else runs (with two
+# threads, APGD's x_loss moved by more than 1e-9 between batch sizes 96 and 17), and
+# threads that spin while another process holds the cores slowed single tests a
+# hundredfold. Child processes keep the environment they are given.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
+CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
+CNN_ARCH = ROOT / "sample_models" / "digits_cnn.py"
+# small settings for scans of the shipped CNN that check the command, not the figures
+FAST = [
+    "--train-samples",
+    "60",
+    "--test-samples",
+    "60",
+    "--hessian-samples",
+    "30",
+    "--steps",
+    "2",
+    "--eps",
+    "0.1",
+    "--masking-samples",
+    "0",
+    "-q",
+]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``wciaudit``: this checkout first on the path (the child
+    runs the code under test even where another copy is installed), one thread."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +85,66 @@ def _private_cache_root(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("WCIAUDIT_CACHE_DIR", None)
     else:
         os.environ["WCIAUDIT_CACHE_DIR"] = old
+
+
+TIMM_RESNET_LAYERS = ["conv1.0.weight", "conv1.3.weight", "fc.weight"]
+
+
+@pytest.fixture(scope="session")
+def timm_resnet_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
+    """timm's ``test_resnet`` (deep stem, BatchNorm with running variances that are not 1,
+    residual blocks) on 6 seeded 1x8x8 inputs, with the dense float64 traces of its first
+    two stem convolutions and its head: (float32 model, x, y, layer names, exact traces).
+
+    The stem is narrowed to 4 channels with timm's own ``stem_width``: the dense reference
+    takes one double backward per weight, and 36 + 144 + 288 weights instead of
+    144 + 2304 + 288 cut it six-fold; whether the exact route is exact does not depend on
+    the width. Callers copy the model before changing its dtype.
+    """
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3, in_chans=1, stem_width=4).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    names = list(TIMM_RESNET_LAYERS)
+    exact = dense_traces(copy.deepcopy(model).double(), x.double(), y, names)
+    return model, x, y, names, exact
+
+
+@dataclass(frozen=True)
+class SampleScan:
+    """A finished ``wciaudit scan`` run as a real process: its folder, arguments and exit."""
+
+    folder: Path
+    args: list[str]
+    proc: subprocess.CompletedProcess
+
+    @property
+    def json_path(self) -> Path:
+        return self.folder / "digits_cnn.wciaudit.json"
+
+    def result(self) -> dict:
+        return json.loads(self.json_path.read_text())
+
+
+@pytest.fixture(scope="session")
+def sample_cnn_scan(tmp_path_factory: pytest.TempPathFactory) -> SampleScan:
+    """One ``wciaudit scan`` of the shipped CNN on the shipped digits with ``FAST``
+    settings and no ``--json`` (so the result takes its default name), run once as a
+    subprocess in a folder of its own and shared by every test that only reads it.
+    Tests that need other settings, or that write, run their own scan."""
+    folder = tmp_path_factory.mktemp("sample_cnn_scan")
+    args = ["scan", str(CNN), "--arch", str(CNN_ARCH), "--data", "sample", *FAST]
+    proc = subprocess.run(
+        [sys.executable, "-m", "wciaudit", *args],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env=child_env(),
+        timeout=300,
+    )
+    return SampleScan(folder, args, proc)

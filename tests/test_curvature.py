@@ -9,6 +9,7 @@ so a failure means a biased estimator or a wrong SE, not bad luck.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -155,18 +156,9 @@ def test_same_seed_same_estimate_other_seed_other_probes() -> None:
     assert a.trace != c.trace
 
 
-def test_exact_route_on_a_timm_resnet_in_float64() -> None:
-    timm = pytest.importorskip("timm")
-    model = timm.create_model("test_resnet", num_classes=3, in_chans=1).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-    x = torch.rand(6, 1, 8, 8)
-    y = torch.tensor([0, 1, 2, 0, 1, 2])
-    names = ["conv1.0.weight", "conv1.3.weight", "fc.weight"]
-    m64 = model.double()
-    exact = dense_traces(m64, x.double(), y, names)
+def test_exact_route_on_a_timm_resnet_in_float64(timm_resnet_case) -> None:  # noqa: ANN001
+    model, x, y, names, exact = timm_resnet_case
+    m64 = copy.deepcopy(model).double()
     estimates = layer_traces(m64, x.double(), y, names, method="auto")
     for est in estimates:
         assert est.method == "exact-ggn"
@@ -216,11 +208,19 @@ def test_backward_route_equals_the_jacobian_route_and_the_dense_hessian() -> Non
 
 def test_vit_attention_layers_against_the_dense_hessian() -> None:
     """timm's fused attention has no double backward; the engine must still work, and
-    the smooth layers must take Hutchinson, the head the exact route."""
+    the smooth layers must take Hutchinson, the head the exact route.
+
+    timm's ``test_vit`` with one block of width 16 (of six of width 64): one attention
+    block is all the fused-attention path needs, and the dense reference (one double
+    backward per weight, through every block) falls from 1024 rows through six blocks to
+    256 through one.
+    """
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = (
-        timm.create_model("test_vit", num_classes=3, in_chans=1, img_size=8, patch_size=4)
+        timm.create_model(
+            "test_vit", num_classes=3, in_chans=1, img_size=8, patch_size=4, embed_dim=16, depth=1
+        )
         .double()
         .eval()
     )

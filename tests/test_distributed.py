@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import child_env
 from torch import nn
 
 from wciaudit import Splits, scan
@@ -64,6 +64,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)  # two processes on two cores: more threads only contend
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
@@ -137,6 +138,7 @@ def _close(a: object, b: object, path: str = "") -> None:
         assert a == b, path
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
     single = json.loads(scan(_model(), _splits(), **SETTINGS).to_json())
     out = tmp_path / "rank0.json"
@@ -178,36 +180,10 @@ def test_shard_bounds_cover_everything_once() -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_cli(tmp_path: Path) -> None:
-    """The real launcher: torchrun with 2 CPU processes, only rank 0 writes."""
-    cnn = ROOT / "sample_models" / "digits_cnn.safetensors"
-    args = [
-        "--arch",
-        str(ROOT / "sample_models" / "digits_cnn.py"),
-        "--data",
-        "sample",
-        "--train-samples",
-        "60",
-        "--test-samples",
-        "40",
-        "--hessian-samples",
-        "30",
-        "--steps",
-        "2",
-        "--eps",
-        "0.1",
-        "--masking-samples",
-        "0",
-        "-q",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [sys.executable, "-m", "wciaudit", "scan", str(cnn), *args, "--json", "one.json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+def test_torchrun_cli(sample_cnn_scan, tmp_path: Path) -> None:  # noqa: ANN001
+    """The real launcher: torchrun with 2 CPU processes, only rank 0 writes; one process
+    is the shared scan of the sample CNN, run with the same arguments."""
+    one = sample_cnn_scan.proc
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
         [
@@ -220,9 +196,7 @@ def test_torchrun_cli(tmp_path: Path) -> None:
             str(_free_port()),
             "-m",
             "wciaudit",
-            "scan",
-            str(cnn),
-            *args,
+            *sample_cnn_scan.args,
             "--distributed",
             "--json",
             "two.json",
@@ -230,14 +204,14 @@ def test_torchrun_cli(tmp_path: Path) -> None:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env=env,
+        env=child_env(),
     )
     assert two.returncode == 0, two.stderr[-2000:]
-    a = json.loads((tmp_path / "one.json").read_text())
+    a = sample_cnn_scan.result()
     b = json.loads((tmp_path / "two.json").read_text())
-    assert b["config"]["processes"] == 2
+    assert a["config"]["processes"] == 1 and b["config"]["processes"] == 2
     for key in ("robust_acc_train", "robust_acc_test", "clean_acc_test"):
         assert a["metrics"][key] == b["metrics"][key]
     for la, lb in zip(a["layers"], b["layers"], strict=True):
         assert la["trace"] == pytest.approx(lb["trace"], rel=1e-4)  # float32 sums in another order
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["two.json"]

@@ -102,8 +102,9 @@ def test_every_bad_input_exits_2_with_one_line_and_no_output(
 @pytest.mark.parametrize(
     "name",
     [
-        "header-length-beyond-file",
-        "pickle-that-runs-code",
+        # a checkpoint's command imports timm as well as torch: over 3 s for the child alone
+        pytest.param("header-length-beyond-file", marks=pytest.mark.slow),
+        pytest.param("pickle-that-runs-code", marks=pytest.mark.slow),
         "report-future-schema",
     ],
 )
@@ -367,6 +368,7 @@ def _mapped(pid: int, name: str) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+@pytest.mark.slow
 def test_ctrl_c_during_a_scan_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
     """SIGINT once the checkpoint has been read (its file mapped, then released): the
     scan is then attacking, which takes minutes with the default settings."""

@@ -1,7 +1,9 @@
-"""The package keeps its shape: no module over 600 lines, no function over 80.
+"""The package keeps its shape: no module over 600 lines, no function over 80, and every
+module has a test module of its own name (or is listed below with the one that tests it).
 
 A guard, so that a module that grows several jobs or a function that grows several
-stages is split when it is written, not in a later clean-up.
+stages is split when it is written, not in a later clean-up, and so that a new module
+comes with its tests.
 """
 
 from __future__ import annotations
@@ -15,7 +17,53 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wciaudit"
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
+TESTS = Path(__file__).resolve().parent
 MODULES = sorted(PACKAGE.rglob("*.py"))
+
+# Modules tested through the module that uses them, or with their neighbours in one test
+# module of the package's own folder; everything else in wciaudit/ has
+# tests/<folder>/test_<name>.py (commands: tests/cli/test_<name>_cli.py). Paths are
+# relative to wciaudit/ and tests/.
+TESTED_WITH = {
+    "__init__.py": "test_public_api.py",
+    "__main__.py": "cli/test_scan_cli.py",  # python -m wciaudit, as a real subprocess
+    "_version.py": "test_public_api.py",
+    "errors.py": "test_scan.py",  # the typed errors a scan raises
+    "gate_config.py": "test_gate.py",  # discovery, precedence, malformed files
+    "retry.py": "test_hardening.py",  # the out-of-memory retry
+    "scan_curvature.py": "test_scan.py",  # the Hessian subset and WCI of a whole scan
+    "checkpoints/_text.py": "checkpoints/test_loader.py",
+    "checkpoints/arch.py": "checkpoints/test_loader.py",
+    "checkpoints/build.py": "checkpoints/test_loader.py",
+    "checkpoints/data_config.py": "checkpoints/test_loader.py",
+    "checkpoints/memory.py": "test_hardening.py",  # the memory limit
+    "checkpoints/record.py": "checkpoints/test_loader.py",
+    "checkpoints/strict.py": "checkpoints/test_loader.py",
+    "cli/app.py": "cli/test_help.py",
+    "cli/common.py": "cli/test_signals.py",  # one map from exceptions to exit codes
+    "cli/gating.py": "cli/test_gate_cli.py",
+    "cli/report.py": "test_report.py",
+    "curvature/estimate.py": "test_route.py",
+    "curvature/ggn.py": "test_curvature.py",  # against dense float64 Hessians
+    "curvature/groups.py": "test_curvature.py",
+    "curvature/hutchinson.py": "test_curvature.py",
+    "curvature/hutchpp.py": "test_hutchpp.py",
+    "curvature/mc_ggn.py": "test_mc_ggn.py",
+    "curvature/objective.py": "test_curvature.py",
+    "curvature/route.py": "test_route.py",
+    "data/cifar.py": "data/test_sources.py",
+    "data/image_folder.py": "data/test_sources.py",
+    "data/load.py": "data/test_sources.py",
+    "data/npz.py": "data/test_sources.py",
+    "report/charts.py": "test_report.py",
+    "report/html.py": "test_report.py",
+    "report/single.py": "test_report.py",
+    "report/track_page.py": "test_track.py",
+    "track/cache.py": "test_track.py",
+    "track/files.py": "test_track.py",
+    "track/result.py": "test_track.py",
+    "track/run.py": "test_track.py",
+}
 
 
 def _functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
@@ -37,3 +85,26 @@ def test_module_and_function_sizes(path: Path) -> None:
         if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
+
+
+def _own_test_modules(rel: Path) -> list[Path]:
+    folder = TESTS / rel.parent
+    return [folder / f"test_{rel.stem}.py", folder / f"test_{rel.stem}_cli.py"]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_module_has_a_test_module(path: Path) -> None:
+    rel = path.relative_to(PACKAGE)
+    if path.name == "__init__.py" and rel.parent != Path("."):
+        return  # a package's re-exports, tested with its modules
+    own = [t for t in _own_test_modules(rel) if t.is_file()]
+    listed = TESTED_WITH.get(rel.as_posix())
+    assert own or listed, f"no tests/{rel.parent / f'test_{rel.stem}.py'} and not in TESTED_WITH"
+    assert not (own and listed), f"{rel} has {own[0].relative_to(TESTS)}: drop it from TESTED_WITH"
+    if listed:
+        assert (TESTS / listed).is_file(), f"{rel}: {listed} does not exist"
+
+
+def test_tested_with_names_only_modules_that_exist() -> None:
+    modules = {p.relative_to(PACKAGE).as_posix() for p in MODULES}
+    assert set(TESTED_WITH) <= modules, sorted(set(TESTED_WITH) - modules)

@@ -290,6 +290,7 @@ def test_cli_track_usage_errors(tmp_path):
     assert res.exit_code == 2 and "output folder does not exist" in res.output
 
 
+@pytest.mark.slow
 def test_cli_track_subprocess(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import console_in
 from typer.testing import CliRunner
 
 from wciaudit.cli.app import app
@@ -333,6 +334,7 @@ def workflow_run(tmp_path_factory):
     return folder, workflow, runs
 
 
+@pytest.mark.slow
 def test_docs_workflow_runs(workflow_run):
     folder, workflow, runs = workflow_run
     assert [name for name, _ in runs] == [
@@ -365,17 +367,22 @@ def sample_scan(tmp_path_factory):
     return folder, proc
 
 
+@pytest.mark.slow
 def test_scan_exit_codes_on_the_sample_model(sample_scan):
-    """0 / 1 / 2 for pass / fail / bad config."""
+    """0 / 1 / 2 for pass / fail / bad config: the pass as a real process (the fixture),
+    the fail and the bad config through the console entry point in this process (a real
+    process exits 1 in test_gate_subprocess_on_a_saved_result)."""
     folder, ok = sample_scan
     assert ok.returncode == 0, ok.stderr
     assert ok.stderr == ""
     gate = json.loads((folder / "ok.json").read_text())["gate"]
     assert gate["passed"] is True and len(gate["checks"]) == 3
 
-    fail = _run([*SCAN_ARGS, "--json", "r.json", "--max-wci", "1", "--summary-md", "s.md"], folder)
-    assert fail.returncode == 1, fail.stderr
-    lines = [ln for ln in fail.stderr.splitlines() if ln.startswith("wciaudit: gate failed: ")]
+    code, _, err = console_in(
+        folder, [*SCAN_ARGS, "--json", "r.json", "--max-wci", "1", "--summary-md", "s.md"]
+    )
+    assert code == 1, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("wciaudit: gate failed: ")]
     assert len(lines) == 1 and re.match(
         r"wciaudit: gate failed: wci = [\d.]+ ± [\d.e-]+ exceeds --max-wci 1 by ", lines[0]
     )
@@ -383,15 +390,16 @@ def test_scan_exit_codes_on_the_sample_model(sample_scan):
     assert "❌ 1 gate failed" in (folder / "s.md").read_text()
 
     (folder / "wciaudit.toml").write_text("max_gap_loss = 'big'\n")
-    bad = _run([*SCAN_ARGS, "--json", "bad.json", "--summary-md", "bad.md"], folder)
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == (
+    code, _, err = console_in(folder, [*SCAN_ARGS, "--json", "bad.json", "--summary-md", "bad.md"])
+    assert code == 2
+    assert err.strip() == (
         f"wciaudit: error: {(folder / 'wciaudit.toml').resolve()}: key 'max_gap_loss' must be a "
         "number, got 'big' (str)"
     )
     assert not (folder / "bad.json").exists() and not (folder / "bad.md").exists()
 
 
+@pytest.mark.slow
 def test_gate_subprocess_on_a_saved_result(sample_scan, tmp_path):
     saved = sample_scan[0] / "ok.json"
     proc = _run(

@@ -47,7 +47,7 @@ main()
 """
 
 
-@pytest.mark.parametrize("where", ["scan", "write"])
+@pytest.mark.parametrize("where", ["scan", pytest.param("write", marks=pytest.mark.slow)])
 def test_sigterm_exits_143_and_leaves_no_files(tmp_path: Path, where: str) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()

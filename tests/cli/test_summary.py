@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from wciaudit.cli.summary import SHOWN_LAYERS, print_summary
@@ -119,6 +120,7 @@ def test_weights_only_shows_no_data_figures() -> None:
     assert "WCI =" not in text and "weights only" in text
 
 
+@pytest.mark.slow
 def test_scan_subprocess_at_80_columns(tmp_path: Path) -> None:
     ckpt = tmp_path / "[red]m.safetensors"
     shutil.copy(RESNET, ckpt)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,6 +41,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.slow
 def test_track_summary_at_80_columns(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()

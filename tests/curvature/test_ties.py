@@ -96,23 +96,14 @@ def test_serial_ties_leave_the_exact_route_and_their_ggn_is_still_exact(
     assert abs(est.trace - exact) < 4 * est.se
 
 
-def test_float32_exact_route_runs_in_float32() -> None:
+def test_float32_exact_route_runs_in_float32(timm_resnet_case) -> None:  # noqa: ANN001
     """Model and data in float32; the reference is the dense float64 Hessian. Per-example
     terms are formed in float32 (relative rounding ~1e-7 per product, sums of a few
     hundred terms), so 1e-4 relative is a float32 tolerance with room."""
-    timm = pytest.importorskip("timm")
-    model = timm.create_model("test_resnet", num_classes=3, in_chans=1).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
-    names = ["conv1.0.weight", "conv1.3.weight", "fc.weight"]
+    model, x, y, names, exact = timm_resnet_case
+    model = copy.deepcopy(model)
     estimates = layer_traces(model, x, y, names, method="auto")
     assert next(model.parameters()).dtype == torch.float32
-    m64 = copy.deepcopy(model).double()
-    exact = dense_traces(m64, x.double(), y, names)
     for est in estimates:
         assert est.method == "exact-ggn"
         assert est.trace == pytest.approx(exact[est.name], rel=1e-4)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -16,6 +18,7 @@ def _blocks() -> list[str]:
     return re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 
+@pytest.mark.slow
 def test_first_block_installs_and_scans_a_shipped_sample(tmp_path: Path) -> None:
     lines = [line.strip() for line in _blocks()[0].strip().splitlines()]
     assert lines[0].startswith("pip install")  # the install step itself is what CI does

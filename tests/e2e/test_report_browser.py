@@ -25,6 +25,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,  # a browser start and a 5 MB page: over 3 s each
     pytest.mark.skipif(
         CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)"
     ),
