@@ -31,6 +31,7 @@ TESTED_WITH = {
     "errors.py": "test_scan.py",  # the typed errors a scan raises
     "gate_config.py": "test_gate.py",  # discovery, precedence, malformed files
     "retry.py": "test_hardening.py",  # the out-of-memory retry
+    "scan_stages.py": "test_incomplete_result.py",  # the stages, partial results
     "scan_curvature.py": "test_scan.py",  # the Hessian subset and WCI of a whole scan
     "checkpoints/_text.py": "checkpoints/test_loader.py",
     "checkpoints/arch.py": "checkpoints/test_loader.py",

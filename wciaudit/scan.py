@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 import platform
@@ -513,8 +514,6 @@ def _frob(p: torch.Tensor) -> float:
 
 
 def _environment(device: torch.device, dtype: str) -> Environment:
-    import timm
-
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -523,12 +522,20 @@ def _environment(device: torch.device, dtype: str) -> Environment:
     return Environment(
         python=platform.python_version(),
         torch=torch.__version__,
-        timm=timm.__version__,
+        timm=_version_of("timm"),
         platform=platform.platform(terse=True),
         device=str(device),
         device_name=name,
         dtype=dtype,
     )
+
+
+def _version_of(package: str) -> str:
+    """An installed package's version without importing it (importing timm takes ~2 s)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def checkpoint_stem(path: str | os.PathLike[str]) -> str:

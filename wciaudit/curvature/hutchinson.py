@@ -206,54 +206,31 @@ def hutchinson_traces(
         groups: the most groups the examples are split into.
         group_seed: seed of the group split (default ``seed``); runs that are pooled
             or paired share it, so their group shares line up.
-        probes: exactly this many probes per layer, in one round (the stop rule only
-            labels the result); None: the first round of :func:`first_round`, then
-            the stop rule.
+        probes: exactly this many probes per layer in one round (None: the first
+            round of :func:`first_round`, then the stop rule).
 
     Returns:
         One :class:`TraceEstimate` per layer, in the order of ``names``.
     """
     names = list(objective.names if names is None else names)
     index = {n: objective.names.index(n) for n in names}
-    weights = objective.weights()
     sizes, members = _split(objective, groups, seed if group_seed is None else group_seed)
     values = {n: torch.zeros(len(sizes), 0, dtype=torch.float64) for n in names}
     history: dict[str, list[list[float]]] = {n: [] for n in names}
     stop: dict[str, str] = {}
-    hvp = _BatchedHvp()
-    first = first_round(min_probes, len(sizes), max_probes) if probes is None else probes
-    want = dict.fromkeys(names, first)
-    if probes is not None:
-        max_probes = probes
+    max_probes = max_probes if probes is None else probes
+    want = dict.fromkeys(names, probes or first_round(min_probes, len(sizes), max_probes))
     # layers whose groups share one graph through zero weight taps (:mod:`.taps`)
     tapped = _Tapped(objective, names, members) if len(sizes) > 1 else None
     untapped = [n for n in names if tapped is None or n not in tapped.names]
-    # the graphs of every batch are kept across rounds when they fit one batch's memory
-    keep_graphs = objective.n_local <= objective.batch_size
-    cached: list[tuple[int, dict[str, torch.Tensor]]] | None = None
+    per_group = _PerGroup(objective, untapped, members)
     round_ = 0
     while want:
         draw = partial(_probes, seed, round_=round_)
         sums = {n: torch.zeros(len(sizes), k, dtype=torch.float64) for n, k in want.items()}
         if tapped is not None:
             tapped.round(want, index, draw, sums, progress)
-        rest = {n: k for n, k in want.items() if n in untapped}
-        if rest:
-            graphs = (
-                cached
-                if cached is not None
-                else _group_graphs(objective, weights, untapped, members)
-            )
-            built: list[tuple[int, dict[str, torch.Tensor]]] | None = (
-                [] if keep_graphs and cached is None else None
-            )
-            sums.update(
-                _round_sums(
-                    objective, hvp, graphs, weights, rest, index, draw, len(sizes), progress, built
-                )
-            )
-            if built is not None:
-                cached = built
+        per_group.round(want, index, draw, sums, progress)
         # one collective per round: every process gets every group's probe values
         flat = objective.reduce(torch.cat([sums[n].flatten() for n in want]))
         parts = torch.split(flat, [len(sizes) * k for k in want.values()])
@@ -431,6 +408,56 @@ def _group_graphs(
             loss = objective.loss(weights, xb, yb)
             grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True)
             yield g, dict(zip(names, grads, strict=True))
+
+
+class _PerGroup:
+    """The layers without taps: one graph per group and batch, kept across rounds when
+    the examples fit one batch."""
+
+    def __init__(self, objective: Objective, names: list[str], members: list[torch.Tensor]):
+        self.objective, self.names, self.members = objective, names, members
+        self.weights = objective.weights()
+        self.hvp = _BatchedHvp()
+        self.keep = objective.n_local <= objective.batch_size
+        self.cached: list[tuple[int, dict[str, torch.Tensor]]] | None = None
+
+    def round(
+        self,
+        want: dict[str, int],
+        index: dict[str, int],
+        draw: Callable[..., torch.Tensor],
+        sums: dict[str, torch.Tensor],
+        progress: Progress | None,
+    ) -> None:
+        """Adds each group's probe values of the wanted layers without taps to ``sums``."""
+        rest = {n: k for n, k in want.items() if n in self.names}
+        if not rest:
+            return
+        o = self.objective
+        graphs = (
+            self.cached
+            if self.cached is not None
+            else _group_graphs(o, self.weights, self.names, self.members)
+        )
+        built: list[tuple[int, dict[str, torch.Tensor]]] | None = (
+            [] if self.keep and self.cached is None else None
+        )
+        sums.update(
+            _round_sums(
+                o,
+                self.hvp,
+                graphs,
+                self.weights,
+                rest,
+                index,
+                draw,
+                len(self.members),
+                progress,
+                built,
+            )  # fmt: skip
+        )
+        if built is not None:
+            self.cached = built
 
 
 # memory the zero taps of one graph may take (G copies of the tapped layers' weights,

@@ -82,6 +82,7 @@ def track(
     digest = settings_digest(key)
     if cache is not None:
         _make_folder(cache)
+    loading = {"arch": arch, "arch_args": arch_args, "num_classes": num_classes}
     out = TrackResult(
         epoch_source=ordered[0].epoch_source if ordered else "",
         settings=key,
@@ -99,9 +100,7 @@ def track(
                 data,
                 config=config,
                 **dict.fromkeys(unset),
-                arch=arch,
-                arch_args=arch_args,
-                num_classes=num_classes,
+                **loading,
                 mean=mean,
                 std=std,
                 progress=progress,
