@@ -16,6 +16,16 @@ from wciaudit.cli.app import app, main
 runner = CliRunner()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``wciaudit``: this checkout first on the path (the child
+    runs the code under test even where another copy is installed), one thread."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
 def invoke_in(cwd: Path, args: list[str]) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of ``wciaudit ARGS`` run with ``cwd`` as working folder."""
     old = os.getcwd()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import child_env
 
 # tests import their exact references from tests/reference.py
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,13 +49,6 @@ FAST = [
     "0",
     "-q",
 ]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a child ``wciaudit``: this checkout first on the path (the child
-    runs the code under test even where another copy is installed), one thread."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 
 
 @pytest.fixture(scope="session")

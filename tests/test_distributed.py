@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import child_env
+from cli_runner import child_env
 from torch import nn
 
 from wciaudit import Splits, scan

@@ -4,13 +4,13 @@ result file's name, the config key spellings, one type for ``probes``."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import child_env
 from typer.testing import CliRunner
 
 from wciaudit.cli.app import app
@@ -21,11 +21,7 @@ runner = CliRunner(env={"TERMINAL_WIDTH": "250", "COLUMNS": "250"})
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    """The environment of a child ``wciaudit``: this checkout first on the path, so the
-    child runs the code under test even where another copy is installed."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+_env = child_env
 
 
 ARGUMENT = {"scan": "CHECKPOINT", "gate": "RESULT", "report": "RESULTS", "track": "RUN"}

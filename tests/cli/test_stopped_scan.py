@@ -6,7 +6,6 @@ pause at a chosen stage, so the signal lands there without racing the scan."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_runner import invoke_in
+from cli_runner import child_env, invoke_in
 
 ROOT = Path(__file__).resolve().parents[2]
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
@@ -58,9 +57,7 @@ SMALL = [
 ]
 
 
-def _env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+_env = child_env
 
 
 def run_child(out_dir: Path, where: str, signum: int | None) -> subprocess.CompletedProcess:

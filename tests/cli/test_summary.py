@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import child_env
 from rich.console import Console
 
 from wciaudit.cli.summary import SHOWN_LAYERS, print_summary
@@ -19,11 +20,7 @@ from wciaudit.result import AttackInfo, AuditResult, DatasetInfo, LayerResult, M
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    """The environment of a child ``wciaudit``: this checkout first on the path, so the
-    child runs the code under test even where another copy is installed."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+_env = child_env
 
 
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
