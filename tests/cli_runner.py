@@ -18,6 +18,30 @@ runner = CliRunner()
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: the smallest scan that still runs every stage (command-line flags)
+TINY_SCAN = [
+    "--train-samples",
+    "40",
+    "--test-samples",
+    "40",
+    "--hessian-samples",
+    "20",
+    "--steps",
+    "1",
+    "--masking-samples",
+    "0",
+]
+#: the same on the shipped sample CNN and data, for ``track`` over its training run
+TINY_CNN_SCAN = [
+    "--data",
+    "sample",
+    "--arch",
+    str(ROOT / "sample_models" / "digits_cnn.py"),
+    "--eps",
+    "0.1",
+    *TINY_SCAN,
+]
+
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a child ``wciaudit``: this checkout first on the path (the child

@@ -9,30 +9,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from cli_runner import invoke_in
+from cli_runner import TINY_CNN_SCAN, invoke_in
 
 from wciaudit.track import cache_folder, cache_root, find_checkpoints, order_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "sample_models" / "run_digits_cnn"
-SMALL_CLI = [
-    "--data",
-    "sample",
-    "--arch",
-    str(ROOT / "sample_models" / "digits_cnn.py"),
-    "--eps",
-    "0.1",
-    "--train-samples",
-    "40",
-    "--test-samples",
-    "40",
-    "--hessian-samples",
-    "20",
-    "--steps",
-    "1",
-    "--masking-samples",
-    "0",
-]
 
 
 def _folder_of(run: Path) -> Path:
@@ -80,7 +62,7 @@ def test_read_only_run_folder_works_and_the_cache_is_reused(tmp_path: Path) -> N
         stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
     )
     try:
-        args = ["track", str(run), *SMALL_CLI]
+        args = ["track", str(run), *TINY_CNN_SCAN]
         args += ["-o", str(tmp_path / "t.html"), "--json", str(tmp_path / "t.json")]
         code, _, stderr = invoke_in(tmp_path, [*args, "-q"])
         assert code == 0, stderr
@@ -100,7 +82,7 @@ def test_cache_flag_puts_the_entries_in_the_folder_given(tmp_path: Path) -> None
     run.mkdir()
     shutil.copy(RUN / "epoch_1.safetensors", run)
     mine = tmp_path / "mine"
-    args = ["track", str(run), *SMALL_CLI, "-q", "--cache", str(mine)]
+    args = ["track", str(run), *TINY_CNN_SCAN, "-q", "--cache", str(mine)]
     args += ["-o", str(tmp_path / "t.html"), "--json", str(tmp_path / "t.json")]
     code, _, stderr = invoke_in(tmp_path, args)
     assert code == 0, stderr
@@ -116,7 +98,7 @@ def test_unwritable_cache_root_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(RUN / "epoch_1.safetensors", run)
-    code, _, stderr = invoke_in(tmp_path, ["track", str(run), *SMALL_CLI, "-q"])
+    code, _, stderr = invoke_in(tmp_path, ["track", str(run), *TINY_CNN_SCAN, "-q"])
     assert code == 2
     assert stderr.startswith("wciaudit: error: cannot create the cache folder")
     assert len(stderr.strip().splitlines()) == 1

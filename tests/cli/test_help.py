@@ -21,9 +21,6 @@ runner = CliRunner(env={"TERMINAL_WIDTH": "250", "COLUMNS": "250"})
 ROOT = Path(__file__).resolve().parents[2]
 
 
-_env = child_env
-
-
 ARGUMENT = {"scan": "CHECKPOINT", "gate": "RESULT", "report": "RESULTS", "track": "RUN"}
 
 
@@ -62,7 +59,7 @@ def test_bare_scan_subprocess_is_one_line(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=_env(),
+        env=child_env(),
     )
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == "wciaudit: error: Missing argument 'CHECKPOINT'.\n"

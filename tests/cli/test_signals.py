@@ -15,9 +15,6 @@ from cli_runner import child_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
-_env = child_env
-
-
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
 
 # The child pauses at a chosen point, says so through a marker file, and waits there for
@@ -49,7 +46,7 @@ def test_sigterm_exits_143_and_leaves_no_files(tmp_path: Path, where: str) -> No
     out_dir.mkdir()
     marker = tmp_path / "ready"
     args = ["scan", str(RESNET), "--weights-only", "-q", "--json", str(out_dir / "r.json")]
-    env = _env()
+    env = child_env()
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(marker), where, *args],
         stdout=subprocess.PIPE,

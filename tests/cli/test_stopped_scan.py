@@ -57,9 +57,6 @@ SMALL = [
 ]
 
 
-_env = child_env
-
-
 def run_child(out_dir: Path, where: str, signum: int | None) -> subprocess.CompletedProcess:
     """``wciaudit scan`` paused at ``where`` and sent ``signum`` there (None: run through)."""
     out_dir.mkdir()
@@ -78,7 +75,7 @@ def run_child(out_dir: Path, where: str, signum: int | None) -> subprocess.Compl
         stderr=subprocess.PIPE,
         text=True,
         cwd=out_dir,
-        env=_env(),
+        env=child_env(),
     )
     try:
         if signum is not None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_runner import child_env
+from cli_runner import TINY_SCAN, child_env
 from rich.console import Console
 
 from wciaudit.cli.summary import SHOWN_LAYERS, print_summary
@@ -20,22 +20,7 @@ from wciaudit.result import AttackInfo, AuditResult, DatasetInfo, LayerResult, M
 ROOT = Path(__file__).resolve().parents[2]
 
 
-_env = child_env
-
-
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
-FAST = [
-    "--train-samples",
-    "40",
-    "--test-samples",
-    "40",
-    "--hessian-samples",
-    "20",
-    "--steps",
-    "1",
-    "--masking-samples",
-    "0",
-]
 
 
 def _render(result: AuditResult, width: int = 80) -> str:
@@ -121,9 +106,9 @@ def test_weights_only_shows_no_data_figures() -> None:
 def test_scan_subprocess_at_80_columns(tmp_path: Path) -> None:
     ckpt = tmp_path / "[red]m.safetensors"
     shutil.copy(RESNET, ckpt)
-    env = _env(COLUMNS="80")
+    env = child_env(COLUMNS="80")
     res = subprocess.run(
-        [sys.executable, "-m", "wciaudit", "scan", str(ckpt), *FAST, "--json", "r.json"],
+        [sys.executable, "-m", "wciaudit", "scan", str(ckpt), *TINY_SCAN, "--json", "r.json"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -8,33 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_runner import child_env
+from cli_runner import TINY_CNN_SCAN, child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-_env = child_env
-
-
 RUN = ROOT / "sample_models" / "run_digits_cnn"
-SMALL = [
-    "--data",
-    "sample",
-    "--arch",
-    str(ROOT / "sample_models" / "digits_cnn.py"),
-    "--eps",
-    "0.1",
-    "--train-samples",
-    "40",
-    "--test-samples",
-    "40",
-    "--hessian-samples",
-    "20",
-    "--steps",
-    "1",
-    "--masking-samples",
-    "0",
-]
 
 
 @pytest.mark.slow
@@ -45,7 +24,7 @@ def test_track_summary_at_80_columns(tmp_path: Path) -> None:
         shutil.copy(
             RUN / f"epoch_{epoch}.safetensors", run / f"checkpoint_epoch_{epoch:03d}.safetensors"
         )
-    env = _env(COLUMNS="80")
+    env = child_env(COLUMNS="80")
     res = subprocess.run(
         [
             sys.executable,
@@ -53,7 +32,7 @@ def test_track_summary_at_80_columns(tmp_path: Path) -> None:
             "wciaudit",
             "track",
             str(run),
-            *SMALL,
+            *TINY_CNN_SCAN,
             "--cache",
             str(tmp_path / "cache"),
         ],

@@ -15,11 +15,11 @@ import json
 import math
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from chromium import NEEDS_CHROMIUM, body_attr, console_errors, dump_dom
 
 from wciaudit import AuditResult, scan
 from wciaudit.report import write_report, write_track_page
@@ -29,17 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "sample_models" / "run_digits_cnn"
 ARCH = ROOT / "sample_models" / "digits_cnn.py"
 PROBE = Path(__file__).with_name("page_probe.js")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: the report's own rule: a difference is coloured beyond this many SEs of the difference
 NOISE_SIGMAS = 2.0
 SMALL = dict(train_samples=200, test_samples=200, hessian_samples=100, masking_samples=0)
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)"
-    ),
-]
+pytestmark = NEEDS_CHROMIUM
 
 
 def open_page(page: Path, work: Path, width: int = 1280) -> tuple[str, str, dict]:
@@ -50,49 +44,10 @@ def open_page(page: Path, work: Path, width: int = 1280) -> tuple[str, str, dict
         text.replace("</body>", f"<script>\n{PROBE.read_text()}\n</script>\n</body>"),
         encoding="utf-8",
     )
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--no-first-run",
-        "--no-default-browser-check",
-        f"--user-data-dir={work / 'profile'}",
-        # no name resolves and every proxied request goes nowhere: the page needs neither
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
-        "--proxy-server=127.0.0.1:9",
-        "--enable-logging=stderr",
-        "--v=0",
-        f"--window-size={width},2400",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        probed.resolve().as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    found = re.search(r'data-probe="([^"]*)"', proc.stdout)
+    dom, stderr = dump_dom(probed, work / "profile", window=f"{width},2400")
+    found = re.search(r'data-probe="([^"]*)"', dom)
     assert found is not None, "the probe did not run"
-    return proc.stdout, proc.stderr, json.loads(html.unescape(found.group(1)))
-
-
-def body_attr(dom: str, name: str) -> str | None:
-    m = re.search(r"<body(\s[^>]*)?>", dom[dom.find("</head>") :])
-    assert m is not None, "no <body> in the dumped DOM"
-    attr = re.search(rf'\b{name}="([^"]*)"', m.group(1) or "")
-    return attr.group(1) if attr else None
-
-
-def console_errors(stderr: str) -> list[str]:
-    return [
-        line
-        for line in stderr.splitlines()
-        if "Uncaught" in line or ("CONSOLE" in line and "rror" in line)
-    ]
+    return dom, stderr, json.loads(html.unescape(found.group(1)))
 
 
 def figures_in(page: Path) -> int:

@@ -7,9 +7,6 @@ no error, and none of the hostile strings turned into elements.
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,64 +14,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from chromium import NEEDS_CHROMIUM, body_attr, console_errors, dump_dom  # noqa: E402
 from test_report import BREAKOUT, HOSTILE, make_result  # noqa: E402
 
 from wciaudit.report import write_report  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
 pytestmark = [
-    pytest.mark.browser,
+    *NEEDS_CHROMIUM,
     pytest.mark.slow,  # a browser start and a 5 MB page: over 3 s each
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)"
-    ),
 ]
-
-
-def dump_dom(page: Path, profile: Path) -> tuple[str, str]:
-    """Open ``page`` in headless Chromium with no network; return (DOM, stderr)."""
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--no-first-run",
-        "--no-default-browser-check",
-        f"--user-data-dir={profile}",
-        # no name resolves and every proxied request goes nowhere: the page must need neither
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
-        "--proxy-server=127.0.0.1:9",
-        "--enable-logging=stderr",
-        "--v=0",
-        "--window-size=1280,2000",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        page.resolve().as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout, proc.stderr
-
-
-def body_attr(dom: str, name: str) -> str | None:
-    m = re.search(r"<body(\s[^>]*)?>", dom[dom.find("</head>") :])
-    assert m is not None, "no <body> in the dumped DOM"
-    attr = re.search(rf'\b{name}="([^"]*)"', m.group(1) or "")
-    return attr.group(1) if attr else None
-
-
-def console_errors(stderr: str) -> list[str]:
-    return [
-        line
-        for line in stderr.splitlines()
-        if "Uncaught" in line or ("CONSOLE" in line and "rror" in line)
-    ]
 
 
 def test_single_report_renders_offline(tmp_path: Path) -> None:
