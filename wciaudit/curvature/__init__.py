@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..bounds import term_slope
+from ..bounds import wci_term_se, wci_terms, weight_curvature_index
 from .estimate import TraceEstimate, mean_and_se
 from .ggn import ggn_traces, hookable, residual_vanishes
 from .hutchinson import hutchinson_traces
@@ -260,22 +260,32 @@ _WCI_ROUNDS = 12
 _ROUND_SEED = 7_777_777
 
 
-def _slope(norm: float, e: TraceEstimate) -> float:
-    """d term / d Tr of a layer, as its SE sees it (:func:`wciaudit.bounds.term_slope`)."""
-    return term_slope(norm, e.trace, e.se)
+def _term_var(norm: float, e: TraceEstimate) -> float:
+    """Var of a layer's WCI term (:func:`wciaudit.bounds.wci_term_se` squared)."""
+    return wci_term_se(norm, e.trace, e.se) ** 2
+
+
+def _wci(norms: dict[str, float], estimates: dict[str, TraceEstimate]) -> float:
+    return math.fsum(
+        wci_terms([norms[n] for n in estimates], [e.trace for e in estimates.values()])
+    )
 
 
 def wci_relative_se(norms: dict[str, float], estimates: dict[str, TraceEstimate]) -> float:
-    """Relative SE of WCI = sum_k ||W_k||_F sqrt(max(Tr_k, 0)), layers independent:
-    Var(WCI) = sum_k a_k^2 Var(Tr_k), a_k the delta method's ||W_k||_F / (2 sqrt(Tr_k))
-    away from 0, and near or below 0 the slope of a normal estimate's spread
-    (:func:`wciaudit.bounds.term_slope`), so a trace near 0 neither stalls the rule
-    (the delta method's slope grows without bound there) nor drops out of it."""
-    wci = math.fsum(norms[n] * math.sqrt(max(e.trace, 0.0)) for n, e in estimates.items())
-    var = math.fsum((_slope(norms[n], e) * e.se) ** 2 for n, e in estimates.items() if e.se > 0)
+    """Relative SE of WCI = sum_k ||W_k||_F sqrt(max(Tr_k, 0)), layers independent
+    (:func:`wciaudit.bounds.weight_curvature_index`): Var(WCI) = sum_k a_k^2 Var(Tr_k),
+    a_k the delta method's ||W_k||_F / (2 sqrt(Tr_k)) away from 0, and near or below 0
+    the slope of a normal estimate's spread (:func:`wciaudit.bounds.term_slope`), so a
+    trace near 0 neither stalls the rule (the delta method's slope grows without bound
+    there) nor drops out of it."""
+    wci, se = weight_curvature_index(
+        [norms[n] for n in estimates],
+        [e.trace for e in estimates.values()],
+        [e.se for e in estimates.values()],
+    )
     if wci == 0:
-        return 0.0 if var == 0 else math.inf
-    return math.sqrt(var) / wci
+        return 0.0 if se == 0 else math.inf
+    return se / wci
 
 
 def _wci_target(
@@ -338,7 +348,7 @@ def _term_variance_at(norm: float, e: TraceEstimate, probes: int) -> float:
     follows the SE (near 0 the variance shrinks only as 1 / sqrt(probes))."""
     per_probe = e.probe_se**2 * int(e.probes)
     se = math.sqrt(per_probe / max(probes, 1) + e.sample_se**2)
-    return (term_slope(norm, e.trace, se) * se) ** 2
+    return wci_term_se(norm, e.trace, se) ** 2
 
 
 def _reachable(
@@ -351,9 +361,8 @@ def _reachable(
     """Could the WCI reach relative SE ``tol`` with every open layer at ``max_probes``,
     the traces as they stand? Where it cannot (a WCI near 0 beside layers whose traces
     are near 0, whose terms stay noisy), further rounds are spent in vain."""
-    everything = {**fixed, **current}
-    wci = math.fsum(norms[n] * math.sqrt(max(e.trace, 0.0)) for n, e in everything.items())
-    var = math.fsum((_slope(norms[n], e) * e.se) ** 2 for n, e in fixed.items())
+    wci = _wci(norms, {**fixed, **current})
+    var = math.fsum(_term_var(norms[n], e) for n, e in fixed.items())
     var += math.fsum(
         _term_variance_at(norms[n], e, max(int(e.probes), max_probes)) for n, e in current.items()
     )
@@ -367,19 +376,16 @@ def _allocate(
     tol: float,
     max_probes: int,
 ) -> dict[str, int]:
-    everything = {**fixed, **current}
-    wci = math.fsum(norms[n] * math.sqrt(max(e.trace, 0.0)) for n, e in everything.items())
-    budget = (tol * wci) ** 2 - math.fsum(
-        (_slope(norms[n], e) * e.se) ** 2 for n, e in fixed.items()
-    )
+    wci = _wci(norms, {**fixed, **current})
+    budget = (tol * wci) ** 2 - math.fsum(_term_var(norms[n], e) for n, e in fixed.items())
     # per-probe variance of each open layer's term: a_k^2 Var(Tr_k) n_k
     a = {
-        n: (_slope(norms[n], e) * e.se) ** 2 * e.probes
+        n: _term_var(norms[n], e) * e.probes
         for n, e in current.items()
         if e.se > 0 and isinstance(e.probes, int) and e.probes < max_probes
     }
     a = {n: v for n, v in a.items() if v > 0}
-    capped = math.fsum((_slope(norms[n], e) * e.se) ** 2 for n, e in current.items() if n not in a)
+    capped = math.fsum(_term_var(norms[n], e) for n, e in current.items() if n not in a)
     budget -= capped
     if not a or budget <= 0:
         return {}  # the layers at their cap (or the fixed routes) already exceed the target

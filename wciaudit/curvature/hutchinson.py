@@ -53,7 +53,7 @@ from .estimate import TraceEstimate
 from .ggn import weight_modules
 from .groups import GROUPS, group_count, probe_groups
 from .objective import Objective
-from .taps import GroupTaps, group_products, tappable
+from .taps import GroupTaps, tappable
 
 Progress = Callable[[int], None]
 _PROBE_CHUNK = 16
@@ -84,25 +84,36 @@ class _BatchedHvp:
     over the backward) or one product per probe. Batching pays for Linear weights and
     on GPUs; on a CPU the batched convolution backward measured 2-3x slower than the
     loop (benchmarks/trace_speed.py), so there convolutions loop. The rule depends on
-    the layer and device only, never on timings, so runs stay repeatable.
+    the layer and device only, never on timings, so runs stay repeatable; an op without
+    a vmap batching rule turns batching off for the rest of the run.
+
+    With ``groups`` the weight is a zero tap (G, *shape) (:mod:`.taps`) and the probes
+    (p, G, *shape) hold one vector per group: the values are then (p, G), one per group.
     """
 
     def __init__(self) -> None:
         self.batched_ok = True
 
     def __call__(
-        self, name: str, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor
+        self,
+        name: str,
+        grad_k: torch.Tensor,
+        weight_k: torch.Tensor,
+        probes: torch.Tensor,
+        groups: bool = False,
     ) -> torch.Tensor:
+        lead = 2 if groups else 1  # leading axes kept: probes, and groups
+        if not grad_k.requires_grad:  # the loss does not reach this layer's weight
+            return torch.zeros(probes.shape[:lead], dtype=torch.float64)
+        linear = weight_k.dim() - (lead - 1) == 2
         batched = (
-            self.batched_ok
-            and probes.shape[0] > 1
-            and (weight_k.dim() == 2 or weight_k.device.type == "cuda")
+            self.batched_ok and probes.shape[0] > 1 and (linear or weight_k.device.type == "cuda")
         )
-        out = self._batched(grad_k, weight_k, probes) if batched else None
-        return out if out is not None else self._loop(grad_k, weight_k, probes)
+        out = self._batched(grad_k, weight_k, probes, lead) if batched else None
+        return out if out is not None else self._loop(grad_k, weight_k, probes, lead)
 
     def _batched(
-        self, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor
+        self, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor, lead: int
     ) -> torch.Tensor | None:
         try:
             (hv,) = torch.autograd.grad(
@@ -118,18 +129,23 @@ class _BatchedHvp:
             self.batched_ok = False
             return None
         if hv is None:
-            return torch.zeros(probes.shape[0], dtype=torch.float64)
-        return (hv * probes).flatten(1).sum(1).double().cpu()
+            return torch.zeros(probes.shape[:lead], dtype=torch.float64)
+        return (hv * probes).flatten(lead).sum(lead).double().cpu()
 
     @staticmethod
-    def _loop(grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+    def _loop(
+        grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor, lead: int
+    ) -> torch.Tensor:
         out = []
         for v in probes:
             (hv,) = torch.autograd.grad(
                 grad_k, weight_k, grad_outputs=v, retain_graph=True, allow_unused=True
             )
-            out.append(0.0 if hv is None else float((hv * v).sum()))
-        return torch.tensor(out, dtype=torch.float64)
+            if hv is None:
+                out.append(torch.zeros(probes.shape[1:lead], dtype=torch.float64))
+            else:
+                out.append((hv * v).flatten(lead - 1).sum(-1).double().cpu())
+        return torch.stack(out)
 
 
 def grouped_mean_and_se(
@@ -485,6 +501,7 @@ class _Tapped:
             else:
                 self.chunks.append([n])
         self.modules = {n: modules[n] for n in self.names}
+        self.hvp = _BatchedHvp()
         # one batch and one chunk: the graph is built once and kept across rounds
         self.keep = len(self.chunks) == 1 and objective.n_local <= objective.batch_size
         self.cached: tuple[GroupTaps, list[dict[str, torch.Tensor]]] | None = None
@@ -516,12 +533,14 @@ class _Tapped:
             for grads in graphs:
                 for n in wanted:
                     tap = taps.taps[n]
-                    batched = tap.dim() == 3 or tap.device.type == "cuda"
                     for c in range(0, want[n], _PROBE_CHUNK):
-                        p = probes[n][:, c : c + _PROBE_CHUNK].to(tap.device, tap.dtype)
-                        sums[n][:, c : c + p.shape[1]] += group_products(grads[n], tap, p, batched)
+                        # (p, G, *shape): one vector per group for each probe
+                        p = probes[n][:, c : c + _PROBE_CHUNK].transpose(0, 1)
+                        p = p.to(tap.device, tap.dtype)
+                        values = self.hvp(n, grads[n], tap, p, groups=True)
+                        sums[n][:, c : c + p.shape[0]] += values.t()
                         if progress is not None:
-                            progress(p.shape[1] * groups)
+                            progress(p.shape[0] * groups)
 
     def _graphs(self, chunk: list[str]) -> tuple[GroupTaps, Iterable[dict[str, torch.Tensor]]]:
         if self.cached is not None:

@@ -14,7 +14,8 @@ examples, so
 
 and one Hessian-vector product with V = (v_1, ..., v_G) gives H_g v_g for every group
 at once: q_g = (H_U V)_g . v_g. The graph of one batch (all groups) serves every
-probe of every tapped layer.
+probe of every tapped layer; the products are taken as for one graph
+(``hutchinson._BatchedHvp`` with ``groups=True``).
 
 A layer can be tapped when every use of its weight is a call of a Linear or
 zero-padded Conv2d module (:func:`.ggn.hookable`) whose input has the examples on its
@@ -115,32 +116,6 @@ class GroupTaps:
             for h in handles:
                 h.remove()
             self._slices = []
-
-
-def group_products(
-    grad: torch.Tensor, tap: torch.Tensor, probes: torch.Tensor, batched: bool
-) -> torch.Tensor:
-    """q_gj = v_gj^T H_g v_gj for probes (G, p, *shape): returns (G, p) float64 on the CPU.
-
-    ``batched`` pushes the p probes through the graph together (``is_grads_batched``);
-    else one product per probe. Either gives the same values.
-    """
-    stacked = probes.transpose(0, 1)  # (p, G, *shape): one V per probe
-    if not grad.requires_grad:  # the loss does not reach this layer's weight
-        return torch.zeros(probes.shape[:2], dtype=torch.float64)
-    if batched and stacked.shape[0] > 1:
-        try:
-            (hv,) = torch.autograd.grad(
-                grad, tap, grad_outputs=stacked, is_grads_batched=True, retain_graph=True
-            )
-            return (hv * stacked).flatten(2).sum(2).t().double().cpu()
-        except RuntimeError:
-            pass  # an op without a vmap batching rule: one product per probe
-    out = []
-    for v in stacked:
-        (hv,) = torch.autograd.grad(grad, tap, grad_outputs=v, retain_graph=True)
-        out.append((hv * v).flatten(1).sum(1))
-    return torch.stack(out, 1).double().cpu()
 
 
 def _apply(module: nn.Module, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
