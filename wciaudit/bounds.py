@@ -84,6 +84,10 @@ def term_slope(frob_norm: float, trace: float, trace_se: float) -> float:
     return frob_norm * math.sqrt(sqrt_relu_variance(trace / trace_se) / trace_se)
 
 
+def _normal_pdf(t: float) -> float:
+    return math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
+
+
 def sqrt_relu_variance(z: float, intervals: int = 400) -> float:
     """h(z) = Var(sqrt(max(z + Z, 0))) for Z ~ N(0, 1).
 
@@ -97,16 +101,15 @@ def sqrt_relu_variance(z: float, intervals: int = 400) -> float:
     """
     if z <= -9.0:
         return 0.0
-    phi = lambda t: math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)  # noqa: E731
     big_phi = 0.5 * (1 + math.erf(z / math.sqrt(2)))
-    second = z * big_phi + phi(z)
+    second = z * big_phi + _normal_pdf(z)
     top = math.sqrt(z + 9.0)
     step = top / intervals
     first = 0.0
     for i in range(intervals + 1):
         s = i * step
         weight = 1 if i in (0, intervals) else (4 if i % 2 else 2)
-        first += weight * 2 * s * s * phi(s * s - z)
+        first += weight * 2 * s * s * _normal_pdf(s * s - z)
     first *= step / 3
     return max(second - first * first, 0.0)
 

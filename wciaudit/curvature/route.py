@@ -71,7 +71,7 @@ def expected_probes(min_probes: int, max_probes: int, tol: float) -> int:
 def expected_labels(k_labels: int, n: int, tol: float) -> int:
     """Labels per example the MC route is expected to need at relative SE ``tol``."""
     if tol <= 0:
-        return max(k_labels, 10**9)  # no finite count reaches a zero tolerance
+        return 10**9  # no finite count reaches a zero tolerance
     return int(max(k_labels, math.ceil((LABEL_SPREAD / tol) ** 2 / max(n, 1))))
 
 
