@@ -269,10 +269,9 @@ def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
     for split, outcome in outcomes.items():
         codes = run.shard.gather_cat(outcome.broken_code)
         broken_by[split] = broken_counts(codes, outcome.stages)
-        for attack, correct in (
-            (outcome.loss_attack, outcome.loss_correct),
-            (outcome.attack, outcome.correct),
-        ):
+        # one figure per attack: under PGD the loss attack is the attack itself
+        by_attack = {outcome.loss_attack: outcome.loss_correct, outcome.attack: outcome.correct}
+        for attack, correct in by_attack.items():
             acc, se = accuracy(run.shard.gather_cat(correct.double()))
             robust_acc[attack].update({split: acc, f"{split}_se": se})
     return AttackInfo(
