@@ -75,6 +75,23 @@ def test_hutchinson_two_stage_se_is_calibrated() -> None:
     assert all(0.5 <= r <= 2 for r in ratios.values()), ratios
 
 
+def test_one_probe_per_group_se_is_calibrated_on_a_subset() -> None:
+    """One probe per group (the WCI rounds' first look): the spread between groups is
+    the whole SE, which overstates by f = 50 / 400 of the groups' own spread only."""
+    model = mlp(nn.GELU)
+    names = ["1.weight", "5.weight"]
+
+    def estimate(x, y, seed):  # noqa: ANN001, ANN202
+        obj = Objective(model, x, y, names, 64, torch.device("cpu"), n_population=POPULATION)
+        est = hutchinson_traces(obj, seed=seed, probes=1)
+        for e in est:
+            assert e.probes == 1 and e.se == e.probe_se > 0 and e.sample_se == 0
+        return est
+
+    ratios = _sd_over_median_se(estimate)
+    assert all(0.5 <= r <= 2 for r in ratios.values()), ratios
+
+
 def test_whole_split_has_no_subset_part() -> None:
     model = mlp(nn.ReLU)
     x, y = _population()

@@ -25,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..bounds import wci_term_se, wci_terms, weight_curvature_index
 from .estimate import TraceEstimate, mean_and_se
 from .ggn import ggn_traces, hookable, residual_vanishes
+from .groups import group_count
 from .hutchinson import hutchinson_traces
 from .mc_ggn import mc_ggn_traces
 from .objective import Objective
@@ -303,7 +304,8 @@ def _wci_target(
 ) -> dict[str, TraceEstimate]:
     """Hutchinson layers until the WCI's relative SE is <= ``tol``.
 
-    Round 0 gives every layer ``min_probes`` (or runs it to ``layer_tol``). Then, with
+    Round 0 gives every layer one probe per group (:func:`_first_look`; else the usual
+    first round, or every layer to ``layer_tol``). Then, with
     a_k = ||W_k||^2 s_k^2 / (4 Tr_k) (s_k the per-probe sd), the probe counts n_k that
     minimise sum_k n_k subject to sum_k a_k / n_k <= the variance left to these layers
     are n_k proportional to sqrt(a_k) (Lagrange); each round moves the layers towards
@@ -317,6 +319,7 @@ def _wci_target(
         seed=seed,
         names=names,
         progress=progress,
+        probes=_first_look(objective, layer_tol, min_probes),
     )
     current = {e.name: e for e in first}
     for round_ in range(1, _WCI_ROUNDS + 1):
@@ -342,6 +345,18 @@ def _wci_target(
     return current
 
 
+def _first_look(objective: Objective, layer_tol: float | None, min_probes: int) -> int | None:
+    """Probes per layer of the WCI rounds' first round: 1 where the groups alone give
+    the SE ``min_probes - 1`` degrees of freedom (G >= ``min_probes``; with one probe per
+    group the spread between groups is the SE, :func:`.hutchinson.grouped_mean_and_se`),
+    so that layers whose WCI terms need no precision (most traces of a smooth network
+    lie far below 0 at PGD points) cost one Hessian-vector product each; None (the
+    usual first round) where the groups are fewer or each layer has its own target."""
+    if layer_tol is not None or group_count(objective.n) < max(min_probes, 2):
+        return None
+    return 1
+
+
 def _term_variance_at(norm: float, e: TraceEstimate, probes: int) -> float:
     """Var of a Hutchinson layer's WCI term if it had ``probes`` probes: the probe part
     of its SE shrinks as 1 / sqrt(probes), the subset part stays, and the term's slope
@@ -360,7 +375,11 @@ def _reachable(
 ) -> bool:
     """Could the WCI reach relative SE ``tol`` with every open layer at ``max_probes``,
     the traces as they stand? Where it cannot (a WCI near 0 beside layers whose traces
-    are near 0, whose terms stay noisy), further rounds are spent in vain."""
+    are near 0, whose terms stay noisy), further rounds are spent in vain. A first look
+    (one probe per group) is too rough to judge by: a trace that one probe put near 0
+    has a steep WCI term, so the judgement waits for a second round."""
+    if any(int(e.probes) < 2 for e in current.values()):
+        return True
     wci = _wci(norms, {**fixed, **current})
     var = math.fsum(_term_var(norms[n], e) for n, e in fixed.items())
     var += math.fsum(
@@ -439,7 +458,8 @@ def pool(a: TraceEstimate, b: TraceEstimate) -> TraceEstimate:
         probe_se=probe_se if a.probe_se > 0 else 0.0,
         sample_se=sample_se,
         se_covers=a.se_covers,
-        route_reason=a.route_reason,
+        # a first look's note on its SE no longer holds once probes are pooled with it
+        route_reason=b.route_reason if na < 2 else a.route_reason,
         group_shares=shares,
     )
 

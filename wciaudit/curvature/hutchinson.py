@@ -59,6 +59,11 @@ Progress = Callable[[int], None]
 _PROBE_CHUNK = 16
 
 MIN_PROBES = 10
+# what an estimate from one probe per group says of its SE (:func:`grouped_mean_and_se`)
+ONE_PROBE = (
+    "one probe per group: the SE is the spread between groups, probes and subset "
+    "together (an upper bound)"
+)
 
 
 def rademacher(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -166,6 +171,12 @@ def grouped_mean_and_se(
     B holds the probe noise of the ybar_g as well, so Var(T) = W + (1 - f)(B - W): the
     probe part and the subset part, the latter kept at >= 0.
 
+    With one probe per group W cannot be measured, and B alone is the SE: the "ultimate
+    cluster" estimator (Kalton 1979), which covers probes and subset together and
+    overstates Var(T) by f times the between-group part of B (nothing for a subset
+    small beside its split; at f = 1, the whole split, all of it). It is reported as
+    the probe part (``probe_se``, an upper bound), the subset part as 0.
+
     Args:
         values: (G, p) probe values per group.
         sizes: (G,) examples per group.
@@ -178,15 +189,24 @@ def grouped_mean_and_se(
     ybar = values.mean(1)
     trace = float(ybar.sum())
     if p < 2:
-        return trace, math.inf, math.inf, 0.0
+        if groups < 2:
+            return trace, math.inf, math.inf, 0.0
+        se = math.sqrt(_between(ybar, sizes, n, trace))
+        return trace, se, se, 0.0
     w = float(values.var(1, unbiased=True).sum()) / p
     sample_var = 0.0
     if n_population is not None and n < n_population and groups > 1:
         f = n / n_population
-        resid = ybar - sizes.double() / n * trace
-        b = groups / (groups - 1) * float(resid.pow(2).sum())
-        sample_var = max((1 - f) * (b - w), 0.0)
+        sample_var = max((1 - f) * (_between(ybar, sizes, n, trace) - w), 0.0)
     return trace, math.sqrt(w + sample_var), math.sqrt(w), math.sqrt(sample_var)
+
+
+def _between(ybar: torch.Tensor, sizes: torch.Tensor, n: int, trace: float) -> float:
+    """B = G/(G-1) sum_g (ybar_g - m_g T / n)^2, the spread of the group totals in
+    ratio form (:func:`grouped_mean_and_se`)."""
+    groups = ybar.shape[0]
+    resid = ybar - sizes.double() / n * trace
+    return groups / (groups - 1) * float(resid.pow(2).sum())
 
 
 def hutchinson_traces(
@@ -406,6 +426,7 @@ def _estimate(
         sample_se=sample_se,
         se_covers=("probes", "hessian-subset") if subset else ("probes",),
         group_shares=tuple(values.mean(1).tolist()),
+        route_reason=ONE_PROBE if values.shape[1] == 1 and values.shape[0] > 1 else "",
     )
 
 
