@@ -308,16 +308,19 @@ def _ggn_by_backward(
     sums: _Sums,
     progress: Progress | None,
 ) -> None:
-    # differentiate with respect to the input, not the weights: the hooks read each
-    # use's output gradient on the way, and no weight gradient is formed in vain
+    # differentiate with respect to the layers' inputs, not the weights: the hooks
+    # read each use's output gradient on the way, no weight gradient is formed, and
+    # the backward stops at the earliest layer (for a head alone, at the head)
     weights = objective.weights(requires_grad=False)
     names = list(uses)
     owner = {id(m): n for n in names for m in uses[n]}
     calls: dict[str, list[dict]] = {n: [] for n in names}
+    stops: list[torch.Tensor] = []
 
     def forward_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         call = {"module": module, "a": inputs[0].detach(), "d": None}
         calls[owner[id(module)]].append(call)
+        stops.append(inputs[0])
         if output.requires_grad:
             output.register_hook(lambda g: call.__setitem__("d", g.detach()))
 
@@ -327,6 +330,7 @@ def _ggn_by_backward(
         for xb, _ in objective.batches():
             for n in names:
                 calls[n].clear()
+            stops.clear()
             xb = xb.detach().requires_grad_(True)
             z = objective.logits(weights, xb)
             p = torch.softmax(z.detach(), dim=1)
@@ -344,7 +348,7 @@ def _ggn_by_backward(
                 for n in names:
                     for call in calls[n]:
                         call["d"] = None
-                torch.autograd.grad(z, xb, grad_outputs=cot, retain_graph=True, allow_unused=True)
+                output_gradients(z, cot, stops, xb)
                 for n in names:
                     sq = _tied_sq_norms(calls[n])
                     if sq is None:
@@ -357,6 +361,16 @@ def _ggn_by_backward(
     finally:
         for h in handles:
             h.remove()
+
+
+def output_gradients(
+    z: torch.Tensor, cot: torch.Tensor, stops: list[torch.Tensor], xb: torch.Tensor
+) -> None:
+    """Backpropagate ``cot`` from the logits ``z`` as far as the hooked layers' inputs
+    ``stops`` (where none takes a gradient, to the model's input ``xb``), so that the
+    tensor hooks on the layers' outputs fire and nothing below them is computed."""
+    inputs = [t for t in stops if t.requires_grad] or [xb]
+    torch.autograd.grad(z, inputs, grad_outputs=cot, retain_graph=True, allow_unused=True)
 
 
 def _tied_sq_norms(calls: list[dict]) -> torch.Tensor | None:

@@ -52,7 +52,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .estimate import TraceEstimate
-from .ggn import hookable, per_example_sq_norms
+from .ggn import hookable, output_gradients, per_example_sq_norms
 from .groups import GROUPS, group_count, probe_groups
 from .objective import Objective
 
@@ -191,18 +191,21 @@ def _by_backward(
     out: dict[str, torch.Tensor],
     start: int,
 ) -> set[str]:
-    """One backward per label draw, differentiating with respect to the input so the
-    hooks read each layer's output gradient and no weight gradient is formed. Returns
-    the layers called exactly once (the others go to the vmap route)."""
+    """One backward per label draw, differentiating with respect to the layers' inputs
+    (:func:`.ggn.output_gradients`) so the hooks read each layer's output gradient and
+    no weight gradient is formed. Returns the layers called exactly once (the others go
+    to the vmap route)."""
     weights = objective.weights(requires_grad=False)
     acts: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
+    stops: list[torch.Tensor] = []
 
     def forward_hook(name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             calls[name] = calls.get(name, 0) + 1
             acts[name] = inputs[0].detach()
+            stops.append(inputs[0])
             if output.requires_grad:
                 output.register_hook(lambda gr: grads.__setitem__(name, gr.detach()))
 
@@ -218,7 +221,7 @@ def _by_backward(
         for j in range(labels.shape[1]):
             cot = p - F.one_hot(labels[:, j].to(z.device), p.shape[1]).to(z.dtype)
             grads.clear()
-            torch.autograd.grad(z, xb, grad_outputs=cot, retain_graph=True, allow_unused=True)
+            output_gradients(z, cot, stops, xb)
             for n in usable:
                 sq = per_example_sq_norms(modules[n], acts[n], grads[n])
                 out[n][start : start + xb.shape[0], j] = sq.double().cpu()
