@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -75,10 +76,8 @@ def scan(
                 str(checkpoint),
                 settings.data,
                 config=settings.config,
-                **settings.loading,
+                options=replace(settings.options, weights_only=weights_only),
                 **settings.threat_model,
-                input_size=settings.input_size,
-                weights_only=weights_only,
                 progress=progress,
                 on_stage=lambda _stage, partial: kept.append(partial),
                 shard=shard,
