@@ -260,7 +260,10 @@ def test_threat_model_comes_from_each_checkpoint_unless_flagged(tmp_path):
     assert "threat model: linf (default) eps=0.1 (checkpoint metadata)" in res.output
     assert "eps=0.1 (checkpoint metadata)" in (tmp_path / "t.html").read_text()
 
-    res = runner.invoke(app, ["track", str(run), *tiny, "--eps", "8/255", "--json", str(js)])
+    page = tmp_path / "t2.html"  # not the default, which is in the current folder
+    res = runner.invoke(
+        app, ["track", str(run), *tiny, "--eps", "8/255", "--json", str(js), "-o", str(page)]
+    )
     assert res.exit_code == 0 and "2 scanned, 0 from the cache" in res.output
     for entry in json.loads(js.read_text())["checkpoints"]:
         config = entry["result"]["config"]
