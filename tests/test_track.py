@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import wciaudit.track.run as track_run
 from wciaudit.cli.app import app
+from wciaudit.config import LoadOptions
 from wciaudit.errors import ConfigError
 from wciaudit.report import render_track
 from wciaudit.stats import kendall_tau
@@ -25,6 +26,7 @@ from wciaudit.track import cache_folder, find_checkpoints, order_checkpoints, tr
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "sample_models" / "run_digits_cnn"
 ARCH = str(ROOT / "sample_models" / "digits_cnn.py")
+LOAD = LoadOptions(arch=ARCH)
 SMALL = dict(
     eps="0.1", train_samples=100, test_samples=100, hessian_samples=64, steps=2, masking_samples=0
 )
@@ -136,22 +138,22 @@ def test_cache_second_run_scans_nothing_and_new_epoch_scans_one(run3, monkeypatc
         return real_scan(*args, **kwargs)
 
     monkeypatch.setattr(track_run, "scan", counting)
-    first = track([run3], "sample", arch=ARCH, **SMALL)
+    first = track([run3], "sample", options=LOAD, **SMALL)
     assert len(calls) == 3 and first.scanned == 3
     assert len(list(Path(first.cache_dir).glob("*.json"))) == 3
 
     calls.clear()
-    second = track([str(run3)], "sample", arch=ARCH, **SMALL)
+    second = track([str(run3)], "sample", options=LOAD, **SMALL)
     assert calls == [] and second.scanned == 0
     assert second.to_dict()["series"] == first.to_dict()["series"]
 
     shutil.copy(RUN / "epoch_20.safetensors", run3)  # a new epoch arrives
-    third = track([run3], "sample", arch=ARCH, **SMALL)
+    third = track([run3], "sample", options=LOAD, **SMALL)
     assert [Path(c).name for c in calls] == ["epoch_20.safetensors"]
     assert third.epochs == [1, 10, 20, 40]
 
     calls.clear()
-    track([run3], "sample", arch=ARCH, **{**SMALL, "seed": 1})  # other settings: other key
+    track([run3], "sample", options=LOAD, **{**SMALL, "seed": 1})  # other settings: other key
     assert len(calls) == 4
 
 
@@ -167,26 +169,26 @@ def test_interrupted_run_keeps_finished_scans(run3, monkeypatch):
 
     monkeypatch.setattr(track_run, "scan", flaky)
     with pytest.raises(KeyboardInterrupt):
-        track([run3], "sample", arch=ARCH, **SMALL)
+        track([run3], "sample", options=LOAD, **SMALL)
     cache = cache_folder([run3], order_checkpoints(find_checkpoints([run3])), None)
     assert len(list(cache.glob("*.json"))) == 2
     assert not list(cache.glob(".*.tmp"))  # atomic writes leave no partial file
     monkeypatch.setattr(track_run, "scan", real_scan)
-    assert track([run3], "sample", arch=ARCH, **SMALL).scanned == 1
+    assert track([run3], "sample", options=LOAD, **SMALL).scanned == 1
 
 
 def test_corrupt_cache_entry_is_scanned_again(run3):
-    first = track([run3], "sample", arch=ARCH, **SMALL)
+    first = track([run3], "sample", options=LOAD, **SMALL)
     victim = sorted(Path(first.cache_dir).glob("*.json"))[0]
     victim.write_text("{not json")
-    assert track([run3], "sample", arch=ARCH, **SMALL).scanned == 1
+    assert track([run3], "sample", options=LOAD, **SMALL).scanned == 1
 
 
 # -- the page and the JSON -------------------------------------------------------------------
 def test_page_is_self_contained_and_escaped(run3, tmp_path):
     hostile = run3 / "<script>alert(1)<img src=x onerror=alert(1)>&_5.safetensors"
     shutil.copy(RUN / "epoch_6.safetensors", hostile)
-    result = track([run3], "sample", arch=ARCH, **SMALL)
+    result = track([run3], "sample", options=LOAD, **SMALL)
     page = render_track(result, title="<b>title</b> & co")
     assert page.startswith("<!DOCTYPE html>")
     assert (
@@ -205,7 +207,7 @@ def test_page_is_self_contained_and_escaped(run3, tmp_path):
 
 
 def test_json_series_and_markers(run3):
-    result = track([run3], "sample", arch=ARCH, **SMALL)
+    result = track([run3], "sample", options=LOAD, **SMALL)
     d = json.loads(result.to_json())
     assert d["kind"] == "wciaudit-track" and d["series"]["epoch"] == [1, 10, 40]
     assert len(d["series"]["wci_terms"]) == len(d["series"]["layers"]) == 4
@@ -258,7 +260,10 @@ def test_threat_model_comes_from_each_checkpoint_unless_flagged(tmp_path):
     assert "threat model: linf (default) eps=0.1 (checkpoint metadata)" in res.output
     assert "eps=0.1 (checkpoint metadata)" in (tmp_path / "t.html").read_text()
 
-    res = runner.invoke(app, ["track", str(run), *tiny, "--eps", "8/255", "--json", str(js)])
+    page = tmp_path / "t2.html"  # not the default, which is in the current folder
+    res = runner.invoke(
+        app, ["track", str(run), *tiny, "--eps", "8/255", "--json", str(js), "-o", str(page)]
+    )
     assert res.exit_code == 0 and "2 scanned, 0 from the cache" in res.output
     for entry in json.loads(js.read_text())["checkpoints"]:
         config = entry["result"]["config"]
@@ -275,11 +280,27 @@ def test_checkpoints_with_different_metadata_eps_are_noted(tmp_path):
     tensors = safetensors.torch.load_file(str(RUN / "epoch_10.safetensors"))
     safetensors.torch.save_file(tensors, str(run / "epoch_10.safetensors"), metadata=meta)
     small = {k: v for k, v in SMALL.items() if k != "eps"}
-    out = track([run], "sample", arch=ARCH, **{**small, "train_samples": 40, "test_samples": 40})
+    out = track([run], "sample", options=LOAD, **{**small, "train_samples": 40, "test_samples": 40})
     assert [e.result.config["eps"] for e in out.entries] == pytest.approx([0.1, 0.3])
     assert any("different threat models (linf eps 0.1, linf eps 0.3)" in n for n in out.notes), (
         out.notes
     )
+
+
+def test_every_loading_flag_reaches_each_scan(run3, tmp_path, monkeypatch):
+    """--input-size and the other loading flags reach every checkpoint's scan as one
+    LoadOptions (track once took five of them and dropped --input-size)."""
+    seen = []
+
+    def first_scan_only(path, data, **kwargs):
+        seen.append(kwargs["options"])
+        raise ConfigError("stopped after the first scan")
+
+    monkeypatch.setattr(track_run, "scan", first_scan_only)
+    flags = ["--input-size", "1,8,8", "--num-classes", "10", "--cache", str(tmp_path / "c")]
+    res = CliRunner().invoke(app, ["track", str(run3), *SMALL_CLI, *flags])
+    assert res.exit_code == 2 and "stopped after the first scan" in res.output
+    assert seen == [LoadOptions(arch=ARCH, num_classes=10, input_size=(1, 8, 8))]
 
 
 def test_cli_track_usage_errors(tmp_path):

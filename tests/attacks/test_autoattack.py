@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from wciaudit.attacks.apgd import apgd_ce, apgd_targeted
-from wciaudit.attacks.autoattack import STAGES, autoattack_batch, run_attack
+from wciaudit.attacks.autoattack import STAGES, AutoAttackSettings, autoattack_batch, run_attack
 from wciaudit.attacks.pgd import pgd_attack
 from wciaudit.config import ScanConfig
 from wciaudit.errors import ConfigError
@@ -22,9 +22,8 @@ def _correct(net, x, y):
 
 def test_apgd_stages_compose_on_the_still_robust(digits_cnn, digits_test) -> None:
     x, y = digits_test
-    out = autoattack_batch(
-        digits_cnn, x, y, eps=0.1, stages=("apgd-ce", "apgd-t"), n_target_classes=3, apgd_steps=50
-    )
+    budget = AutoAttackSettings(apgd_steps=50, n_target_classes=3)
+    out = autoattack_batch(digits_cnn, x, y, eps=0.1, budget=budget, stages=("apgd-ce", "apgd-t"))
     code = out["broken_code"]
     clean = _correct(digits_cnn, x, y)
     assert torch.equal(code == STAGES.index("clean"), ~clean)

@@ -10,7 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 from cli_runner import child_env
+from typer.testing import CliRunner
+
+from wciaudit.cli.common import StopSignals, handle_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,3 +76,27 @@ def test_sigterm_exits_143_and_leaves_no_files(tmp_path: Path, where: str) -> No
     assert stderr.strip() == "wciaudit: error: terminated (SIGTERM); no output was written"
     assert "Traceback" not in stderr and stdout == ""
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_command_that_asks_for_stop_sees_the_signal_and_the_handlers_come_back() -> None:
+    """In process: handle_errors hands ``stop`` to a command that declares it (not as an
+    option), records the signal there, ends with 143, and puts the handlers back."""
+    seen: list[int | None] = []
+
+    @handle_errors
+    def command(name: str, *, stop: StopSignals) -> None:
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except BaseException:
+            seen.append(stop.signum)
+            raise
+
+    app = typer.Typer()
+    app.command()(command)
+    app.command("other")(lambda: None)  # two commands, so the first is addressed by name
+    before = signal.getsignal(signal.SIGTERM)
+    res = CliRunner().invoke(app, ["command", "x"])
+    assert res.exit_code == 143 and "terminated (SIGTERM); no output was written" in res.output
+    assert seen == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "--stop" not in CliRunner().invoke(app, ["command", "--help"]).output

@@ -22,6 +22,7 @@ import pytest
 from chromium import NEEDS_CHROMIUM, body_attr, console_errors, dump_dom
 
 from wciaudit import AuditResult, scan
+from wciaudit.config import LoadOptions
 from wciaudit.report import write_report, write_track_page
 from wciaudit.track import TrackResult, track
 
@@ -135,7 +136,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrackResult, Path
     result = track(
         [run],
         "sample",
-        arch=str(ARCH),
+        options=LoadOptions(arch=str(ARCH)),
         eps="0.1",
         train_samples=200,
         test_samples=200,

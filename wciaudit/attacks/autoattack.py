@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -149,14 +149,11 @@ def autoattack_batch(
     indices: torch.Tensor | None = None,
     lo: float = 0.0,
     hi: float = 1.0,
-    apgd_steps: int = 100,
-    n_target_classes: int = 9,
-    n_queries: int = 5000,
-    fab_steps: int = 100,
+    budget: AutoAttackSettings = AutoAttackSettings(),
     stages: tuple[str, ...] = AUTOATTACK_STAGES,
 ) -> dict[str, torch.Tensor]:
-    """AutoAttack's stages on one batch (see the module docstring); ``apgd_steps``,
-    ``n_target_classes``, ``n_queries`` and ``fab_steps`` as :class:`AutoAttackSettings`.
+    """AutoAttack's stages on one batch (see the module docstring), at ``budget``'s
+    steps, targets and queries.
 
     Returns:
         ``x_adv``, ``broken_code`` (index into :data:`STAGES`, -1 robust), and from the
@@ -173,12 +170,13 @@ def autoattack_batch(
     x_adv = x.clone()
     out: dict[str, torch.Tensor | None] = {"x_loss": None, "loss": None, "loss_correct": None}
     common = {"eps": eps, "norm": norm, "seed": seed, "lo": lo, "hi": hi}
-    budget = AutoAttackSettings(apgd_steps, n_target_classes, n_queries, fab_steps)
     for stage in stages:
         robust = code < 0
         if stage == "apgd-ce":
             # every example, so that the clean-misclassified ones get a loss point too
-            run = apgd_ce(model, x, y, steps=apgd_steps, stream=stream, indices=idx, **common)
+            run = apgd_ce(
+                model, x, y, steps=budget.apgd_steps, stream=stream, indices=idx, **common
+            )
             out["x_loss"], out["loss"] = run.x_loss, run.loss
             newly = robust & run.broken
             x_adv[newly] = run.x_adv[newly]
@@ -265,8 +263,8 @@ def _attack_batch(
             indices=torch.arange(start, start + x.shape[0]),
             lo=cfg.lo,
             hi=cfg.hi,
+            budget=budget,
             stages=stages,
-            **asdict(budget),
         )
         if loss_attack != "apgd-ce":
             out.update(x_loss=None, loss=None, loss_correct=None)

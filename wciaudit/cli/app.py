@@ -48,9 +48,9 @@ def main_options(
 def main() -> None:
     """Console entry point: usage errors also end in one line and exit code 2; Ctrl-C
     and SIGTERM, wherever they arrive, in one line and 130 or 143."""
-    from .common import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, fail, watch_signals
+    from .common import EXIT_INTERRUPTED, EXIT_TERMINATED, StopSignals, Terminated, fail
 
-    watch_signals([])
+    StopSignals().install()
     try:
         code = app(standalone_mode=False)
     except typer.Exit as exc:

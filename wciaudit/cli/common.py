@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -34,8 +35,6 @@ _STOPPED = {
     signal.SIGINT: ("interrupted; no output was written", EXIT_INTERRUPTED),
     signal.SIGTERM: ("terminated (SIGTERM); no output was written", EXIT_TERMINATED),
 }
-#: the signals received while the current command runs (see :func:`stop_signal`)
-_received: list[int] = []
 
 
 class Terminated(BaseException):
@@ -57,37 +56,33 @@ def handle_errors(func: F) -> F:
     timeouts send) -> 143; anything else is a bug in wciaudit -> 3, still one line (set
     WCIAUDIT_DEBUG=1 for the traceback). Both signals unwind the command as an exception,
     so temporary files are removed and an output is either whole or absent. A signal is
-    recorded by its handler while the command runs, because inside a C extension the
-    exception can surface as another one (torch turns it into a ValueError).
+    recorded by its handler (:class:`StopSignals`) while the command runs, because inside
+    a C extension the exception can surface as another one (torch turns it into a
+    ValueError). A command with a keyword parameter ``stop`` gets that record (a command
+    that can keep part of its work asks it in its own ``except BaseException`` and then
+    ends with :func:`stopped`); ``stop`` is not a command-line option.
     """
+    signature = inspect.signature(func)
+    takes_stop = "stop" in signature.parameters
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        global _received
-        received = _received = []
-        previous = watch_signals(received)
-        try:
-            return func(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except BaseException as exc:
-            if received:
-                message, code = _STOPPED[received[0]]
-                raise fail(message, code) from None
-            raise _exit_for(exc) from None
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        with StopSignals() as stop:
+            if takes_stop:
+                kwargs["stop"] = stop
+            try:
+                return func(*args, **kwargs)
+            except typer.Exit:
+                raise
+            except BaseException as exc:
+                if stop.signum is not None:
+                    raise fail(*_STOPPED[stop.signum]) from None
+                raise _exit_for(exc) from None
 
+    if takes_stop:
+        params = [p for p in signature.parameters.values() if p.name != "stop"]
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
-
-
-def stop_signal() -> int | None:
-    """The signal that is stopping the current command, None when none was received.
-
-    A command that can keep part of its work (``scan``: the stages that finished) asks
-    this in its own ``except BaseException`` and then ends with :func:`stopped`."""
-    return _received[0] if _received else None
 
 
 def stopped(signum: int, what: str) -> typer.Exit:
@@ -97,22 +92,49 @@ def stopped(signum: int, what: str) -> typer.Exit:
     return fail(message.replace("no output was written", what), code)
 
 
-def watch_signals(record: list[int]) -> dict[int, Any]:
-    """Install SIGINT and SIGTERM handlers that append the signal's number to ``record``
-    and raise (KeyboardInterrupt, :class:`Terminated`); return the previous handlers
-    (none where signals cannot be handled: not the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
+class StopSignals:
+    """SIGINT and SIGTERM while a command runs: handlers that record the signal and
+    unwind the command (KeyboardInterrupt, :class:`Terminated`), and what they received.
 
-    def on_signal(signum: int, frame: Any) -> None:
-        record.append(signum)
+    As a context manager it installs the handlers and puts the previous ones back on
+    exit; :meth:`install` alone keeps them (the console entry point, for the whole
+    process). Nothing is installed off the main thread, where signals cannot be handled.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def signum(self) -> int | None:
+        """The signal that is stopping the command, None when none was received."""
+        return self.received[0] if self.received else None
+
+    def install(self) -> StopSignals:
+        """Put this object's handlers in place, keeping the previous ones for :meth:`restore`."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._on_signal) for signum in _STOPPED}
+        return self
+
+    def restore(self) -> None:
+        """Put the handlers back that :meth:`install` found."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> StopSignals:
+        return self.install()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
         if signum == signal.SIGTERM:
             # ignore a second SIGTERM while the first one unwinds (cleanup must finish)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             raise Terminated
         raise KeyboardInterrupt
-
-    return {signum: signal.signal(signum, on_signal) for signum in _STOPPED}
 
 
 def _exit_for(exc: BaseException) -> typer.Exit:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -21,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..config import Attack, CurvatureMethod, Norm, ScanConfig, parse_eps
+from ..config import Attack, CurvatureMethod, LoadOptions, Norm, ScanConfig, parse_eps
 from ..errors import ConfigError
 from .common import check_output_folders
 from .gating import GateSetup, prepare_gates
@@ -342,25 +341,9 @@ class ScanSettings:
 
     data: str | None
     config: ScanConfig
-    arch: str | None
-    arch_args: dict[str, Any] | None
-    num_classes: int | None
-    mean: list[float] | None
-    std: list[float] | None
-    input_size: tuple[int, int, int] | None = None
+    options: LoadOptions
     eps: float | None = None
     norm: Norm | None = None
-
-    @property
-    def loading(self) -> dict[str, Any]:
-        """The checkpoint-loading keywords of :func:`wciaudit.scan` and ``track``."""
-        return {
-            "arch": self.arch,
-            "arch_args": self.arch_args,
-            "num_classes": self.num_classes,
-            "mean": self.mean,
-            "std": self.std,
-        }
 
     @property
     def threat_model(self) -> dict[str, Any]:
@@ -404,27 +387,24 @@ def scan_options(
 
     Raises:
         ConfigError: for invalid JSON in ``--arch-args``, a bad ``--mean``/``--std``
-            list or a setting :class:`ScanConfig` refuses.
+            list (or one without the other), or a setting :class:`ScanConfig` or
+            :class:`LoadOptions` refuses.
     """
     flags = dict(locals())
-    loading = {
-        key: flags.pop(key)
-        for key in ("data", "arch", "arch_args", "num_classes", "mean", "std", "input_size")
-    }
+    data = flags.pop("data")
+    options = LoadOptions(
+        arch=flags.pop("arch"),
+        arch_args=flags.pop("arch_args"),
+        num_classes=flags.pop("num_classes"),
+        mean=_floats(flags.pop("mean"), "--mean"),
+        std=_floats(flags.pop("std"), "--std"),
+        input_size=_input_size(flags.pop("input_size")),
+    )
     threat = {"eps": flags.pop("eps"), "norm": flags.pop("norm")}
-    try:
-        arch_args = json.loads(loading["arch_args"]) if loading["arch_args"] is not None else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--arch-args is not valid JSON: {exc.msg}") from None
     return ScanSettings(
-        data=loading["data"],
+        data=data,
         config=ScanConfig(**flags, **{k: v for k, v in threat.items() if v is not None}),
-        arch=loading["arch"],
-        arch_args=arch_args,
-        num_classes=loading["num_classes"],
-        mean=_floats(loading["mean"], "--mean"),
-        std=_floats(loading["std"], "--std"),
-        input_size=_input_size(loading["input_size"]),
+        options=options,
         eps=None if threat["eps"] is None else parse_eps(threat["eps"]),
         norm=threat["norm"],
     )

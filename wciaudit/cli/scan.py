@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +14,11 @@ from ..result import AuditResult
 from ..scan import checkpoint_stem
 from ..scan import scan as run_scan
 from .common import (
+    StopSignals,
     check_output_folders,
     handle_errors,
     out,
     progress_bars,
-    stop_signal,
     stopped,
 )
 from .gating import GateSetup, report_gates
@@ -62,6 +63,7 @@ def scan(
     fail_on_masking: FailOnMaskingOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
+    stop: StopSignals,
 ) -> None:
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
     set_threads(threads)
@@ -75,17 +77,15 @@ def scan(
                 str(checkpoint),
                 settings.data,
                 config=settings.config,
-                **settings.loading,
+                options=replace(settings.options, weights_only=weights_only),
                 **settings.threat_model,
-                input_size=settings.input_size,
-                weights_only=weights_only,
                 progress=progress,
                 on_stage=lambda _stage, partial: kept.append(partial),
                 shard=shard,
             )
     except BaseException:
         if shard.is_main and kept:
-            keep_finished_stages(kept[-1], target, skipped=html or csv_path)
+            keep_finished_stages(kept[-1], target, stop.signum, skipped=html or csv_path)
         raise
     finally:
         leave(shard)
@@ -107,14 +107,15 @@ def scan(
         raise typer.Exit(code)
 
 
-def keep_finished_stages(partial: AuditResult, target: Path, *, skipped: Path | None) -> None:
-    """When a signal stops the scan after its attack stage, write the stages that
-    finished to the JSON path, marked incomplete, and end with one line (exit 130 or
-    143). Before that stage, or on any other exception, nothing is written. The HTML
-    report and the CSV are not written for an incomplete result (``skipped``: one was
-    asked for): they would look like a finished audit once shared; ``wciaudit report``
-    renders the JSON later with the incompleteness stated on the page."""
-    signum = stop_signal()
+def keep_finished_stages(
+    partial: AuditResult, target: Path, signum: int | None, *, skipped: Path | None
+) -> None:
+    """When a signal (``signum``, None for none) stops the scan after its attack stage,
+    write the stages that finished to the JSON path, marked incomplete, and end with one
+    line (exit 130 or 143). Before that stage, or on any other exception, nothing is
+    written. The HTML report and the CSV are not written for an incomplete result
+    (``skipped``: one was asked for): they would look like a finished audit once shared;
+    ``wciaudit report`` renders the JSON later with the incompleteness stated on the page."""
     if signum is None or "attack" not in partial.stages:
         return
     path = partial.save(target)

@@ -77,7 +77,7 @@ def track(
             run,
             settings.data,
             config=settings.config,
-            **settings.loading,
+            options=settings.options,
             **settings.threat_model,
             cache_dir=cache,
             use_cache=not no_cache,

@@ -17,11 +17,12 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..config import ScanConfig
+from ..config import LoadOptions, ScanConfig
 from ..errors import ConfigError
 from ..result import SCHEMA_VERSION, AuditResult
 from .files import RunCheckpoint
@@ -113,16 +114,9 @@ def cache_folder(
     return cache_root() / "track" / f"{name[:40] or 'run'}-{digest}"
 
 
-def key_settings(
-    config: ScanConfig,
-    data: Any,
-    arch: str | None,
-    arch_args: Any,
-    num_classes: int | None,
-    mean: list[float] | None,
-    std: list[float] | None,
-) -> dict[str, Any]:
-    """Everything that changes a scan's numbers, as plain JSON."""
+def key_settings(config: ScanConfig, data: Any, options: LoadOptions) -> dict[str, Any]:
+    """Everything that changes a scan's numbers, as plain JSON: the config, the data and
+    every checkpoint-loading option (the arch by :func:`arch_key`)."""
     from ..model import resolve_device
 
     cfg = config.to_dict()
@@ -131,11 +125,8 @@ def key_settings(
     return {
         "config": cfg,
         "data": data_key(data_text),
-        "arch": arch_key(arch),
-        "arch_args": json.loads(arch_args) if isinstance(arch_args, str) else arch_args,
-        "num_classes": num_classes,
-        "mean": mean,
-        "std": std,
+        **asdict(options),
+        "arch": arch_key(options.arch),
         "tool_version": __version__,
         "result_schema_version": SCHEMA_VERSION,
     }

@@ -7,8 +7,9 @@ set and one :class:`~wciaudit.config.ScanConfig` (through a cache, :mod:`.cache`
 orders them by epoch (:mod:`.files`) and returns a :class:`~.result.TrackResult`.
 
 Example:
-    >>> t = track(["sample_models/run_digits_cnn"], "sample", eps="0.1",
-    ...           arch="sample_models/digits_cnn.py", train_samples=300)  # doctest: +SKIP
+    >>> from wciaudit.config import LoadOptions
+    >>> t = track(["sample_models/run_digits_cnn"], "sample", eps="0.1", train_samples=300,
+    ...           options=LoadOptions(arch="sample_models/digits_cnn.py"))  # doctest: +SKIP
     >>> t.correlation("wci", "gap_loss").kendall_tau  # doctest: +SKIP
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints import file_sha256
-from ..config import ScanConfig, config_from_settings
+from ..config import LoadOptions, ScanConfig, config_from_settings
 from ..errors import ConfigError
 from ..result import write_atomic
 from ..scan import scan
@@ -39,11 +40,7 @@ def track(
     data: str | os.PathLike[str] | None = None,
     *,
     config: ScanConfig | None = None,
-    arch: str | None = None,
-    arch_args: dict[str, Any] | str | None = None,
-    num_classes: int | None = None,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
+    options: LoadOptions | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
     progress: TrackProgress | None = None,
@@ -60,7 +57,8 @@ def track(
             ``norm`` passed as None, or given neither in ``config`` nor as a keyword, is
             taken from each checkpoint; every result's ``config["threat_model_source"]``
             says where it came from.
-        arch, arch_args, num_classes, mean, std: checkpoint loading options.
+        options: how to read every checkpoint (arch, arch_args, num_classes, mean,
+            std, input_size), as for :func:`wciaudit.scan`.
         cache_dir: where the per-checkpoint results live (default: a folder for this
             run under :func:`~wciaudit.track.cache.cache_root`, ``$WCIAUDIT_CACHE_DIR``,
             ``$XDG_CACHE_HOME/wciaudit`` or ``~/.cache/wciaudit``; the run folder is
@@ -78,11 +76,11 @@ def track(
     config, unset = config_from_settings(config, settings)
     ordered = order_checkpoints(find_checkpoints(sources))
     cache = cache_folder(sources, ordered, cache_dir)
-    key = _cache_key(key_settings(config, data, arch, arch_args, num_classes, mean, std), unset)
+    options = options or LoadOptions()
+    key = _cache_key(key_settings(config, data, options), unset)
     digest = settings_digest(key)
     if cache is not None:
         _make_folder(cache)
-    loading = {"arch": arch, "arch_args": arch_args, "num_classes": num_classes}
     out = TrackResult(
         epoch_source=ordered[0].epoch_source if ordered else "",
         settings=key,
@@ -100,9 +98,7 @@ def track(
                 data,
                 config=config,
                 **dict.fromkeys(unset),
-                **loading,
-                mean=mean,
-                std=std,
+                options=options,
                 progress=progress,
             )
             if cache_file is not None:
