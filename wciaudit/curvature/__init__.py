@@ -374,16 +374,16 @@ def _reachable(
     max_probes: int,
 ) -> bool:
     """Could the WCI reach relative SE ``tol`` with every open layer at ``max_probes``,
-    the traces as they stand? Where it cannot (a WCI near 0 beside layers whose traces
-    are near 0, whose terms stay noisy), further rounds are spent in vain. A first look
-    (one probe per group) is too rough to judge by: a trace that one probe put near 0
-    has a steep WCI term, so the judgement waits for a second round."""
-    if any(int(e.probes) < 2 for e in current.values()):
-        return True
-    wci = _wci(norms, {**fixed, **current})
+    were each open trace 2 SE above its estimate? Where it cannot (a WCI near 0 beside
+    layers whose traces are near or below 0, whose terms stay noisy), further rounds
+    are spent in vain. The traces are taken at the hopeful end because a trace
+    underestimated near 0 has a steep WCI term (sqrt's slope) and would make a
+    reachable target look hopeless on the noise of a few probes."""
+    hope = {n: replace(e, trace=e.trace + 2 * e.se) for n, e in current.items()}
+    wci = _wci(norms, {**fixed, **hope})
     var = math.fsum(_term_var(norms[n], e) for n, e in fixed.items())
     var += math.fsum(
-        _term_variance_at(norms[n], e, max(int(e.probes), max_probes)) for n, e in current.items()
+        _term_variance_at(norms[n], e, max(int(e.probes), max_probes)) for n, e in hope.items()
     )
     return var <= (tol * wci) ** 2
 
