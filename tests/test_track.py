@@ -13,6 +13,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from cli_runner import TINY_CNN_SCAN, child_env
 from typer.testing import CliRunner
 
 import wciaudit.track.run as track_run
@@ -303,7 +304,7 @@ def test_cli_track_subprocess(tmp_path):
             "wciaudit",
             "track",
             str(run / "epoch_*.safetensors"),
-            *SMALL_CLI,
+            *TINY_CNN_SCAN,
             "--cache",
             str(tmp_path / "cache"),
             "--quiet",
@@ -312,7 +313,7 @@ def test_cli_track_subprocess(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        env=child_env(),
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run.track.html").is_file() or list(tmp_path.glob("*.track.html"))
