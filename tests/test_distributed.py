@@ -63,19 +63,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)  # two processes on two cores: more threads only contend
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        result = scan(_model(), _splits(), shard=Shard(rank=rank, world=world), **SETTINGS)
-        if rank == 0:
-            Path(out).write_text(result.to_json())
-    finally:
-        dist.destroy_process_group()
-
-
 #: AutoAttack's stages at a test's size (the original: 100 APGD steps, 9 targets, 5000
 #: queries, 100 FAB steps); the composition and the per-example seeding are what is tested
 SMALL_AUTOATTACK = dict(apgd_steps=10, n_target_classes=2, n_queries=40, fab_steps=10)
@@ -101,18 +88,32 @@ AUTOATTACK_SETTINGS = dict(
 )
 
 
-def _autoattack_worker(rank: int, world: int, port: int, out: str) -> None:
-    _small_autoattack()
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    """One of the two processes: the toy scan, then the AutoAttack scan of the sample CNN,
+    each sharded over both; rank 0 writes ``toy.json`` and ``autoattack.json`` in ``out``.
+    Both scans share one start of the processes (each start imports torch and wciaudit)."""
+    torch.set_num_threads(1)  # two processes on two cores: more threads only contend
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
         shard = Shard(rank=rank, world=world)
-        result = scan(CNN, "sample", shard=shard, **AUTOATTACK_SETTINGS)
+        toy = scan(_model(), _splits(), shard=shard, **SETTINGS)
+        _small_autoattack()  # after the toy scan, which keeps the default attack
+        autoattack = scan(CNN, "sample", shard=shard, **AUTOATTACK_SETTINGS)
         if rank == 0:
-            Path(out).write_text(result.to_json())
+            Path(out, "toy.json").write_text(toy.to_json())
+            Path(out, "autoattack.json").write_text(autoattack.to_json())
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """The results of rank 0 of two gloo processes: {"toy": ..., "autoattack": ...}."""
+    out = tmp_path_factory.mktemp("two_processes")
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return {name: json.loads((out / f"{name}.json").read_text()) for name in ("toy", "autoattack")}
 
 
 def _comparable(d: dict) -> dict:
@@ -139,17 +140,17 @@ def _close(a: object, b: object, path: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
+def test_two_gloo_processes_match_one(two_processes: dict[str, dict]) -> None:
     single = json.loads(scan(_model(), _splits(), **SETTINGS).to_json())
-    out = tmp_path / "rank0.json"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    double = json.loads(out.read_text())
+    double = two_processes["toy"]
     assert double["config"]["processes"] == 2
     assert {la["method"] for la in double["layers"]} == {"hutchinson", "exact-ggn"}
     _close(_comparable(single), _comparable(double))
 
 
-def test_autoattack_in_two_gloo_processes_matches_one(tmp_path: Path, monkeypatch) -> None:
+def test_autoattack_in_two_gloo_processes_matches_one(
+    two_processes: dict[str, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """AutoAttack's every stage is seeded by the example's global index, so two shards
     give the one process's figures: robust accuracy, what broke each example, APGD-CE's
     own figure and the traces at its points."""
@@ -157,9 +158,7 @@ def test_autoattack_in_two_gloo_processes_matches_one(tmp_path: Path, monkeypatc
     for module in ("wciaudit.scan", "wciaudit.scan_curvature"):
         monkeypatch.setattr(importlib.import_module(module), "run_attack", small)
     single = json.loads(scan(CNN, "sample", **AUTOATTACK_SETTINGS).to_json())
-    out = tmp_path / "rank0.json"
-    mp.spawn(_autoattack_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    double = json.loads(out.read_text())
+    double = two_processes["autoattack"]
     assert double["config"]["processes"] == 2
     attacks = single["attacks"]
     assert list(attacks["robust_acc"]) == ["autoattack", "apgd-ce"]

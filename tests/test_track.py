@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import safetensors
 import safetensors.torch
 import torch
+from cli_runner import TINY_CNN_SCAN, invoke_in
 from typer.testing import CliRunner
 
 import wciaudit.track.run as track_run
@@ -311,31 +310,24 @@ def test_cli_track_usage_errors(tmp_path):
     assert res.exit_code == 2 and "output folder does not exist" in res.output
 
 
-@pytest.mark.slow
-def test_cli_track_subprocess(tmp_path):
+def test_cli_track_expands_a_quoted_glob_and_writes_in_the_current_folder(tmp_path):
+    """A glob no shell expanded is expanded by the command, its checkpoints ordered by
+    epoch; the page and the JSON are written in the current folder. In this process:
+    real ``track`` processes run in tests/cli/test_track_cli.py and test_hardening.py."""
     run = tmp_path / "run"
     run.mkdir()
     for epoch in (1, 40, 6):
         shutil.copy(RUN / f"epoch_{epoch}.safetensors", run)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wciaudit",
-            "track",
-            str(run / "epoch_*.safetensors"),
-            *SMALL_CLI,
-            "--cache",
-            str(tmp_path / "cache"),
-            "--quiet",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    args = [
+        "track",
+        str(run / "epoch_*.safetensors"),
+        *TINY_CNN_SCAN,
+        "--cache",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    code, _, stderr = invoke_in(tmp_path, args)
+    assert code == 0, stderr
     assert (tmp_path / "run.track.html").is_file() or list(tmp_path.glob("*.track.html"))
     data = json.loads(next(tmp_path.glob("*.track.json")).read_text())
     assert data["series"]["epoch"] == [1, 6, 40]

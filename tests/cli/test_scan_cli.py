@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runner import console_in, invoke_in
+from cli_runner import TINY_SCAN, console_in, invoke_in
 from conftest import CNN, CNN_ARCH
 from typer.testing import CliRunner
 
@@ -37,23 +37,7 @@ def test_scan_writes_schema_v1_json_named_after_the_checkpoint(sample_cnn_scan) 
 
 
 def test_bare_command_uses_the_dataset_the_checkpoint_names(tmp_path: Path) -> None:
-    code, out, err = _run(
-        [
-            "scan",
-            str(RESNET),
-            "--train-samples",
-            "40",
-            "--test-samples",
-            "40",
-            "--hessian-samples",
-            "20",
-            "--steps",
-            "1",
-            "--json",
-            "r.json",
-        ],
-        tmp_path,
-    )
+    code, out, err = _run(["scan", str(RESNET), *TINY_SCAN, "--json", "r.json"], tmp_path)
     assert code == 0, err
     assert "metadata names dataset 'digits'" in " ".join(out.split())
     d = json.loads((tmp_path / "r.json").read_text())

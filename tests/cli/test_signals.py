@@ -19,7 +19,9 @@ from wciaudit.cli.common import StopSignals, handle_errors
 ROOT = Path(__file__).resolve().parents[2]
 
 
-RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
+# the sample CNN and its architecture file: loading it needs no timm (an import of ~3 s)
+CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
+CNN_ARCH = ROOT / "sample_models" / "digits_cnn.py"
 
 # The child pauses at a chosen point, says so through a marker file, and waits there for
 # the signal: during the scan itself, or inside the atomic write (temp file present).
@@ -49,7 +51,16 @@ def test_sigterm_exits_143_and_leaves_no_files(tmp_path: Path, where: str) -> No
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     marker = tmp_path / "ready"
-    args = ["scan", str(RESNET), "--weights-only", "-q", "--json", str(out_dir / "r.json")]
+    args = [
+        "scan",
+        str(CNN),
+        "--arch",
+        str(CNN_ARCH),
+        "--weights-only",
+        "-q",
+        "--json",
+        str(out_dir / "r.json"),
+    ]
     env = child_env()
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(marker), where, *args],

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_runner import TINY_SCAN, child_env
+from cli_runner import TINY_CNN_SCAN, child_env
 from rich.console import Console
 
 from wciaudit.cli.summary import SHOWN_LAYERS, print_summary
@@ -20,7 +20,8 @@ from wciaudit.result import AttackInfo, AuditResult, DatasetInfo, LayerResult, M
 ROOT = Path(__file__).resolve().parents[2]
 
 
-RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
+# the sample CNN (with --arch): a child that loads it needs no timm (an import of ~3 s)
+CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
 
 
 def _render(result: AuditResult, width: int = 80) -> str:
@@ -105,10 +106,10 @@ def test_weights_only_shows_no_data_figures() -> None:
 @pytest.mark.slow
 def test_scan_subprocess_at_80_columns(tmp_path: Path) -> None:
     ckpt = tmp_path / "[red]m.safetensors"
-    shutil.copy(RESNET, ckpt)
+    shutil.copy(CNN, ckpt)
     env = child_env(COLUMNS="80")
     res = subprocess.run(
-        [sys.executable, "-m", "wciaudit", "scan", str(ckpt), *TINY_SCAN, "--json", "r.json"],
+        [sys.executable, "-m", "wciaudit", "scan", str(ckpt), *TINY_CNN_SCAN, "--json", "r.json"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -146,25 +146,31 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrackResult, Path
     return result, write_track_page(result, work / "track.html")
 
 
-def test_track_page_renders_cleanly(tracked, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def track_opened(tracked, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict]:
+    """The track page opened once at the default width: (DOM, stderr, probe), read by
+    every test of that render (each Chromium start takes seconds)."""
     _, page = tracked
-    dom, stderr, probe = open_page(page, tmp_path)
+    return open_page(page, tmp_path_factory.mktemp("track_opened"))
+
+
+def test_track_page_renders_cleanly(track_opened) -> None:
+    dom, stderr, probe = track_opened
     assert_clean_render(dom, stderr, probe, charts=6)
 
 
-def test_track_settings_say_what_the_scans_used(tracked, tmp_path: Path) -> None:
-    result, page = tracked
+def test_track_settings_say_what_the_scans_used(tracked, track_opened) -> None:
+    result, _ = tracked
     used = {e.result.dataset.hessian_samples for e in result.entries}
     assert used == {200}  # the whole train split: less than the 1000 asked for
-    dom, _, _ = open_page(page, tmp_path)
+    dom, _, _ = track_opened
     settings = settings_of(dom)
     assert "Hessian 200 (at most 1000 asked)" in settings["samples"]
     assert "digits_cnn.py" in settings["arch"]
 
 
-def test_track_gap_err_ticks_are_round_percentages(tracked, tmp_path: Path) -> None:
-    _, page = tracked
-    _, _, probe = open_page(page, tmp_path)
+def test_track_gap_err_ticks_are_round_percentages(track_opened) -> None:
+    _, _, probe = track_opened
     ticks = next(c["y2ticks"] for c in probe["charts"] if c["id"] == "fig-gap")
     assert len(ticks) >= 2, ticks
     values = []
