@@ -16,9 +16,9 @@ exactly (SPEC: exact route). The per-example Jacobians come from
 ``vmap(jacrev(...))`` over examples, in chunks sized to a memory budget.
 
 Whether R_kk vanishes is not guessed from module types (a custom forward may call
-any function): :func:`residual_vanishes` measures ||R_kk u|| for a random Gaussian u
-on the data and compares it with ||H_kk u||; a structurally piecewise-linear layer
-gives exactly 0 there, any smooth non-linearity after the layer does not.
+any function): :func:`residual_vanishes` measures R_kk u for a random Gaussian u on
+the data; a structurally piecewise-linear layer gives exactly 0 there, any smooth
+non-linearity after the layer does not.
 
 Example:
     >>> import torch
