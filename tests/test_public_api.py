@@ -19,6 +19,23 @@ def test_every_public_name_is_there(name: str) -> None:
     assert getattr(wciaudit, name) is not None
 
 
+def test_scan_stays_the_function_once_its_module_is_imported() -> None:
+    # the names are imported on first use; importing the submodule wciaudit.scan sets the
+    # package's attribute of that name, which must stay the function it always was
+    module = importlib.import_module("wciaudit.scan")
+    assert wciaudit.scan is module.scan and callable(wciaudit.scan)
+    assert module.__name__ == "wciaudit.scan"
+
+
+def test_an_unknown_name_is_an_attribute_error_and_submodules_still_import() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        _ = wciaudit.not_a_name  # type: ignore[attr-defined]
+    from wciaudit import bounds
+
+    assert bounds.__name__ == "wciaudit.bounds"
+    assert set(wciaudit.__all__) <= set(dir(wciaudit))
+
+
 def test_all_lists_no_name_twice() -> None:
     assert len(set(wciaudit.__all__)) == len(wciaudit.__all__)
 

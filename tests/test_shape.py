@@ -27,6 +27,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 TESTED_WITH = {
     "__init__.py": "test_public_api.py",
     "__main__.py": "cli/test_scan_cli.py",  # python -m wciaudit, as a real subprocess
+    "_lazy.py": "test_public_api.py",  # the package's names imported on first use
     "_version.py": "test_public_api.py",
     "errors.py": "test_scan.py",  # the typed errors a scan raises
     "gate_config.py": "test_gate.py",  # discovery, precedence, malformed files

@@ -6,16 +6,28 @@ Example:
     >>> import wciaudit
     >>> result = wciaudit.scan("sample_models/digits_resnet_pgd.safetensors", "sample", eps="0.1")  # doctest: +SKIP
     >>> print(result.wci, result.wci_se, result.metrics.gap_loss)  # doctest: +SKIP
+
+The names that need torch are imported on first use (PEP 562), so that a command that
+never loads a model (``wciaudit gate``, ``wciaudit report``, ``--help``) starts without it.
 """
 
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from ._lazy import lazy_getattr
 from ._version import __version__
-from .checkpoints import LoadedCheckpoint, load_checkpoint
-from .config import ScanConfig, parse_eps
-from .data import Splits, load_data
 from .errors import CheckpointError, ConfigError, DataError, WCIAuditError
-from .monitor import WCIMonitor
-from .result import AuditResult
-from .scan import scan
+
+if TYPE_CHECKING:
+    from .checkpoints import LoadedCheckpoint, load_checkpoint
+    from .config import ScanConfig, parse_eps
+    from .data import Splits, load_data
+    from .monitor import WCIMonitor
+    from .result import AuditResult
+    from .scan import scan
 
 __all__ = [
     "__version__",
@@ -33,3 +45,35 @@ __all__ = [
     "ConfigError",
     "WCIMonitor",
 ]
+
+#: public name -> the module that defines it, imported when the name is first read
+_LAZY = {
+    "scan": ".scan",
+    "ScanConfig": ".config",
+    "parse_eps": ".config",
+    "AuditResult": ".result",
+    "load_checkpoint": ".checkpoints",
+    "LoadedCheckpoint": ".checkpoints",
+    "load_data": ".data",
+    "Splits": ".data",
+    "WCIMonitor": ".monitor",
+}
+
+__getattr__ = lazy_getattr(__name__, _LAZY)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``wciaudit.scan`` the function: importing the submodule ``wciaudit.scan``
+    would otherwise set the package's attribute of that name to the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "scan" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

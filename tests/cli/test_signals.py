@@ -26,7 +26,7 @@ CNN_ARCH = ROOT / "sample_models" / "digits_cnn.py"
 # The child pauses at a chosen point, says so through a marker file, and waits there for
 # the signal: during the scan itself, or inside the atomic write (temp file present).
 CHILD = r"""
-import os, sys, time
+import importlib, os, sys, time
 from pathlib import Path
 marker = Path(sys.argv[1])
 where = sys.argv[2]
@@ -38,8 +38,8 @@ def pause(*args, **kwargs):
 if where == "write":
     os.fsync = pause
 else:
-    import wciaudit.cli.scan as cli_scan
-    cli_scan.run_scan = pause
+    # the module (the package's attribute wciaudit.scan is the function)
+    setattr(importlib.import_module("wciaudit.scan"), "scan", pause)
 from wciaudit.cli.app import main
 sys.argv = ["wciaudit", *sys.argv[3:]]
 main()

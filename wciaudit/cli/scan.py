@@ -9,10 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..distributed import Shard, leave, shard_from_env
 from ..result import AuditResult
-from ..scan import checkpoint_stem
-from ..scan import scan as run_scan
 from .common import (
     StopSignals,
     check_output_folders,
@@ -66,6 +63,11 @@ def scan(
     stop: StopSignals,
 ) -> None:
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
+    # here, not at the top: registering the command (``wciaudit gate``, ``--help``) needs no torch
+    from ..distributed import Shard, leave, shard_from_env
+    from ..scan import checkpoint_stem
+    from ..scan import scan as run_scan
+
     set_threads(threads)
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
     check_output_folders(target, html, csv_path)

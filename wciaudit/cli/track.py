@@ -13,7 +13,6 @@ from ..formatting import fmt_estimate, fmt_fixed, fmt_signed
 from ..report import write_track_page
 from ..report.track_page import threat_text
 from ..track import MEASURES, TARGETS, TrackResult
-from ..track import track as run_track
 from .common import check_output_folders, handle_errors, out, progress_bars
 from .options import QuietOpt, ScanSettings, scan_options, with_options
 
@@ -67,6 +66,8 @@ def track(
     quiet: QuietOpt = False,
 ) -> None:
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
+    from ..track import track as run_track  # here: registering the command needs no torch
+
     stem = Path(run[0].rstrip("/\\")).name.split("*")[0].rstrip("_-.") or "run"
     stem = stem.removesuffix(Path(stem).suffix) if Path(run[0]).is_file() else stem
     html_path = html or Path.cwd() / f"{stem}.track.html"

@@ -6,13 +6,22 @@
 - :mod:`.run`: :func:`track`, which ties them together.
 
 The page is drawn by :func:`wciaudit.report.render_track`; the rank statistics are
-:mod:`wciaudit.stats`.
+:mod:`wciaudit.stats`. The names that need torch (those of :mod:`.files`, :mod:`.cache`
+and :mod:`.run`) are imported on first use, so that the report of a saved track result
+(:mod:`.result`) loads without it.
 """
 
-from .cache import CACHE_ENV, cache_folder, cache_root
-from .files import CHECKPOINT_SUFFIXES, RunCheckpoint, find_checkpoints, order_checkpoints
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_getattr
 from .result import MEASURES, TARGETS, Correlation, TrackEntry, TrackResult
-from .run import TrackProgress, track
+
+if TYPE_CHECKING:
+    from .cache import CACHE_ENV, cache_folder, cache_root
+    from .files import CHECKPOINT_SUFFIXES, RunCheckpoint, find_checkpoints, order_checkpoints
+    from .run import TrackProgress, track
 
 __all__ = [
     "CACHE_ENV",
@@ -30,3 +39,14 @@ __all__ = [
     "cache_root",
     "track",
 ]
+
+#: public name -> the module that defines it, imported when the name is first read
+_LAZY = {
+    **dict.fromkeys(("CACHE_ENV", "cache_folder", "cache_root"), ".cache"),
+    **dict.fromkeys(
+        ("CHECKPOINT_SUFFIXES", "RunCheckpoint", "find_checkpoints", "order_checkpoints"), ".files"
+    ),
+    **dict.fromkeys(("TrackProgress", "track"), ".run"),
+}
+
+__getattr__ = lazy_getattr(__name__, _LAZY)
