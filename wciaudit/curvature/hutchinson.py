@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -264,9 +265,10 @@ def hutchinson_traces(
     while want:
         draw = partial(_probes, seed, round_=round_)
         sums = {n: torch.zeros(len(sizes), k, dtype=torch.float64) for n, k in want.items()}
+        this = _Round(want, index, draw, sums, progress)
         if tapped is not None:
-            tapped.round(want, index, draw, sums, progress)
-        per_group.round(want, index, draw, sums, progress)
+            tapped.round(this)
+        per_group.round(this)
         # one collective per round: every process gets every group's probe values
         flat = objective.reduce(torch.cat([sums[n].flatten() for n in want]))
         parts = torch.split(flat, [len(sizes) * k for k in want.values()])
@@ -447,6 +449,18 @@ def _group_graphs(
             yield g, dict(zip(names, grads, strict=True))
 
 
+@dataclass(frozen=True)
+class _Round:
+    """One round of probes: the probes wanted per layer, each layer's index (for the
+    probe seeds), the probe sampler, the per-group sums it fills and the progress hook."""
+
+    want: dict[str, int]
+    index: dict[str, int]
+    draw: Callable[..., torch.Tensor]
+    sums: dict[str, torch.Tensor]
+    progress: Progress | None
+
+
 class _PerGroup:
     """The layers without taps: one graph per group and batch, kept across rounds when
     the examples fit one batch."""
@@ -458,15 +472,9 @@ class _PerGroup:
         self.keep = objective.n_local <= objective.batch_size
         self.cached: list[tuple[int, dict[str, torch.Tensor]]] | None = None
 
-    def round(
-        self,
-        want: dict[str, int],
-        index: dict[str, int],
-        draw: Callable[..., torch.Tensor],
-        sums: dict[str, torch.Tensor],
-        progress: Progress | None,
-    ) -> None:
-        """Adds each group's probe values of the wanted layers without taps to ``sums``."""
+    def round(self, r: _Round) -> None:
+        """Adds each group's probe values of the wanted layers without taps to ``r.sums``."""
+        want, index, draw, sums, progress = r.want, r.index, r.draw, r.sums, r.progress
         rest = {n: k for n, k in want.items() if n in self.names}
         if not rest:
             return
@@ -527,15 +535,9 @@ class _Tapped:
         self.keep = len(self.chunks) == 1 and objective.n_local <= objective.batch_size
         self.cached: tuple[GroupTaps, list[dict[str, torch.Tensor]]] | None = None
 
-    def round(
-        self,
-        want: dict[str, int],
-        index: dict[str, int],
-        draw: Callable[..., torch.Tensor],
-        sums: dict[str, torch.Tensor],
-        progress: Progress | None,
-    ) -> None:
-        """Adds each group's probe values of the wanted tapped layers to ``sums``."""
+    def round(self, r: _Round) -> None:
+        """Adds each group's probe values of the wanted tapped layers to ``r.sums``."""
+        want, index, draw, sums, progress = r.want, r.index, r.draw, r.sums, r.progress
         groups = len(self.members)
         for chunk in self.chunks:
             wanted = [n for n in chunk if n in want]
