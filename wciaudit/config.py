@@ -136,9 +136,10 @@ class ScanConfig:
         k_labels: labels sampled per example in the first round of the sampled-label
             Gauss-Newton route (>= 2); more are drawn where a layer's tolerance asks.
         max_probes: probe cap per layer for Hutchinson.
-        min_probes: Hutchinson's probe variance has min_probes - 1 degrees of freedom
-            before the stop rule may fire (a probe is one vector per group of the
-            Hessian subset: with 16 groups the first round is 2 probes).
+        min_probes: Hutchinson's SE has min_probes - 1 degrees of freedom before the
+            stop rule may fire (a probe is one vector per group of the Hessian subset:
+            with 16 groups the first round is 2 probes, and under the WCI target a
+            first look of 1, whose SE is the spread between the groups).
         hessian_samples: number of train examples the Hessian is taken over.
         delta: confidence of the PAC-Bayes confidence term.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -147,8 +148,9 @@ class ScanConfig:
         train_samples / test_samples: seeded stratified subsets (None = all).
         lo / hi: valid input range.
         curvature: ``auto``, ``hutchinson`` or ``ggn``.
-        memory_bytes: budget for one chunk of per-example Jacobians; it decides which
-            layers take the exact Gauss-Newton route (bytes).
+        memory_bytes: budget for one chunk of per-example Jacobians, which decides
+            which layers take the exact Gauss-Newton route, and for the per-group zero
+            weight taps of one Hutchinson graph (bytes).
         masking_samples: test examples the gradient-masking checks run on (0: off).
         attack_spread: re-attack the Hessian subset with a second seed and add the
             traces' spread over the attack's random starts to their SE.
