@@ -148,9 +148,8 @@ class ScanConfig:
         train_samples / test_samples: seeded stratified subsets (None = all).
         lo / hi: valid input range.
         curvature: ``auto``, ``hutchinson`` or ``ggn``.
-        memory_bytes: budget for one chunk of per-example Jacobians, which decides
-            which layers take the exact Gauss-Newton route, and for the per-group zero
-            weight taps of one Hutchinson graph (bytes).
+        memory_bytes: budget for one chunk of per-example Jacobians; it decides which
+            layers take the exact Gauss-Newton route (bytes).
         masking_samples: test examples the gradient-masking checks run on (0: off).
         attack_spread: re-attack the Hessian subset with a second seed and add the
             traces' spread over the attack's random starts to their SE.
