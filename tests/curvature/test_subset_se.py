@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
 import torch
 from reference import mlp
 from torch import nn
@@ -59,33 +60,33 @@ def test_exact_route_subset_se_is_calibrated() -> None:
     assert all(0.5 <= r <= 2 for r in ratios.values()), ratios
 
 
-def test_hutchinson_two_stage_se_is_calibrated() -> None:
+def _two_stage(e) -> None:  # noqa: ANN001
+    assert e.se_covers == ("probes", "hessian-subset")
+    assert abs(e.se**2 - e.probe_se**2 - e.sample_se**2) <= 1e-9 * e.se**2
+
+
+def _first_look(e) -> None:  # noqa: ANN001
+    assert e.probes == 1 and e.se == e.probe_se > 0 and e.sample_se == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "check"),
+    [
+        pytest.param({"max_probes": 60}, _two_stage, id="two-stage"),
+        # one probe per group (the WCI rounds' first look): the spread between groups is
+        # the whole SE, which overstates by f = 50 / 400 of the groups' own spread only
+        pytest.param({"probes": 1}, _first_look, id="one-probe-per-group"),
+    ],
+)
+def test_hutchinson_se_is_calibrated(options: dict, check) -> None:  # noqa: ANN001
     model = mlp(nn.GELU)
     names = ["1.weight", "5.weight"]
 
     def estimate(x, y, seed):  # noqa: ANN001, ANN202
         obj = Objective(model, x, y, names, 64, torch.device("cpu"), n_population=POPULATION)
-        est = hutchinson_traces(obj, seed=seed, max_probes=60)
+        est = hutchinson_traces(obj, seed=seed, **options)
         for e in est:
-            assert e.se_covers == ("probes", "hessian-subset")
-            assert abs(e.se**2 - e.probe_se**2 - e.sample_se**2) <= 1e-9 * e.se**2
-        return est
-
-    ratios = _sd_over_median_se(estimate)
-    assert all(0.5 <= r <= 2 for r in ratios.values()), ratios
-
-
-def test_one_probe_per_group_se_is_calibrated_on_a_subset() -> None:
-    """One probe per group (the WCI rounds' first look): the spread between groups is
-    the whole SE, which overstates by f = 50 / 400 of the groups' own spread only."""
-    model = mlp(nn.GELU)
-    names = ["1.weight", "5.weight"]
-
-    def estimate(x, y, seed):  # noqa: ANN001, ANN202
-        obj = Objective(model, x, y, names, 64, torch.device("cpu"), n_population=POPULATION)
-        est = hutchinson_traces(obj, seed=seed, probes=1)
-        for e in est:
-            assert e.probes == 1 and e.se == e.probe_se > 0 and e.sample_se == 0
+            check(e)
         return est
 
     ratios = _sd_over_median_se(estimate)
