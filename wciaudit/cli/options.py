@@ -90,7 +90,7 @@ DistributedOpt = Annotated[
     bool,
     typer.Option(
         "--distributed",
-        help="Run as one process of a torchrun group (NCCL on GPUs, gloo on CPU): each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs.",
+        help="Run as one process of a torchrun group: each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs. --device picks the device (cuda: cuda:LOCAL_RANK, or cuda:0 where a process sees one device; cpu: gloo on the CPU even on a GPU host).",
     ),
 ]
 FailOnMaskingOpt = Annotated[

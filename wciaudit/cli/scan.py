@@ -71,8 +71,9 @@ def scan(
     set_threads(threads)
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
     check_output_folders(target, html, csv_path)
-    shard = shard_from_env() if distributed else Shard()
+    shard = shard_from_env(settings.config.device) if distributed else Shard()
     kept: list[AuditResult] = []
+    failed = True
     try:
         with progress_bars(not quiet and shard.is_main) as progress:
             result = run_scan(
@@ -85,12 +86,13 @@ def scan(
                 on_stage=lambda _stage, partial: kept.append(partial),
                 shard=shard,
             )
+        failed = False
     except BaseException:
         if shard.is_main and kept:
             keep_finished_stages(kept[-1], target, stop.signum, skipped=html or csv_path)
         raise
     finally:
-        leave(shard)
+        leave(shard, failed=failed)
     result.gate = gates.apply(result)
     if fail_on_masking:
         fail_if_masking(result)
