@@ -3,7 +3,7 @@
 ``layer_traces`` measures Tr(H_kk) for every layer k, on the route
 :func:`.route.choose_routes` picks by expected cost:
 - ``exact-ggn`` (:mod:`.ggn`) where the residual of the Gauss-Newton split is zero on
-  the data (checked per layer) and C + 1 backward passes are the cheapest;
+  the data (checked per layer) and C backward passes are the cheapest;
 - ``mc-ggn`` (:mod:`.mc_ggn`) where the residual is zero and sampled labels are cheaper
   (many classes);
 - ``hutchinson`` (:mod:`.hutchinson`) elsewhere, with block-restricted probes.

@@ -11,8 +11,11 @@ BatchNorm; no GELU/SiLU/softmax attention/LayerNorm after W_k, and no path throu
 two uses of W_k in series), d^2 z / dW_k^2 = 0 almost everywhere, so R_kk = 0 and
 
     Tr(H_kk) = (1/N) sum_i [ sum_c p_ic ||J_ic||^2 - ||p_i^T J_i||^2 ]
+             = (1/N) sum_i sum_c p_ic ||J_i^T (e_c - p_i)||^2
 
-exactly (SPEC: exact route). The per-example Jacobians come from
+exactly (SPEC: exact route). The second form is what is computed: its terms are
+non-negative, where the first subtracts two sums that nearly cancel in float32 when
+p_i is nearly one-hot. The per-example Jacobians come from
 ``vmap(jacrev(...))`` over examples, in chunks sized to a memory budget.
 
 Whether R_kk vanishes is not guessed from module types (a custom forward may call
@@ -106,8 +109,8 @@ def ggn_traces(
     """Exact Tr(GGN_kk) per layer; equal to Tr(H_kk) where :func:`residual_vanishes` holds.
 
     A weight used only by Linear and zero-padded Conv2d modules (one or several, each
-    called any number of times) takes the fast route: C + 1 batched backward passes
-    per batch (one per class, one for p^T z); every use's input and output gradient is
+    called any number of times) takes the fast route: C batched backward passes per
+    batch, one per class c with the cotangent e_c - p; every use's input and output gradient is
     recorded, and the uses are summed per example before squaring, so tied weights get
     ||sum_u dz/dW_u||^2, not sum_u ||dz/dW_u||^2 (:func:`per_example_sq_norms`). A weight
     used any other way (a functional call, a transpose, another module type) takes
@@ -317,36 +320,36 @@ def _ggn_by_backward(
     handles = [m.register_forward_hook(forward_hook) for m in modules.values()]
     try:
         for xb, _ in objective.batches():
-            for n in names:
-                calls[n].clear()
-            stops.clear()
             xb = xb.detach().requires_grad_(True)
             z = objective.logits(weights, xb)
             p = torch.softmax(z.detach(), dim=1)
             per_example = {
                 n: torch.zeros(z.shape[0], dtype=torch.float64, device=z.device) for n in names
             }
-            for c in range(p.shape[1] + 1):
-                cot = (
-                    p
-                    if c == p.shape[1]
-                    else F.one_hot(torch.full((z.shape[0],), c, device=z.device), p.shape[1]).to(
-                        z.dtype
-                    )
-                )
+            for c in range(p.shape[1]):
+                # cotangent e_c - p: sum_c p_c ||J^T (e_c - p)||^2 equals
+                # sum_c p_c ||J_c||^2 - ||p^T J||^2 without the difference of two large
+                # sums, which cancels in float32 when p is nearly one-hot
+                cot = -p
+                cot[:, c] += 1
                 for n in names:
                     for call in calls[n]:
                         call["d"] = None
                 output_gradients(z, cot, stops, xb)
                 for n in names:
                     sq = _tied_sq_norms(calls[n])
-                    if sq is None:
-                        continue
-                    per_example[n] += (-sq if c == p.shape[1] else p[:, c] * sq).double()
+                    if sq is not None:
+                        per_example[n] += (p[:, c] * sq).double()
             for n in names:
                 sums.add(n, per_example[n])
             if progress is not None:
                 progress(xb.shape[0])
+            # free this batch's graph (held by the logits and the layers' inputs)
+            # before the next is built: one graph at a time
+            for n in names:
+                calls[n].clear()
+            stops.clear()
+            del z, cot, xb
     finally:
         for h in handles:
             h.remove()
@@ -455,9 +458,10 @@ def _ggn_by_jacobians(
                 jac = jac_fn(weights, xc)
             for n in names:
                 j = jac[n].flatten(2)  # (n, C, numel)
-                sq = (p * j.pow(2).sum(-1)).sum(-1)
                 pj = torch.einsum("nc,ncp->np", p, j)
-                sums.add(n, sq - pj.pow(2).sum(-1))
+                # sum_c p_c ||J_c - p^T J||^2: non-negative terms, no float32 cancellation
+                # (in place: the Jacobian chunk is not used again)
+                sums.add(n, (p * j.sub_(pj.unsqueeze(1)).pow(2).sum(-1)).sum(-1))
             del jac
             if progress is not None:
                 progress(xc.shape[0])

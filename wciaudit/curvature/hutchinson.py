@@ -447,6 +447,8 @@ def _group_graphs(
             loss = objective.loss(weights, xb, yb)
             grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True)
             yield g, dict(zip(names, grads, strict=True))
+            # this batch's graph goes before the next is built: one graph at a time
+            del loss, grads
 
 
 @dataclass(frozen=True)
@@ -564,6 +566,7 @@ class _Tapped:
                         sums[n][:, c : c + p.shape[0]] += values.t()
                         if progress is not None:
                             progress(p.shape[0] * groups)
+                del grads  # free this batch's graph before the next is built
 
     def _graphs(self, chunk: list[str]) -> tuple[GroupTaps, Iterable[dict[str, torch.Tensor]]]:
         if self.cached is not None:

@@ -12,7 +12,7 @@ the Hessian of the cross-entropy in the logits. So with g_ic = grad_{W_k} CE(f(x
 
 (Martens 2014, "New insights and perspectives on the natural gradient method"; the
 sampled-label Fisher of Kunstner, Hennig, Balles 2019). k labels per example cost k
-backward passes per batch whatever the number of classes C is, against C + 1 for the
+backward passes per batch whatever the number of classes C is, against C for the
 exact route (:mod:`.ggn`); the mean of the k squared norms is unbiased for Tr(GGN_kk),
 which is Tr(H_kk) where the residual vanishes (:func:`.ggn.residual_vanishes`).
 
