@@ -50,6 +50,7 @@ from functools import partial
 
 import torch
 
+from ..retry import is_out_of_memory
 from .estimate import TraceEstimate
 from .ggn import weight_modules
 from .groups import GROUPS, group_count, probe_groups
@@ -130,7 +131,9 @@ class _BatchedHvp:
                 retain_graph=True,
                 allow_unused=True,
             )
-        except RuntimeError:
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                raise  # the batch-size retry's to handle, not a missing batching rule
             # an op without a vmap batching rule: one product per probe from now on
             self.batched_ok = False
             return None
