@@ -17,8 +17,9 @@ from torch import nn
 from .checkpoints import LoadedCheckpoint
 from .config import ScanConfig
 from .data import SAMPLE_NAMES, Splits, class_count_note, fit_to_model, load_data, to_channels_first
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .model import eval_mode
+from .retry import is_out_of_memory
 
 __all__ = ["DATA_FORMS", "choose_data", "check_model_accepts"]
 
@@ -139,6 +140,11 @@ def check_model_accepts(
             out = net(x[:2].to(device, dtype))
     except Exception as exc:  # a user model may raise anything on a wrong shape
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if is_out_of_memory(exc):  # the inputs are fine; the device is full
+            raise ConfigError(
+                f"out of memory on {device} for a forward pass of 2 examples ({msg}); free "
+                "memory on the device or use --device cpu"
+            ) from None
         raise DataError(
             f"the model does not accept inputs of shape {list(x.shape[1:])}: {msg}"
         ) from None
