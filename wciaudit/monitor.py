@@ -55,7 +55,7 @@ from .attacks.pgd import perturb
 from .config import ScanConfig
 from .curvature import layer_traces
 from .errors import ConfigError
-from .model import eval_mode, weight_layers
+from .model import eval_mode, no_tf32, weight_layers
 from .result import write_atomic
 
 __all__ = ["WCIMonitor", "WCIRecord", "WCILRAdjuster"]
@@ -192,6 +192,7 @@ class WCIMonitor:
             return None
         return self.measure(self._calls - 1 if step is None else step)
 
+    @no_tf32()
     def measure(self, step: int | None = None) -> WCIRecord:
         """Measure now, whatever the count; see the class docstring for what is preserved."""
         t0 = time.perf_counter()

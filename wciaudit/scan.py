@@ -44,7 +44,15 @@ from .data_choice import check_model_accepts, choose_data
 from .distributed import Shard
 from .errors import CheckpointError, ConfigError
 from .metrics import accuracy, per_example, robust_gap, split_figures
-from .model import AuditedModel, eval_mode, no_tf32, other_parameters, resolve_device, weight_layers
+from .model import (
+    AuditedModel,
+    deterministic_kernels,
+    eval_mode,
+    no_tf32,
+    other_parameters,
+    resolve_device,
+    weight_layers,
+)
 from .result import (
     AttackInfo,
     AuditResult,
@@ -178,7 +186,7 @@ def _measure(
     """attack -> robust figures -> Hessian subset -> curvature, filling ``result``."""
     net = AuditedModel(loaded.model, loaded.info.mean, loaded.info.std)
     net = net.to(device=run.device, dtype=run.dtype)
-    with eval_mode(net), no_tf32():
+    with eval_mode(net), no_tf32(), deterministic_kernels(run.device) as nondeterministic:
         class_note = check_model_accepts(net, splits, run.device, run.dtype)
         if class_note:
             run.notes.append(class_note)
@@ -192,6 +200,10 @@ def _measure(
         with stages.stage("curvature"):
             loss_attack = next(iter(outcomes.values())).loss_attack
             measure_curvature(run, net, splits, adv, result, loss_attack)
+    if nondeterministic:
+        run.notes.append(
+            "not bit-for-bit repeatable on this device: " + "; ".join(nondeterministic)
+        )
 
 
 def _attack_shard(

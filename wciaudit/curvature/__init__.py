@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..bounds import wci_term_se, wci_terms, weight_curvature_index
+from ..model import no_tf32
 from .estimate import TraceEstimate, mean_and_se
 from .ggn import ggn_traces, hookable, residual_vanishes
 from .groups import group_count
@@ -110,7 +111,8 @@ def layer_traces(
     options = replace(options, weight_norms=weight_norms if target == "wci" else None)
     # fused attention kernels (flash / memory-efficient SDPA) have no double backward;
     # the math kernel computes the same attention and differentiates twice
-    with sdpa_kernel([SDPBackend.MATH]):
+    # and TF32 off: cuDNN's default convolutions round to ~1e-3 (:func:`..model.no_tf32`)
+    with sdpa_kernel([SDPBackend.MATH]), no_tf32():
         return _layer_traces(model, x, y, list(names), options)
 
 

@@ -33,6 +33,7 @@ import math
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..model import no_tf32
 from .estimate import TraceEstimate, mean_and_se
 from .hutchinson import rademacher
 from .objective import Objective
@@ -64,7 +65,8 @@ def hutchpp_traces(
     """
     # fused attention kernels (flash / memory-efficient SDPA) have no double backward;
     # the math kernel computes the same attention and differentiates twice
-    with sdpa_kernel([SDPBackend.MATH]):
+    # TF32 off: cuDNN's default convolutions round to ~1e-3 (:func:`..model.no_tf32`)
+    with sdpa_kernel([SDPBackend.MATH]), no_tf32():
         return _hutchpp_traces(objective, names, sketch, tol, min_probes, max_probes, seed)
 
 
