@@ -46,6 +46,7 @@ from torch.overrides import TorchFunctionMode
 
 from .estimate import TraceEstimate
 from .groups import GROUPS, group_count, probe_groups
+from .memory import chunk_examples
 from .objective import Objective
 
 Progress = Callable[[int], None]
@@ -447,11 +448,12 @@ def _ggn_by_jacobians(
         return functional_call(model, w, (xi.unsqueeze(0),)).squeeze(0)
 
     jac_fn = vmap(jacrev(logits_one), in_dims=(None, 0))
+    chunk: int | None = None
     for xb, _ in objective.batches():
         with torch.no_grad():
             p_all = torch.softmax(objective.logits(weights, xb), dim=1)
-        bytes_per_example = p_all.shape[1] * per_example_numbers * xb.element_size()
-        chunk = max(1, int(memory_bytes // max(bytes_per_example, 1)))
+        if chunk is None:  # sized once: C is known from the first batch's logits
+            chunk = chunk_examples(objective, p_all.shape[1], per_example_numbers, memory_bytes)
         for c in range(0, xb.shape[0], chunk):
             xc, p = xb[c : c + chunk], p_all[c : c + chunk]
             with torch.no_grad():  # jacrev differentiates inside; no outer graph needed

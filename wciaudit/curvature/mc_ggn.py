@@ -54,6 +54,7 @@ from torch.func import functional_call, grad, vmap
 from .estimate import TraceEstimate
 from .ggn import hookable, output_gradients, per_example_sq_norms
 from .groups import GROUPS, group_count, probe_groups
+from .memory import chunk_examples
 from .objective import Objective
 
 Progress = Callable[[int], None]
@@ -240,11 +241,8 @@ def _by_vmap(
 ) -> None:
     model = objective.model
     weights = {n: w for n, w in objective.weights(requires_grad=False).items() if n in names}
-    per_example_bytes = (
-        sum(w.numel() for w in weights.values())
-        * torch.empty((), dtype=objective.dtype).element_size()
-    )
-    chunk = max(1, int(memory_bytes // max(per_example_bytes, 1)))
+    numel = sum(w.numel() for w in weights.values())
+    chunk = chunk_examples(objective, 1, numel, memory_bytes)
 
     def ce_one(w: dict[str, torch.Tensor], xi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
         z = functional_call(model, w, (xi.unsqueeze(0),))
