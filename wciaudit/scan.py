@@ -303,8 +303,14 @@ def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any] | None
     x, y = _split(splits, "test" if splits.has_test else "train")
     # Square at 100 queries: a sanity check (a black-box attack this short must not
     # beat the white-box one), not AutoAttack's 5000, which cost seconds per example
-    report = masking_checks(
-        net, x, y, run.cfg, run.device, n=run.cfg.masking_samples, square_queries=100
+    # the checks attack their n examples in one batch: after an out-of-memory error they
+    # run again on half as many (a smaller stratified subset), and the report says so
+    report, _n = run_with_batch_retry(
+        lambda n: masking_checks(net, x, y, run.cfg, run.device, n=n, square_queries=100),
+        run.cfg.masking_samples,
+        on_retry=lambda failed, smaller, message: run.notes.append(
+            f"masking checks: out of memory on {failed} examples; ran on {smaller} ({message})"
+        ),
     )
     if report.flagged:
         failed = [c.name for c in report.checks if not c.passed]
