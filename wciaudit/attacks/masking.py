@@ -7,8 +7,10 @@ On a stratified seeded subset (64 examples by default), with the scan's eps and 
     more often than the reverse.
 (b) ``fgsm-vs-pgd``: FGSM must not break examples that white-box PGD (K and 4K, any
     run) leaves robust more often than the reverse.
-(c) ``square-vs-whitebox``: the black-box Square attack likewise (skipped where Square
-    is not available).
+(c) ``square-vs-whitebox``: the black-box Square attack likewise (skipped, with the
+    reason, where Square cannot attack the inputs' shape: see
+    :func:`~wciaudit.attacks.square.square_skip_reason`; signals and vectors under
+    L-inf are attacked with one-dimensional windows).
 (d) ``large-eps``: PGD from x (no random start, which alone could break a masked model
     by chance) at eps = half the data range (L-inf; L2: half the range times sqrt(d))
     must bring accuracy down to chance, 1/C, or below.
@@ -37,7 +39,7 @@ from ..config import Attack, Norm, ScanConfig
 from ..data import stratified_subset
 from .pgd import _descend, pgd_attack
 from .seeding import mix
-from .square import square_attack
+from .square import square_attack, square_skip_reason
 
 
 @dataclass
@@ -226,6 +228,10 @@ def _square_check(
     queries: int,
     stream: int,
 ) -> MaskingCheck:
+    reason = square_skip_reason(tuple(xs.shape), cfg.norm.value)
+    if reason is not None:
+        # a check that cannot run on these inputs is skipped, never fails the scan
+        return MaskingCheck("square-vs-whitebox", None, f"skipped: {reason}")
     x_sq = square_attack(
         model,
         xs,
