@@ -167,6 +167,8 @@ class AttackInfo:
     # it is another one (AutoAttack's APGD-CE stage, or the PGD that gave the loss)
     robust_acc: dict[str, dict[str, float | None]] = field(default_factory=dict)
     masking: dict[str, Any] | None = None
+    # stages of the chosen attack that could not run on the inputs' shape: {stage: reason}
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,6 +190,11 @@ class Timings:
     # when the scan started (UTC, ISO 8601); kept with the timings so that two runs
     # with the same seed differ in this block alone
     started_at: str = ""
+    # seconds of the parts of the stages a default scan spends its time on (attack,
+    # masking, traces, attack_spread, spread_remeasure; wciaudit.scan_stages.PARTS), and
+    # each part's fraction of total_s, with "other" for the rest (load, data, evaluate)
+    parts_s: dict[str, float] = field(default_factory=dict)
+    shares: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

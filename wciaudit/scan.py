@@ -17,6 +17,7 @@ import math
 import os
 import platform
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -59,6 +60,7 @@ from .result import (
 from .retry import run_with_batch_retry
 from .scan_curvature import measure_curvature
 from .scan_stages import StageCallback, Stages
+from .threads import api_thread_policy, torch_threads
 
 #: progress(stage, advance, total): stage is "attack-train", "attack-test" or "curvature";
 #: total is None where it is not known in advance (Hutchinson probes).
@@ -76,7 +78,7 @@ def scan(
     num_classes: int | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
-    input_size: tuple[int, int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     weights_only: bool = False,
     progress: ProgressCallback | None = None,
     on_stage: StageCallback | None = None,
@@ -113,15 +115,31 @@ def scan(
     Raises:
         CheckpointError, DataError, ConfigError: with a one-line message.
     """
-    stages = Stages(on_stage)
     cfg, unset = config_from_settings(config, settings)
     options = _load_options(
         options, arch, arch_args, num_classes, mean, std, input_size, weights_only
     )
+    with torch_threads(cfg.threads):
+        return _scan(checkpoint, data, cfg, unset, options, progress, on_stage, shard)
+
+
+def _scan(
+    checkpoint: Any,
+    data: Any,
+    cfg: ScanConfig,
+    unset: frozenset[str],
+    options: LoadOptions,
+    progress: ProgressCallback | None,
+    on_stage: StageCallback | None,
+    shard: Shard | None,
+) -> AuditResult:
+    """:func:`scan` with its settings parsed, on the threads ``cfg.threads`` asks for."""
+    stages = Stages(on_stage)
     with stages.stage("load"):
         loaded = _load(checkpoint, options)
     cfg, threat_sources = _threat_model(cfg, unset, loaded)
     run = _Run.create(cfg, shard or Shard(), progress)
+    run.part = stages.part
     stages.finish = partial(_finish, run=run)
     with stages.stage("data"):
         splits, result = _data(data, loaded, options, run, threat_sources, stages)
@@ -147,6 +165,8 @@ class _Run:
     batches: _BatchSize
     notes: list[str]
     progress: ProgressCallback | None
+    #: times a part of a stage (``Stages.part``): ``with run.part("traces"): ...``
+    part: Callable[[str], AbstractContextManager[None]] = lambda _name: nullcontext()
 
     @classmethod
     def create(cls, cfg: ScanConfig, shard: Shard, progress: ProgressCallback | None) -> _Run:
@@ -183,9 +203,11 @@ def _measure(
         if class_note:
             run.notes.append(class_note)
         with stages.stage("attack"):
-            outcomes = _attack(run, net, splits)
+            with run.part("attack"):
+                outcomes = _attack(run, net, splits)
             result.attacks = _attack_info(run, outcomes)
-            result.attacks.masking = _masking(run, net, splits)
+            with run.part("masking"):
+                result.attacks.masking = _masking(run, net, splits)
         with stages.stage("evaluate"):
             result.metrics = _robust_figures(run, net, splits, outcomes)
         adv = {split: outcome.x_loss for split, outcome in outcomes.items()}
@@ -274,12 +296,17 @@ def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
         for attack, correct in by_attack.items():
             acc, se = accuracy(run.shard.gather_cat(correct.double()))
             robust_acc[attack].update({split: acc, f"{split}_se": se})
+    if any_outcome.skipped:
+        ran = ", ".join(s for s in any_outcome.stages if s != "clean")
+        skipped = "; ".join(f"{k} skipped: {v}" for k, v in any_outcome.skipped.items())
+        run.notes.append(f"{any_outcome.attack} ran {ran}; {skipped}")
     return AttackInfo(
         accuracy_from=any_outcome.attack,
         loss_from=any_outcome.loss_attack,
         hessian_points_from=any_outcome.loss_attack,
         broken_by=broken_by,
         robust_acc=robust_acc,
+        skipped=dict(any_outcome.skipped),
     )
 
 
@@ -294,8 +321,11 @@ def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any] | None
     report = masking_checks(
         net, x, y, run.cfg, run.device, n=run.cfg.masking_samples, square_queries=100
     )
+    for check in report.checks:
+        if check.passed is None:
+            run.notes.append(f"gradient-masking check {check.name} {check.detail}")
     if report.flagged:
-        failed = [c.name for c in report.checks if not c.passed]
+        failed = [c.name for c in report.checks if c.passed is False]
         run.notes.append(
             "possible gradient masking: " + ", ".join(failed) + " (see attacks.masking)"
         )
@@ -375,6 +405,7 @@ def _new_result(loaded: LoadedCheckpoint, run: _Run, threat_sources: dict[str, s
         notes=run.notes,
     )
     result.config["device"] = str(run.device)
+    result.config["thread_policy"] = api_thread_policy(run.cfg.threads)
     result.config["processes"] = run.shard.world
     result.config["threat_model_source"] = threat_sources
     result.config["preprocessing_source"] = dict(loaded.sources)

@@ -67,11 +67,14 @@ def measure_curvature(
         return
     names = [f"model.{layer.name}" for layer in result.layers]
     norms = [layer.frob_norm for layer in result.layers]
-    estimates = _curvature(run, net, names, norms, subset.x, subset)
+    with run.part("traces"):
+        estimates = _curvature(run, net, names, norms, subset.x, subset)
     again = None
     if run.cfg.attack_spread and _random_starts(run.cfg, loss_attack):
-        x_again = _attack_again(run, net, subset, loss_attack)
-        again = _curvature(run, net, names, norms, x_again, subset)
+        with run.part("attack_spread"):
+            x_again = _attack_again(run, net, subset, loss_attack)
+        with run.part("spread_remeasure"):
+            again = _curvature(run, net, names, norms, x_again, subset)
     for layer, est, est2 in zip(result.layers, estimates, again or estimates, strict=True):
         fill_layer(layer, est, est2 if again is not None else None, subset.n / subset.n_population)
     _wci(result, estimates, again, subset, run)

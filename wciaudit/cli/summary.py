@@ -225,6 +225,19 @@ def _print_figures(result: AuditResult, console: Console) -> None:
         console.print(f"time: load {ti.load_s:.1f}s, total {ti.total_s:.1f}s", markup=False)
 
 
+def print_time_shares(result: AuditResult, console: Console) -> None:
+    """``--verbose``: each timed part's share of the scan's wall time (``timings.shares``)."""
+    ti = result.timings
+    if not ti.shares:
+        return
+    words = {"attack_spread": "attack-spread re-attack", "spread_remeasure": "spread re-measure"}
+    parts = ", ".join(
+        f"{words.get(name, name)} {share:.0%} ({ti.parts_s.get(name, ti.total_s * share):.1f}s)"
+        for name, share in ti.shares.items()
+    )
+    console.print(f"time shares of {ti.total_s:.1f}s: {parts}", markup=False)
+
+
 def se_words(result: AuditResult) -> str:
     """What WCI's SE covers, in words; an SE of 0 says why it is 0."""
     covers = result.se_covers.get("wci")

@@ -14,7 +14,8 @@ from ..report import write_track_page
 from ..report.track_page import threat_text
 from ..track import MEASURES, TARGETS, TrackResult
 from .common import check_output_folders, handle_errors, out, progress_bars
-from .options import QuietOpt, ScanSettings, scan_options, with_options
+from .options import QuietOpt, ScanSettings, VerboseOpt, scan_options, with_options
+from .threads import apply_thread_policy
 
 
 @handle_errors
@@ -64,6 +65,7 @@ def track(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
     from ..track import track as run_track  # here: registering the command needs no torch
@@ -73,11 +75,12 @@ def track(
     html_path = html or Path.cwd() / f"{stem}.track.html"
     json_target = json_path or Path.cwd() / f"{stem}.track.json"
     check_output_folders(html_path, json_target)
+    config, _ = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     with progress_bars(not quiet, restart_on="checkpoints") as progress:
         result = run_track(
             run,
             settings.data,
-            config=settings.config,
+            config=config,
             options=settings.options,
             **settings.threat_model,
             cache_dir=cache,
