@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from cli_runner import invoke_in
 
-from tests.cli_runner import invoke_in
 from wciaudit.checkpoints import load_checkpoint
 from wciaudit.config import LoadOptions
 from wciaudit.data import load_data

@@ -406,16 +406,7 @@ def run_attack(
         xb = x[i : i + cfg.batch_size].to(device, dtype)
         yb = y[i : i + cfg.batch_size].to(device)
         part = _attack_batch(
-            model,
-            xb,
-            yb,
-            cfg,
-            attack,
-            loss_attack,
-            index_offset + i,
-            stream,
-            budget,
-            stages[1:],
+            model, xb, yb, cfg, attack, loss_attack, index_offset + i, stream, budget, stages[1:]
         )
         j = i + xb.shape[0]
         x_loss[i:j], x_adv[i:j] = part["x_loss"].cpu(), part["x_adv"].cpu()

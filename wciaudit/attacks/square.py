@@ -324,17 +324,8 @@ def square_attack(
     x_adv = x.clone()
     if eps == 0 or x.shape[0] == 0:
         return x_adv
-    line = x.dim() < 4
-    shape = tuple(x.shape[1:])
-    if line:
-        # a signal (N, C, L) or a vector (N, F) searched as a one-row image (N, C, 1, L)
-        x = x.reshape(x.shape[0], shape[0] if x.dim() == 3 else 1, 1, shape[-1])
-        query = model
-
-        def model(z: torch.Tensor) -> torch.Tensor:
-            return query(z.reshape(z.shape[0], *shape))
-
-    n, c, h, w = x.shape
+    shape, line = tuple(x.shape[1:]), x.dim() < 4
+    model, x = _as_image(model, x) if line else (model, x)
     index = global_indices(x.shape[0], indices, index_offset)
 
     with torch.no_grad():
@@ -342,36 +333,36 @@ def square_attack(
         if todo.numel() == 0:
             return x_adv
         xs, ys, idx = x[todo], y[todo], index[todo.cpu()]
-        if norm is Norm.linf:
-            u0 = _uniform(seed, idx, (0,), (c * w,)).to(x.device)
-            x_best = _linf_start(xs, u0, eps, lo, hi)
-            draws = c + 3
-        else:
-            u0 = _uniform(seed, idx, (0,), (_l2_blocks(h, w), c))
-            x_best = _l2_start(xs, u0, eps, lo, hi)
-            draws = c + 5
+        x_best, draws = _start(xs, idx, norm, eps, lo, hi, seed)
         margin = _margin(model(x_best), ys)
 
-        x_best = _search(
-            model,
-            xs,
-            ys,
-            idx,
-            x_best,
-            margin,
-            draws,
-            norm,
-            eps,
-            lo,
-            hi,
-            n_queries,
-            p_init,
-            seed,
-            line,
-        )
+        search = (draws, norm, eps, lo, hi, n_queries, p_init, seed, line)
+        x_best = _search(model, xs, ys, idx, x_best, margin, *search)
         broken = model(x_best).argmax(1) != ys
         x_adv[todo[broken]] = x_best[broken].reshape(-1, *shape)
     return x_adv
+
+
+def _as_image(model: nn.Module, x: torch.Tensor):
+    """A signal (N, C, L) or a vector (N, F) as a one-row image (N, C, 1, L), and the
+    model that takes such images."""
+    shape = tuple(x.shape[1:])
+
+    def query(z: torch.Tensor) -> torch.Tensor:
+        return model(z.reshape(z.shape[0], *shape))
+
+    return query, x.reshape(x.shape[0], shape[0] if x.dim() == 3 else 1, 1, shape[-1])
+
+
+def _start(xs, idx, norm, eps, lo, hi, seed):
+    """The search's starting points (see the module docstring) and the uniforms each
+    iteration draws per example."""
+    _, c, h, w = xs.shape
+    if norm is Norm.linf:
+        u0 = _uniform(seed, idx, (0,), (c * w,)).to(xs.device)
+        return _linf_start(xs, u0, eps, lo, hi), c + 3
+    u0 = _uniform(seed, idx, (0,), (_l2_blocks(h, w), c))
+    return _l2_start(xs, u0, eps, lo, hi), c + 5
 
 
 def square_skip_reason(shape: tuple[int, ...], norm: str) -> str | None:
