@@ -97,7 +97,10 @@ def scan(
             The threat model is "unset" when ``eps`` / ``norm`` is passed as ``None``,
             or when neither ``config`` nor a keyword gives it: it then comes from the
             checkpoint's metadata (keys ``eps``, ``norm``), else the default (8/255,
-            linf); ``config["threat_model_source"]`` says which.
+            linf); ``config["threat_model_source"]`` says which. ``threads`` (None by
+            default) sets torch's CPU threads for the scan and puts the old value back;
+            left None, torch's setting is used as found (the command line's policy is
+            :mod:`wciaudit.threads`).
         options: the checkpoint-loading options as one :class:`LoadOptions`; or the
             keywords ``arch, arch_args, num_classes, mean, std, input_size,
             weights_only`` (not both).

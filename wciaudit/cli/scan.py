@@ -63,12 +63,13 @@ def scan(
     stop: StopSignals,
 ) -> None:
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
+    # before torch is imported: OpenMP reads its wait policy from the environment then
+    config, policy = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     # here, not at the top: registering the command (``wciaudit gate``, ``--help``) needs no torch
     from ..distributed import Shard, leave, shard_from_env
     from ..scan import checkpoint_stem
     from ..scan import scan as run_scan
 
-    config, policy = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
     check_output_folders(target, html, csv_path)
     shard = shard_from_env() if distributed else Shard()

@@ -68,6 +68,8 @@ def track(
     verbose: VerboseOpt = False,
 ) -> None:
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
+    # before torch is imported: OpenMP reads its wait policy from the environment then
+    config, _ = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     from ..track import track as run_track  # here: registering the command needs no torch
 
     stem = Path(run[0].rstrip("/\\")).name.split("*")[0].rstrip("_-.") or "run"
@@ -75,7 +77,6 @@ def track(
     html_path = html or Path.cwd() / f"{stem}.track.html"
     json_target = json_path or Path.cwd() / f"{stem}.track.json"
     check_output_folders(html_path, json_target)
-    config, _ = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     with progress_bars(not quiet, restart_on="checkpoints") as progress:
         result = run_track(
             run,

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from cli_runner import ROOT, TINY_CNN_SCAN, console_in, invoke_in
+from cli_runner import ROOT, TINY_CNN_SCAN, child_env, console_in, invoke_in
 
 CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
 RUN = ROOT / "sample_models" / "run_digits_cnn"
@@ -72,3 +74,13 @@ def test_track_takes_threads(tmp_path: Path) -> None:
     assert "threads: 1 (--threads 1)" in " ".join(out.split())
     series = json.loads((tmp_path / "run.track.json").read_text())
     assert len(series["checkpoints"]) == 2
+
+
+@pytest.mark.slow
+def test_wait_policy_reaches_openmp_in_a_real_process(tmp_path: Path) -> None:
+    env = {k: v for k, v in child_env().items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    args = [sys.executable, "-m", "wciaudit", "scan", str(CNN), *TINY_CNN_SCAN, "--threads", "2"]
+    done = subprocess.run([*args, "-v"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # set before torch was imported, so OpenMP read it (after, it would say "unset")
+    assert "threads: 2 (--threads 2); OMP_WAIT_POLICY PASSIVE (set by wciaudit)" in done.stdout
