@@ -336,7 +336,10 @@ def test_comparison_view() -> None:
     # lower WCI than the reference is highlighted as better
     assert 'class="n better"' in html
     text = " ".join(html.split())
-    assert "4 of the 5 layer names appear in every result and are compared; 1 appears in only some" in text
+    assert (
+        "4 of the 5 layer names appear in every result and are compared; 1 appears in only some"
+        in text
+    )
     assert "results with 4, 5 layers" in text
 
 
