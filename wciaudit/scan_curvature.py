@@ -266,6 +266,8 @@ def _stop_words(est: TraceEstimate, max_probes: int | None) -> str:
     marked by whether WCI met it), and probes go where they cut WCI's SE most, so a
     layer may stop well below the cap: say how many it had, and the cap."""
     unit = "sampled labels per example" if est.method == "mc-ggn" else "probes"
+    if est.probes == 1:
+        unit = unit.replace("labels", "label").replace("probes", "probe")
     if isinstance(est.probes, int) and max_probes is not None and est.probes >= max_probes:
         return f"WCI's relative SE above tol with this layer at the cap of {max_probes} {unit}"
     cap = f", cap {max_probes}" if max_probes is not None else ""
