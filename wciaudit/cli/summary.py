@@ -15,7 +15,12 @@ from rich.text import Text
 
 from ..formatting import fmt_estimate, format_eps
 from ..result import AuditResult, LayerResult
-from ..sentences import most_layers_nonpositive, normalisation_text, wci_layers_sentence
+from ..sentences import (
+    most_layers_nonpositive,
+    normalisation_text,
+    se_covers_words,
+    wci_layers_sentence,
+)
 
 #: console width from which the layer table has one column per field
 WIDE = 120
@@ -243,7 +248,7 @@ def se_words(result: AuditResult) -> str:
         return "SE: delta method"
     if not covers:
         return "SE 0: exact routes on the whole split, attack spread not measured"
-    return "SE covers " + ", ".join(covers)
+    return "SE covers " + se_covers_words(covers)
 
 
 def normalisation(result: AuditResult) -> str:

@@ -133,8 +133,12 @@ def layers_figure(result: AuditResult) -> dict[str, Any]:
     fig.update_layout(
         **base_layout(height=layer_rows_height(len(layers)), bargap=0.15, showlegend=flagged)
     )
-    fig.update_layout(legend={"x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"})
-    fig.update_layout(margin={"l": 10, "r": 44, "t": 90, "b": 40})
+    # the legend key sits above the panel titles, clear of them and of the toolbar
+    height, top, bottom = layer_rows_height(len(layers)), 90, 40
+    fig.update_layout(
+        legend={"x": 0, "xanchor": "left", "y": 1 + 30 / (height - top - bottom)},
+        margin={"l": 10, "r": 44, "t": top, "b": bottom},
+    )
     for col in (1, 2, 3):
         fig.update_xaxes(
             axis(zeroline=col == 2, rangemode="tozero" if col != 2 else "normal"), row=1, col=col
