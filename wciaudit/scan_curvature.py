@@ -313,9 +313,15 @@ def _wci(
         trace_ses=ses,
     )
     result.wci_se = err.se
-    result.wci_se_method = (
-        "delta method on group shares: probes (independent per layer), Hessian subset "
-        "(two-stage, finite-population factor), attack starts (paired second attack)"
+    parts = {
+        "probes": "probes (independent per layer)",
+        "sampled-labels": "sampled labels (independent per layer)",
+        "hessian-subset": "Hessian subset (two-stage, finite-population factor)",
+        "attack-starts": "attack starts (paired second attack)",
+    }
+    # the sources this SE covers, and only those (the report quotes this beside them)
+    result.wci_se_method = "delta method on group shares: " + (
+        ", ".join(parts.get(c, c) for c in err.covers) or "no source varies"
     )
     result.se_covers["wci"] = list(err.covers)
     result.wci_se_parts = {

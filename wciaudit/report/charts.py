@@ -134,7 +134,7 @@ def layers_figure(result: AuditResult) -> dict[str, Any]:
         **base_layout(height=layer_rows_height(len(layers)), bargap=0.15, showlegend=flagged)
     )
     # the legend key sits above the panel titles, clear of them and of the toolbar
-    height, top, bottom = layer_rows_height(len(layers)), 90, 40
+    height, top, bottom = layer_rows_height(len(layers)), 90 if flagged else 50, 40
     fig.update_layout(
         legend={"x": 0, "xanchor": "left", "y": 1 + 30 / (height - top - bottom)},
         margin={"l": 10, "r": 44, "t": top, "b": bottom},
@@ -144,8 +144,10 @@ def layers_figure(result: AuditResult) -> dict[str, Any]:
             axis(zeroline=col == 2, rangemode="tozero" if col != 2 else "normal"), row=1, col=col
         )
     fig.update_yaxes(layer_axis([la.name for la in layers]), row=1, col=1)
-    fig.update_yaxes(range=[len(layers) - 0.5, -0.5], showgrid=False, row=1, col=2)
-    fig.update_yaxes(range=[len(layers) - 0.5, -0.5], showgrid=False, row=1, col=3)
+    for col in (2, 3):  # no zero line: y = 0 is the first layer's row
+        fig.update_yaxes(
+            range=[len(layers) - 0.5, -0.5], showgrid=False, zeroline=False, row=1, col=col
+        )
     return figure_dict(fig, [svg_text(la.name) for la in layers])
 
 
