@@ -259,6 +259,21 @@ class AuditResult:
         return float(sum(layer.frob_norm**2 for layer in self.layers))
 
     @property
+    def wci_layers(self) -> dict[str, int] | None:
+        """How many layers WCI counts (SPEC: Weight-Curvature Index): ``total`` layers with
+        a measured trace, ``nonpositive`` of them with Tr(H) <= 0 (they add 0), ``counted``
+        the rest; None when no trace was measured (weights only, a stopped scan)."""
+        traces = [layer.trace for layer in self.layers if layer.trace is not None]
+        if not traces:
+            return None
+        nonpositive = sum(1 for t in traces if t <= 0)
+        return {
+            "counted": len(traces) - nonpositive,
+            "total": len(traces),
+            "nonpositive": nonpositive,
+        }
+
+    @property
     def sum_trace(self) -> float | None:
         """Ablation: sum_k Tr(H_k), None when any trace is missing."""
         traces = [layer.trace for layer in self.layers]
@@ -268,7 +283,11 @@ class AuditResult:
 
     # -- JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = json_safe(asdict(self))
+        d = {}
+        for key, value in json_safe(asdict(self)).items():
+            d[key] = value
+            if key == "wci_se":  # derived from the layers (and read back from them)
+                d["wci_layers"] = self.wci_layers
         for layer in d["layers"]:  # one type per key: a count, 0 for an exact route
             if layer.get("probes") == "exact":
                 layer["probes"] = 0
