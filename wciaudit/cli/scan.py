@@ -22,7 +22,6 @@ from .gating import GateSetup, report_gates
 from .options import (
     CsvOpt,
     DistributedOpt,
-    FailOnMaskingOpt,
     HtmlOpt,
     JsonOpt,
     PlotlyMode,
@@ -57,7 +56,6 @@ def scan(
     csv_path: CsvOpt = None,
     gates: GateSetup,
     distributed: DistributedOpt = False,
-    fail_on_masking: FailOnMaskingOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     stop: StopSignals,
@@ -92,8 +90,6 @@ def scan(
     finally:
         leave(shard)
     result.gate = gates.apply(result)
-    if fail_on_masking:
-        fail_if_masking(result)
     if not shard.is_main:
         # every process holds the same figures, so the same gate verdict and exit code
         if not result.gate.passed:
@@ -159,13 +155,3 @@ def set_threads(threads: int | None) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if cores and torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
-
-
-def fail_if_masking(result: AuditResult) -> None:
-    """--fail-on-masking: a failed gradient-masking check fails the gate."""
-    masking = result.attacks.masking
-    if not masking or not masking.get("flagged"):
-        return
-    failed = [c["name"] for c in masking.get("checks", []) if not c.get("passed")]
-    result.gate.passed = False
-    result.gate.failures.append("gradient masking suspected: " + ", ".join(failed))
