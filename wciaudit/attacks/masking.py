@@ -290,9 +290,8 @@ def stochastic_output_check(
     gpus = []
     if device.type == "cuda":
         gpus = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=gpus):
-        with torch.no_grad():
-            first, second = model(xs), model(xs)
+    with torch.random.fork_rng(devices=gpus), torch.no_grad():
+        first, second = model(xs), model(xs)
     max_diff = float((first - second).abs().max()) if first.numel() else 0.0
     scale = max(1.0, float(first.abs().max())) if first.numel() else 1.0
     tol = 64 * torch.finfo(first.dtype).eps * scale
