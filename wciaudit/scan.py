@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from . import bounds
-from .attacks import AttackOutcome, masking_checks, run_attack
+from .attacks import AttackOutcome, MaskingReport, masking_checks, run_attack
 from .attacks.autoattack import broken_counts
+from .attacks.masking import stochastic_output_check
 from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
 from .checkpoints.precedence import FLAG
 from .config import (
@@ -313,22 +314,27 @@ def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
     )
 
 
-def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any] | None:
+def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any]:
     """The gradient-masking checks on a stratified subset of the test split (train
-    without one); None when switched off."""
-    if run.cfg.masking_samples == 0:
-        return None
+    without one); the check for random output runs even when the others are off."""
     x, y = _split(splits, "test" if splits.has_test else "train")
-    # Square at 100 queries: a sanity check (a black-box attack this short must not
-    # beat the white-box one), not AutoAttack's 5000, which cost seconds per example
-    report = masking_checks(
-        net, x, y, run.cfg, run.device, n=run.cfg.masking_samples, square_queries=100
-    )
+    stochastic = stochastic_output_check(net, x, run.device)
+    if run.cfg.masking_samples == 0:
+        report = MaskingReport([stochastic], 0, 1e-3)  # alpha: masking_checks' default
+    else:
+        # Square at 100 queries: a sanity check (a black-box attack this short must not
+        # beat the white-box one), not AutoAttack's 5000, which cost seconds per example
+        report = masking_checks(
+            net, x, y, run.cfg, run.device, n=run.cfg.masking_samples, square_queries=100
+        )
+        report.checks.insert(0, stochastic)
     for check in report.checks:
         if check.passed is None:
             run.notes.append(f"gradient-masking check {check.name} {check.detail}")
-    if report.flagged:
-        failed = [c.name for c in report.checks if c.passed is False]
+    if not stochastic.passed:
+        run.notes.append(f"random output: {stochastic.detail}")
+    failed = [c.name for c in report.checks if c.passed is False and c is not stochastic]
+    if failed:
         run.notes.append(
             "possible gradient masking: " + ", ".join(failed) + " (see attacks.masking)"
         )

@@ -97,8 +97,8 @@ FailOnMaskingOpt = Annotated[
     bool,
     typer.Option(
         "--fail-on-masking",
-        help="Fail (exit 1) when a gradient-masking check fails.",
-        rich_help_panel="Gates (exit 1 when one fails)",
+        help="Fail when a gradient-masking check (random output among them) failed.",
+        rich_help_panel=GATE_PANEL,
     ),
 ]
 VerboseOpt = Annotated[
@@ -427,6 +427,7 @@ def gate_options(
     max_bound: MaxBoundOpt = None,
     baseline: BaselineOpt = None,
     max_wci_increase: MaxWciIncreaseOpt = None,
+    fail_on_masking: FailOnMaskingOpt = False,
     gate_sigmas: GateSigmasOpt = None,
     config_file: ConfigOpt = None,
     summary_md: SummaryMdOpt = None,
@@ -440,6 +441,7 @@ def gate_options(
     """
     check_output_folders(summary_md)
     flags = dict(locals())
+    flags["fail_on_masking"] = fail_on_masking or None  # absent: the config file decides
     return prepare_gates(flags.pop("config_file"), flags.pop("summary_md"), flags)
 
 

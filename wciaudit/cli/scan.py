@@ -21,7 +21,6 @@ from .gating import GateSetup, report_gates
 from .options import (
     CsvOpt,
     DistributedOpt,
-    FailOnMaskingOpt,
     HtmlOpt,
     JsonOpt,
     PlotlyMode,
@@ -57,7 +56,6 @@ def scan(
     csv_path: CsvOpt = None,
     gates: GateSetup,
     distributed: DistributedOpt = False,
-    fail_on_masking: FailOnMaskingOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     stop: StopSignals,
@@ -94,8 +92,6 @@ def scan(
         leave(shard)
     policy.record(result)
     result.gate = gates.apply(result)
-    if fail_on_masking:
-        fail_if_masking(result)
     if not shard.is_main:
         # every process holds the same figures, so the same gate verdict and exit code
         if not result.gate.passed:
@@ -147,13 +143,3 @@ def write_outputs(
 
         written.append(write_csv([result], csv_path))
     return written
-
-
-def fail_if_masking(result: AuditResult) -> None:
-    """--fail-on-masking: a failed gradient-masking check fails the gate."""
-    masking = result.attacks.masking
-    if not masking or not masking.get("flagged"):
-        return
-    failed = [c["name"] for c in masking.get("checks", []) if not c.get("passed")]
-    result.gate.passed = False
-    result.gate.failures.append("gradient masking suspected: " + ", ".join(failed))
