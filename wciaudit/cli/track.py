@@ -12,7 +12,7 @@ from rich.text import Text
 from ..formatting import break_lines, fmt_estimate, fmt_fixed, fmt_signed, one_line
 from ..report import write_track_page
 from ..report.track_page import threat_text
-from ..track import MEASURES, TARGETS, TrackResult, overfitting_sentence, run_stem
+from ..track import MEASURES, TARGETS, TrackResult, overfitting_sentence
 from .common import EXIT_GATE_FAILED, check_output_folders, err, handle_errors, out, progress_bars
 from .options import QuietOpt, ScanSettings, VerboseOpt, scan_options, with_options
 from .threads import apply_thread_policy
@@ -70,7 +70,9 @@ def track(
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
     # before torch is imported: OpenMP reads its wait policy from the environment then
     config, _ = apply_thread_policy(settings.config, verbose=verbose and not quiet)
-    from ..track import track as run_track  # here: registering the command needs no torch
+    # here: registering the command needs no torch
+    from ..track import run_stem
+    from ..track import track as run_track
 
     stem = run_stem(run)
     html_path = html or Path.cwd() / f"{stem}.track.html"
