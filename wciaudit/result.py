@@ -167,6 +167,8 @@ class AttackInfo:
     # it is another one (AutoAttack's APGD-CE stage, or the PGD that gave the loss)
     robust_acc: dict[str, dict[str, float | None]] = field(default_factory=dict)
     masking: dict[str, Any] | None = None
+    # stages of the chosen attack that could not run on the inputs' shape: {stage: reason}
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,6 +190,11 @@ class Timings:
     # when the scan started (UTC, ISO 8601); kept with the timings so that two runs
     # with the same seed differ in this block alone
     started_at: str = ""
+    # seconds of the parts of the stages a default scan spends its time on (attack,
+    # masking, traces, attack_spread, spread_remeasure; wciaudit.scan_stages.PARTS), and
+    # each part's fraction of total_s, with "other" for the rest (load, data, evaluate)
+    parts_s: dict[str, float] = field(default_factory=dict)
+    shares: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -252,6 +259,21 @@ class AuditResult:
         return float(sum(layer.frob_norm**2 for layer in self.layers))
 
     @property
+    def wci_layers(self) -> dict[str, int] | None:
+        """How many layers WCI counts (SPEC: Weight-Curvature Index): ``total`` layers with
+        a measured trace, ``nonpositive`` of them with Tr(H) <= 0 (they add 0), ``counted``
+        the rest; None when no trace was measured (weights only, a stopped scan)."""
+        traces = [layer.trace for layer in self.layers if layer.trace is not None]
+        if not traces:
+            return None
+        nonpositive = sum(1 for t in traces if t <= 0)
+        return {
+            "counted": len(traces) - nonpositive,
+            "total": len(traces),
+            "nonpositive": nonpositive,
+        }
+
+    @property
     def sum_trace(self) -> float | None:
         """Ablation: sum_k Tr(H_k), None when any trace is missing."""
         traces = [layer.trace for layer in self.layers]
@@ -261,7 +283,11 @@ class AuditResult:
 
     # -- JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = json_safe(asdict(self))
+        d = {}
+        for key, value in json_safe(asdict(self)).items():
+            d[key] = value
+            if key == "wci_se":  # derived from the layers (and read back from them)
+                d["wci_layers"] = self.wci_layers
         for layer in d["layers"]:  # one type per key: a count, 0 for an exact route
             if layer.get("probes") == "exact":
                 layer["probes"] = 0

@@ -67,13 +67,22 @@ def measure_curvature(
         return
     names = [f"model.{layer.name}" for layer in result.layers]
     norms = [layer.frob_norm for layer in result.layers]
-    estimates = _curvature(run, net, names, norms, subset.x, subset)
+    with run.part("traces"):
+        estimates = _curvature(run, net, names, norms, subset.x, subset)
     again = None
     if run.cfg.attack_spread and _random_starts(run.cfg, loss_attack):
-        x_again = _attack_again(run, net, subset, loss_attack)
-        again = _curvature(run, net, names, norms, x_again, subset)
+        with run.part("attack_spread"):
+            x_again = _attack_again(run, net, subset, loss_attack)
+        with run.part("spread_remeasure"):
+            again = _curvature(run, net, names, norms, x_again, subset)
     for layer, est, est2 in zip(result.layers, estimates, again or estimates, strict=True):
-        fill_layer(layer, est, est2 if again is not None else None, subset.n / subset.n_population)
+        fill_layer(
+            layer,
+            est,
+            est2 if again is not None else None,
+            subset.n / subset.n_population,
+            max_probes=run.cfg.max_probes,
+        )
     _wci(result, estimates, again, subset, run)
     if again is None:
         why = (
@@ -215,10 +224,13 @@ def fill_layer(
     est: TraceEstimate,
     again: TraceEstimate | None,
     subset_fraction: float | None = None,
+    *,
+    max_probes: int | None = None,
 ) -> None:
     """Copy one layer's estimate into the result, with the attack-start part of its SE
     from the paired second run (``again``), and flag what the reader must know.
-    ``subset_fraction`` is f = n / N (None: the subset is the whole split, f = 1)."""
+    ``subset_fraction`` is f = n / N (None: the subset is the whole split, f = 1);
+    ``max_probes`` the probe cap, named in the flag of a layer that did not converge."""
     attack_var = (
         attack_variance([1.0], [est.group_shares], [again.group_shares])
         if _paired(est, again)
@@ -248,8 +260,21 @@ def fill_layer(
     if est.stop_reason == "subset":
         flags.append("not converged: the Hessian subset's part of the SE alone is above tol")
     elif not est.converged:
-        flags.append(f"not converged: relative SE above tol at the {est.probes}-probe cap")
+        flags.append(f"not converged: {_stop_words(est, max_probes)}")
     layer.flag = "; ".join(flags) or None
+
+
+def _stop_words(est: TraceEstimate, max_probes: int | None) -> str:
+    """Why a layer is not converged. The scan's tolerance is on WCI (each layer is
+    marked by whether WCI met it), and probes go where they cut WCI's SE most, so a
+    layer may stop well below the cap: say how many it had, and the cap."""
+    unit = "sampled labels per example" if est.method == "mc-ggn" else "probes"
+    if est.probes == 1:
+        unit = unit.replace("labels", "label").replace("probes", "probe")
+    if isinstance(est.probes, int) and max_probes is not None and est.probes >= max_probes:
+        return f"WCI's relative SE above tol with this layer at the cap of {max_probes} {unit}"
+    cap = f", cap {max_probes}" if max_probes is not None else ""
+    return f"WCI's relative SE above tol when probing stopped ({est.probes} {unit} here{cap})"
 
 
 def _wci(
@@ -291,9 +316,15 @@ def _wci(
         trace_ses=ses,
     )
     result.wci_se = err.se
-    result.wci_se_method = (
-        "delta method on group shares: probes (independent per layer), Hessian subset "
-        "(two-stage, finite-population factor), attack starts (paired second attack)"
+    parts = {
+        "probes": "probes (independent per layer)",
+        "sampled-labels": "sampled labels (independent per layer)",
+        "hessian-subset": "Hessian subset (two-stage, finite-population factor)",
+        "attack-starts": "attack starts (paired second attack)",
+    }
+    # the sources this SE covers, and only those (the report quotes this beside them)
+    result.wci_se_method = "delta method on group shares: " + (
+        ", ".join(parts.get(c, c) for c in err.covers) or "no source varies"
     )
     result.se_covers["wci"] = list(err.covers)
     result.wci_se_parts = {

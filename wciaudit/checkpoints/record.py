@@ -66,7 +66,7 @@ class CheckpointRecord:
     num_classes: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    input_size: tuple[int, int, int] | None = None
+    input_size: tuple[int, ...] | None = None
     eps: str | None = None
     norm: str | None = None
     dataset_hint: str | None = None
@@ -105,12 +105,13 @@ def parse_metadata(meta: Mapping[str, str], where: str) -> dict[str, Any]:
         size = json_value(meta["input_size"], "input_size", where)
         if (
             not isinstance(size, list)
-            or len(size) != 3
+            or not size
             or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in size)
         ):
             raise CheckpointError(
-                f"metadata key 'input_size' in {where} must be a JSON list [C, H, W] of "
-                "positive integers"
+                f"metadata key 'input_size' in {where} must be a JSON list of positive "
+                "integers, the shape of one input: [C, H, W] for images, [C, L] for signals, "
+                "[F] for vectors"
             )
         fields["input_size"] = tuple(size)
     return fields

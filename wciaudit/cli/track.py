@@ -9,12 +9,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..formatting import fmt_estimate, fmt_fixed, fmt_signed
+from ..formatting import break_lines, fmt_estimate, fmt_fixed, fmt_signed, one_line
 from ..report import write_track_page
 from ..report.track_page import threat_text
-from ..track import MEASURES, TARGETS, TrackResult
-from .common import check_output_folders, handle_errors, out, progress_bars
-from .options import QuietOpt, ScanSettings, scan_options, with_options
+from ..track import MEASURES, TARGETS, TrackResult, overfitting_sentence
+from .common import EXIT_GATE_FAILED, check_output_folders, err, handle_errors, out, progress_bars
+from .options import QuietOpt, ScanSettings, VerboseOpt, scan_options, with_options
+from .threads import apply_thread_policy
 
 
 @handle_errors
@@ -64,12 +65,16 @@ def track(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
-    from ..track import track as run_track  # here: registering the command needs no torch
+    # before torch is imported: OpenMP reads its wait policy from the environment then
+    config, _ = apply_thread_policy(settings.config, verbose=verbose and not quiet)
+    # here: registering the command needs no torch
+    from ..track import run_stem
+    from ..track import track as run_track
 
-    stem = Path(run[0].rstrip("/\\")).name.split("*")[0].rstrip("_-.") or "run"
-    stem = stem.removesuffix(Path(stem).suffix) if Path(run[0]).is_file() else stem
+    stem = run_stem(run)
     html_path = html or Path.cwd() / f"{stem}.track.html"
     json_target = json_path or Path.cwd() / f"{stem}.track.json"
     check_output_folders(html_path, json_target)
@@ -77,7 +82,7 @@ def track(
         result = run_track(
             run,
             settings.data,
-            config=settings.config,
+            config=config,
             options=settings.options,
             **settings.threat_model,
             cache_dir=cache,
@@ -89,36 +94,56 @@ def track(
         _print_summary(result)
         for path in written:
             out.print(f"wrote {path}", markup=False)
+    if result.skipped:
+        for s in result.skipped:
+            err.print(
+                f"wciaudit: skipped {s.path}: {one_line(s.reason)}", markup=False, soft_wrap=True
+            )
+        raise typer.Exit(EXIT_GATE_FAILED)  # the run was written, but not every checkpoint is in it
 
 
-def _print_summary(result: TrackResult) -> None:
-    # at 80 columns (CI logs) the headers stay whole and a long file name wraps; whether a
-    # checkpoint came from the cache is said under its name rather than in a column
+def _checkpoint_table(result: TrackResult, width: int) -> Table:
+    """The checkpoints, one row each. At any width (80 columns in CI logs) a file name
+    breaks only between its parts (``epoch_10.`` / ``safetensors``), never inside one; a
+    suffix every file shares is said once in the title, and "(cache)" goes under the
+    name rather than in a column."""
+    names = [Path(e.path).name for e in result.entries]
+    suffixes = {Path(n).suffix for n in names}
+    common = suffixes.pop() if len(suffixes) == 1 and all(Path(n).stem for n in names) else ""
+    title = f"{len(result.entries)} checkpoint(s), epoch from {result.epoch_source}"
+    headers = ("epoch", "WCI ± SE", "gap_loss", "gap_err", "rob.acc T", "rob.loss T")
+    rows = []
+    for e, name in zip(result.entries, names, strict=True):
+        m = e.result.metrics
+        figures = [
+            fmt_estimate(e.epoch, digits=6),
+            fmt_estimate(e.result.wci, e.result.wci_se or None),
+            *(fmt_fixed(v) for v in (m.gap_loss, m.gap_err, m.robust_acc_test, m.robust_loss_test)),
+        ]
+        rows.append((name.removesuffix(common) if common else name, e.cached, figures))
+    others = sum(max([len(h)] + [len(r[2][i]) for r in rows]) for i, h in enumerate(headers))
+    room = max(10, width - others - (3 * (len(headers) + 1) - 1))
     table = Table(
-        title=f"{len(result.entries)} checkpoint(s), epoch from {result.epoch_source}",
+        title=title + (f"; names without {common}" if common else ""),
         title_justify="left",
         show_edge=False,
     )
-    table.add_column("epoch", justify="right", no_wrap=True)
-    table.add_column("checkpoint", overflow="fold", min_width=10)
-    for name in ("WCI ± SE", "gap_loss", "gap_err", "rob.acc T", "rob.loss T"):
-        table.add_column(name, justify="right", no_wrap=True)
-    for e in result.entries:
-        m = e.result.metrics
-        wci = fmt_estimate(e.result.wci, e.result.wci_se or None)
-        name = Text(Path(e.path).name)
-        if e.cached:
-            name.append(" (cache)", style="dim")
-        table.add_row(
-            fmt_estimate(e.epoch, digits=6),
-            name,
-            wci,
-            fmt_fixed(m.gap_loss),
-            fmt_fixed(m.gap_err),
-            fmt_fixed(m.robust_acc_test),
-            fmt_fixed(m.robust_loss_test),
-        )
-    out.print(table)
+    lines = [break_lines(name, room) for name, _, _ in rows]
+    longest = max((len(piece) for ls in lines for piece in ls), default=10)
+    table.add_column(headers[0], justify="right", no_wrap=True)
+    table.add_column("checkpoint", overflow="fold", min_width=min(room, max(10, longest)))
+    for header in headers[1:]:
+        table.add_column(header, justify="right", no_wrap=True)
+    for (_, cached, figures), name_lines in zip(rows, lines, strict=True):
+        cell = Text("\n".join(name_lines))
+        if cached:
+            cell.append("\n(cache)", style="dim")
+        table.add_row(figures[0], cell, *figures[1:])
+    return table
+
+
+def _print_summary(result: TrackResult) -> None:
+    out.print(_checkpoint_table(result, out.width))
     corr = Table(
         title="Rank correlation with the robust gap (Kendall tau / Spearman rho)",
         title_justify="left",
@@ -138,12 +163,10 @@ def _print_summary(result: TrackResult) -> None:
             )
         corr.add_row(label, *cells)
     out.print(corr)
-    markers = result.markers()
-    best, peak = markers["best_robust_test_loss"], markers["wci_peak"]
-    if best is not None:
-        out.print(
-            f"lowest robust test loss at epoch {best['epoch']:g} ({best['robust_loss_test']:.4g}); robust overfitting after it"
-        )
+    peak = result.markers()["wci_peak"]
+    overfitting = overfitting_sentence(result)
+    if overfitting is not None:
+        out.print(overfitting, markup=False)
     if peak is not None:
         out.print(f"WCI peaks at epoch {peak['epoch']:g} ({peak['wci']:.4g})")
     out.print(f"threat model: {threat_text(result)}", markup=False)

@@ -20,7 +20,7 @@ from typing import Any
 from ..formatting import fmt_num, fmt_signed, format_eps, svg_text
 from ..result import write_atomic
 from ..stats import tau_null_sd
-from ..track.result import MEASURES, TARGETS, TrackResult, figure_of
+from ..track.result import MEASURES, TARGETS, TrackResult, figure_of, overfitting_sentence
 from .charts import PALETTE, axis, base_layout
 from .html import render_page
 
@@ -52,6 +52,7 @@ def render_track(result: TrackResult, title: str | None = None, *, plotly: str =
         markers=markers,
         correlations=_correlation_rows(result),
         verdicts=_verdicts(result),
+        overfitting=overfitting_sentence(result),
         tau_null_sd=tau_null_sd(len(result.entries)),
         settings=_settings_rows(result),
         tool_version=result.tool_version,
