@@ -122,6 +122,7 @@ def scan(
         loaded = _load(checkpoint, options)
     cfg, threat_sources = _threat_model(cfg, unset, loaded)
     run = _Run.create(cfg, shard or Shard(), progress)
+    run.notes.extend(loaded.notes)
     stages.finish = partial(_finish, run=run)
     with stages.stage("data"):
         splits, result = _data(data, loaded, options, run, threat_sources, stages)
