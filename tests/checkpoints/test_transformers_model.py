@@ -186,7 +186,6 @@ def test_without_transformers_the_message_names_the_extra(tmp_path, monkeypatch)
     assert "ViTForImageClassification" in str(err.value)
 
 
-@pytest.mark.slow
 def test_scan_of_a_vit_folder_from_the_command_line(tmp_path):
     from cli_runner import TINY_SCAN, invoke_in
 
