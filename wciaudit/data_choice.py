@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .checkpoints import LoadedCheckpoint
+from .checkpoints.precedence import NONE_TORCHVISION
 from .config import ScanConfig
 from .data import SAMPLE_NAMES, Splits, class_count_note, fit_to_model, load_data, to_channels_first
 from .errors import DataError
@@ -72,6 +73,11 @@ def choose_data(
         notes.append(
             f"inputs normalised inside the model with mean {loaded.info.mean} and std "
             f"{loaded.info.std} (from {source}); eps is in raw input units"
+        )
+    elif loaded.sources.get("mean") == NONE_TORCHVISION:
+        notes.append(
+            "no input normalisation: a torchvision model has none of its own and neither "
+            "--mean/--std nor the checkpoint's metadata gave one"
         )
     if not (splits.has_train or splits.has_test):
         raise DataError("the dataset has neither a train nor a test split")

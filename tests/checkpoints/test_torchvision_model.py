@@ -41,21 +41,53 @@ def test_state_dict_of_two_families(tmp_path, name, suffix):
 
 
 def test_classes_mean_and_std_from_flags_or_metadata(tmp_path):
-    net = _net("resnet18", num_classes=4)
-    path = tmp_path / "r.pth"
+    net = _net("squeezenet1_1", num_classes=4)
+    path = tmp_path / "s.pth"
     torch.save(net.state_dict(), path)
     loaded = load_checkpoint(
-        path, arch="torchvision:resnet18", num_classes=4, mean=[0.5] * 3, std=[0.25] * 3
+        path, arch="torchvision:squeezenet1_1", num_classes=4, mean=[0.5] * 3, std=[0.25] * 3
     )
     assert loaded.sources["num_classes"] == FLAG and loaded.sources["mean"] == FLAG
     assert loaded.info.mean == [0.5] * 3
-    meta = tmp_path / "r.safetensors"
-    metadata = {"arch": "torchvision:resnet18", "num_classes": "4", "mean": "[0.4, 0.4, 0.4]"}
+    meta = tmp_path / "s.safetensors"
+    metadata = {"arch": "torchvision:squeezenet1_1", "num_classes": "4", "mean": "[0.4, 0.4, 0.4]"}
     metadata["std"] = "[0.2, 0.2, 0.2]"
     safetensors.torch.save_file(net.state_dict(), str(meta), metadata=metadata)
     loaded = load_checkpoint(meta)  # the metadata names a registered builder: no --arch
-    assert loaded.info.arch == "torchvision:resnet18" and loaded.info.num_classes == 4
+    assert loaded.info.arch == "torchvision:squeezenet1_1" and loaded.info.num_classes == 4
     assert (loaded.info.mean, loaded.sources["mean"]) == ([0.4] * 3, METADATA)
+
+
+def test_a_scan_says_no_normalisation_was_assumed(tmp_path):
+    from wciaudit import Splits, scan
+
+    torch.save(_net("squeezenet1_1", num_classes=3).state_dict(), tmp_path / "s.pth")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    splits = Splits(
+        name="t",
+        x_train=x,
+        y_train=y,
+        x_test=None,
+        y_test=None,
+        num_classes=3,
+        source="test",
+        n_train_total=6,
+        n_test_total=None,
+    )
+    result = scan(
+        tmp_path / "s.pth",
+        splits,
+        arch="torchvision:squeezenet1_1",
+        arch_args={"num_classes": 3},
+        eps=0.05,
+        steps=1,
+        hessian_samples=6,
+        masking_samples=0,
+        attack_spread=False,
+    )
+    assert result.config["preprocessing_source"]["mean"] == NONE_TORCHVISION
+    assert any(note.startswith("no input normalisation") for note in result.notes)
 
 
 def test_refusals(tmp_path):
