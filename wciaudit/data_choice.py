@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoints import LoadedCheckpoint
+from .checkpoints.precedence import NONE_TORCHVISION
 from .config import ScanConfig
 from .data import (
     SAMPLE_NAMES,
@@ -88,6 +89,11 @@ def choose_data(
         notes.append(
             f"inputs normalised inside the model with mean {loaded.info.mean} and std "
             f"{loaded.info.std} (from {source}); eps is in raw input units"
+        )
+    elif loaded.sources.get("mean") == NONE_TORCHVISION:
+        notes.append(
+            "no input normalisation: a torchvision model has none of its own and neither "
+            "--mean/--std nor the checkpoint's metadata gave one"
         )
     if not (splits.has_train or splits.has_test):
         raise DataError("the dataset has neither a train nor a test split")

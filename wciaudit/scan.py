@@ -152,6 +152,7 @@ def _scan(
     cfg, threat_sources = _threat_model(cfg, unset, loaded)
     run = _Run.create(cfg, shard or Shard(), progress)
     run.part = stages.part
+    run.notes.extend(loaded.notes)
     stages.finish = partial(_finish, run=run)
     with stages.stage("data"):
         splits, result = _data(data, loaded, options, run, threat_sources, stages)

@@ -131,7 +131,7 @@ DataOpt = Annotated[
 ArchOpt = Annotated[
     str | None,
     typer.Option(
-        help="timm model name, or a custom class: models.py:ClassName, package.module:ClassName, or models.py (class from the metadata key 'arch')."
+        help="timm model name, torchvision:<builder> (e.g. torchvision:resnet18), or a custom class: models.py:ClassName, package.module:ClassName, or models.py (class from the metadata key 'arch')."
     ),
 ]
 ArchArgsOpt = Annotated[

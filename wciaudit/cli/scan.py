@@ -43,7 +43,7 @@ def scan(
     checkpoint: Annotated[
         Path,
         typer.Argument(
-            help="A .safetensors file, a timm checkpoint folder (config.json + model.safetensors), or a .pt/.pth/.bin state_dict.",
+            help="A .safetensors file, a timm or transformers checkpoint folder (config.json + model.safetensors), a .pt/.pth/.bin state_dict, or a Lightning .ckpt.",
             show_default=False,
         ),
     ],

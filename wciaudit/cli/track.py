@@ -24,7 +24,7 @@ def track(
     run: Annotated[
         list[str],
         typer.Argument(
-            help="A run folder (its *.safetensors/*.pt/*.pth/*.bin files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.",
+            help="A run folder (its *.safetensors/*.pt/*.pth/*.bin/*.ckpt files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.",
             show_default=False,
         ),
     ],
