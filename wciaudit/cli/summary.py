@@ -207,6 +207,8 @@ def _print_figures(result: AuditResult, console: Console) -> None:
     pb, ti = result.pac_bayes, result.timings
     if has_data(result):
         console.print(f"WCI = {fmt(result.wci, result.wci_se)}  ({se_words(result)})", markup=False)
+    if result.wci_target is not None:
+        console.print(target_words(result.wci_target), markup=False)
     if pb.bound is not None:
         console.print(
             f"PAC-Bayes (second order, c* chosen after seeing the data): bound {pb.bound:.4g} = "
@@ -233,3 +235,13 @@ def se_words(result: AuditResult) -> str:
     if not covers:
         return "SE 0: exact routes on the whole split, attack spread not measured"
     return "SE covers " + ", ".join(covers)
+
+
+def target_words(target: dict) -> str:
+    """One line on the WCI precision target (--tol): met or missed, and why."""
+    rel = target.get("relative_se")
+    got = "n/a" if rel is None else f"{rel:.1%}"
+    state = "met" if target.get("met") else "missed"
+    reason = str(target.get("reason", ""))
+    why = "" if reason == "met" else f": {reason}"
+    return f"--tol {target.get('tol'):g}: {state} (relative SE {got}){why}"
