@@ -54,7 +54,7 @@ def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: i
     torch.manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     net.train()
-    for i in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, x.shape[0], (128,))
         loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()
@@ -270,17 +270,25 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+HEAD = (
+    "| row | seeds | mean WCI | sd | median SE | sd/SE [95 %] | z sd | flip | cover | layer cover |"
+)
+
+
+def table_line(r: dict) -> str:
+    lo, hi = r["interval"]
+    return (
+        f"| {r['row']} | {r['seeds']} | {r['wci']:.2f} | {r['sd']:.3f} | {r['median_se']:.3f} "
+        f"| {r['ratio']:.2f} [{lo:.2f}, {hi:.2f}] | {r['z_sd']:.2f} | {r['flip']:.1%} "
+        f"| {_fmt(r['cover'], '.1%')} | {_fmt(r['layer_cover'], '.1%')} |"
+    )
+
+
 def print_table(rows: list[dict]) -> None:
-    head = "| row | seeds | mean WCI | sd | median SE | sd/SE [95 %] | z sd | flip | cover | layer cover |"
-    print(head)
-    print("|---" * (head.count("|") - 1) + "|")
+    print(HEAD)
+    print("|---" * (HEAD.count("|") - 1) + "|")
     for r in rows:
-        lo, hi = r["interval"]
-        print(
-            f"| {r['row']} | {r['seeds']} | {r['wci']:.2f} | {r['sd']:.3f} | {r['median_se']:.3f} "
-            f"| {r['ratio']:.2f} [{lo:.2f}, {hi:.2f}] | {r['z_sd']:.2f} | {r['flip']:.1%} "
-            f"| {_fmt(r['cover'], '.1%')} | {_fmt(r['layer_cover'], '.1%')} |"
-        )
+        print(table_line(r))
     pooled = [z for r in rows for z in r.get("_z", [])]
     if pooled:
         print(f"pooled z sd over {len(pooled)} scans: {statistics.pstdev(pooled):.2f}")
@@ -301,7 +309,7 @@ def run_row(row: Row, seeds: int, verbose: bool) -> dict:
         print(
             f"  {row.name}: {row.what}; {seeds} seeds in {summary['seconds']:.0f} s; "
             f"layer z sd {_fmt(summary.get('layer_z_sd'))}, "
-            f"layer z mean {_fmt(summary.get('layer_z_mean'))}",
+            f"layer z mean {_fmt(summary.get('layer_z_mean'))}\n  {table_line(summary)}",
             flush=True,
         )
     return summary
