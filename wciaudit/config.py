@@ -138,8 +138,7 @@ class ScanConfig:
         max_probes: probe cap per layer for Hutchinson.
         min_probes: Hutchinson's SE has min_probes - 1 degrees of freedom before the
             stop rule may fire (a probe is one vector per group of the Hessian subset:
-            with 16 groups the first round is 2 probes, and under the WCI target a
-            first look of 1, whose SE is the spread between the groups).
+            with 16 groups the first round is 2 probes, under the WCI target too).
         hessian_samples: number of train examples the Hessian is taken over.
         delta: confidence of the PAC-Bayes confidence term.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.

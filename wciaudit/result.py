@@ -227,6 +227,9 @@ class AuditResult:
     se_covers: dict[str, list[str]] = field(default_factory=dict)
     # the parts of wci_se (in quadrature) by source
     wci_se_parts: dict[str, float] = field(default_factory=dict)
+    # what the WCI precision target (--tol) did: {"tol", "met", "relative_se", "reason"};
+    # None when no WCI was measured
+    wci_target: dict[str, Any] | None = None
     attacks: AttackInfo = field(default_factory=AttackInfo)
     pac_bayes: PacBayes = field(default_factory=PacBayes)
     gate: Gate = field(default_factory=Gate)
@@ -323,6 +326,7 @@ class AuditResult:
                 wci_se_method=str(d.get("wci_se_method", "")),
                 se_covers={str(k): list(v) for k, v in (d.get("se_covers") or {}).items()},
                 wci_se_parts={str(k): float(v) for k, v in (d.get("wci_se_parts") or {}).items()},
+                wci_target=dict(d["wci_target"]) if isinstance(d.get("wci_target"), dict) else None,
                 attacks=_build(AttackInfo, d.get("attacks")),
                 pac_bayes=_build(PacBayes, d.get("pac_bayes")),
                 gate=_build(Gate, d.get("gate")),

@@ -223,6 +223,8 @@ def _print_figures(result: AuditResult, console: Console) -> None:
                 else ""
             )
             console.print(f"{counted}{see}", markup=False)
+    if result.wci_target is not None:
+        console.print(target_words(result.wci_target), markup=False)
     if pb.bound is not None:
         console.print(
             f"PAC-Bayes (second order, c* chosen after seeing the data): bound {pb.bound:.4g} = "
@@ -268,3 +270,13 @@ def normalisation(result: AuditResult) -> str:
     """The input normalisation inside the audited model and where it came from."""
     ck = result.checkpoint
     return normalisation_text(ck.mean, ck.std, result.config.get("preprocessing_source"))
+
+
+def target_words(target: dict) -> str:
+    """One line on the WCI precision target (--tol): met or missed, and why."""
+    rel = target.get("relative_se")
+    got = "n/a" if rel is None else f"{rel:.1%}"
+    state = "met" if target.get("met") else "missed"
+    reason = str(target.get("reason", ""))
+    why = "" if reason == "met" else f": {reason}"
+    return f"--tol {target.get('tol'):g}: {state} (relative SE {got}){why}"

@@ -45,7 +45,7 @@ from torch.func import functional_call, jacrev, vmap
 from torch.overrides import TorchFunctionMode
 
 from .estimate import TraceEstimate
-from .groups import GROUPS, group_count, probe_groups
+from .groups import GROUPS, share_group_count, share_groups
 from .memory import chunk_examples
 from .objective import Objective
 
@@ -122,8 +122,8 @@ def ggn_traces(
     gives the SE of drawing the n examples out of the split's N
     (``objective.n_population``): sqrt(1 - n/N) * sd(t) / sqrt(n), 0 when n = N.
     Each estimate also carries its ``group_shares``: sum_{i in g} t_i / n over the
-    groups of :func:`~wciaudit.curvature.hutchinson.probe_groups` (``groups``, ``seed``),
-    the unit two runs on the same examples are paired by.
+    fine groups of :func:`~wciaudit.curvature.groups.share_groups` (``groups``,
+    ``seed``), the unit two runs on the same examples are paired by.
 
     Returns:
         One :class:`TraceEstimate` per layer (``method="exact-ggn"``), in order.
@@ -131,11 +131,11 @@ def ggn_traces(
     names = list(objective.names if names is None else names)
     uses, why_not = _weight_uses(objective, names)
     fast = [n for n in names if n in uses]
-    assignment = probe_groups(objective.n, groups, seed)
+    assignment = share_groups(objective.n, seed, groups)
     offset = objective.offset()
     sums = _Sums(
         assignment[offset : offset + objective.n_local],
-        group_count(objective.n, groups),
+        share_group_count(objective.n, groups),
         objective.n,
     )
     if fast:

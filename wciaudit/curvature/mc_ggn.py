@@ -53,7 +53,7 @@ from torch.func import functional_call, grad, vmap
 
 from .estimate import TraceEstimate
 from .ggn import hookable, output_gradients, per_example_sq_norms
-from .groups import GROUPS, group_count, probe_groups
+from .groups import share_group_count, share_groups
 from .memory import chunk_examples
 from .objective import Objective
 
@@ -292,10 +292,10 @@ def _estimate(
     v = values.mean(1)
     within = values.var(1, correction=1) / k
     n = objective.n
-    # each group's share of the trace (groups of :mod:`.groups`), to pair two runs
-    groups = group_count(n)
+    # each fine group's share of the trace (:func:`.groups.share_groups`), to pair two runs
+    groups = share_group_count(n)
     offset = objective.offset()
-    group_of = probe_groups(n, GROUPS, seed)[offset : offset + v.shape[0]]
+    group_of = share_groups(n, seed)[offset : offset + v.shape[0]]
     shares = torch.zeros(groups, dtype=torch.float64).index_add_(0, group_of, v.double().cpu() / n)
     sums = objective.reduce(
         torch.cat([torch.stack([v.sum(), v.pow(2).sum(), within.sum()]).double().cpu(), shares])
