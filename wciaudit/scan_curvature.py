@@ -26,7 +26,7 @@ from .data import Splits, stratified_subset
 from .errors import ConfigError
 from .metrics import per_example
 from .result import AuditResult, LayerResult
-from .uncertainty import attack_variance, sensitivities, wci_error
+from .uncertainty import attack_tail_factor, attack_variance, sensitivities, wci_error
 
 if TYPE_CHECKING:
     from .scan import _Run
@@ -303,13 +303,12 @@ def _wci(
     shares = [fold_shares(e.group_shares, groups) for e in estimates]
     sizes = torch.bincount(assignment, minlength=groups).tolist()
     ses = [la.trace_se for la in result.layers]
-    attack_var = None
+    attack_var, attack_tail = None, 1.0
     if again is not None and all(_paired(e, e2) for e, e2 in zip(estimates, again, strict=True)):
-        attack_var = attack_variance(
-            sensitivities(frob, traces, ses),
-            shares,
-            [fold_shares(e.group_shares, groups) for e in again],
-        )
+        slopes = sensitivities(frob, traces, ses)
+        shares_again = [fold_shares(e.group_shares, groups) for e in again]
+        attack_var = attack_variance(slopes, shares, shares_again)
+        attack_tail = attack_tail_factor(slopes, shares, shares_again)
     err = wci_error(
         frob,
         traces,
@@ -319,6 +318,7 @@ def _wci(
         subset.n_population,
         attack_var=attack_var,
         trace_ses=ses,
+        attack_tail=attack_tail,
     )
     result.wci_se = err.se
     parts = {

@@ -378,7 +378,7 @@ def _wci_target(
             break
         if not _reachable(norms, fixed, current, tol, max_probes):
             break  # not even every layer at the cap meets the target: say so, stop
-        extra = _allocate(norms, fixed, current, tol, max_probes)
+        extra = _allocate(norms, fixed, cautious(current), tol, max_probes)
         if not extra:
             break
         for count, group in _by_count(extra).items():
@@ -449,9 +449,12 @@ def _allocate(
 ) -> dict[str, int]:
     wci = _wci(norms, {**fixed, **current})
     budget = (tol * wci) ** 2 - math.fsum(_term_var(norms[n], e) for n, e in fixed.items())
-    # per-probe variance of each open layer's term: a_k^2 Var(Tr_k) n_k
+    # per-probe variance of each open layer's term: a_k^2 Var(Tr_k) n_k, its slope taken
+    # 2 SE above the estimate: at the estimate a trace that came out low near 0 gets a
+    # flat slope and no more probes, so the low estimates of such layers were kept and
+    # the high ones pulled back, and the layer's estimates came out biased low
     a = {
-        n: _term_var(norms[n], e) * e.probes
+        n: _term_var(norms[n], replace(e, trace=e.trace + 2 * e.se)) * e.probes
         for n, e in current.items()
         if e.se > 0 and isinstance(e.probes, int) and e.probes < max_probes
     }
