@@ -132,8 +132,9 @@ def test_load_options_are_frozen_and_normalised() -> None:
         ({"mean": [0.5]}, "both mean and std"),
         ({"mean": [0.5, 0.5], "std": [0.5]}, "one per channel"),
         ({"mean": [0.5], "std": [0.0]}, "std must be positive"),
-        ({"input_size": [8, 8]}, "(C, H, W)"),
-        ({"input_size": [1, 0, 8]}, "(C, H, W)"),
+        ({"input_size": []}, "(F,) for vectors"),  # any rank is a shape, but not none
+        ({"input_size": [1, 0, 8]}, "(C, H, W) for images"),
+        ({"input_size": [1, 40.0]}, "(C, L) for signals"),
         ({"arch": ""}, "arch"),
     ],
 )

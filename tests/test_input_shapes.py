@@ -72,10 +72,12 @@ def _case(tmp_path: Path, kind: str) -> tuple[Path, Path, Path]:
     return models, ckpt, data
 
 
+@pytest.mark.parametrize("known", [True, False], ids=["input-size-known", "unknown"])
 @pytest.mark.parametrize("kind", ["vectors", "signals"])
-def test_npz_loads_vectors_and_signals_as_they_are(tmp_path: Path, kind: str) -> None:
+def test_npz_loads_vectors_and_signals_as_they_are(tmp_path: Path, kind: str, known: bool) -> None:
     _, _, data = _case(tmp_path, kind)
-    splits = load_data(str(data), data_config={"input_size": CASES[kind][1]})
+    config = {"input_size": CASES[kind][1]} if known else None
+    splits = load_data(str(data), data_config=config)
     assert splits.input_shape == list(CASES[kind][1])
     assert tuple(splits.x_train.shape) == (48, *CASES[kind][1])
 
