@@ -1,6 +1,5 @@
 """What ``track`` tells the reader: a skipped checkpoint, the overfitting sentence, the
-default output names, the terminal table at 80 columns, a saved track JSON rendered by
-``wciaudit report``."""
+default output names, a saved track JSON rendered by ``wciaudit report``."""
 
 from __future__ import annotations
 
@@ -11,9 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import TINY_CNN_SCAN, invoke_in
-from rich.console import Console
 
-from wciaudit.cli.track import _checkpoint_table
 from wciaudit.errors import ConfigError
 from wciaudit.result import AuditResult
 from wciaudit.track import TrackEntry, TrackResult, overfitting_sentence, run_stem
@@ -86,25 +83,6 @@ def test_run_stem_of_files_and_of_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_stem(["."]) == tmp_path.name
     assert run_stem(["*.safetensors"]) == tmp_path.name
-
-
-# -- the terminal table at 80 columns ---------------------------------------------------------
-def test_track_table_at_80_columns_breaks_names_only_between_parts():
-    run = _run((1, 1.2, 0.02), (10, 1.25, 0.02))
-    long = _entry(40, "robust_checkpoint_epoch_040.safetensors", 1.3)
-    run.entries.append(long)
-    console = Console(width=80, record=True)
-    console.print(_checkpoint_table(run, 80))
-    text = console.export_text()
-    assert max(len(line) for line in text.splitlines()) <= 80
-    assert "names without .safetensors" in text  # the shared suffix, said once
-    cells = [line.split("│")[1].strip() for line in text.splitlines() if "│" in line]
-    for name in ("epoch_1", "epoch_10"):
-        assert name in cells  # whole, on one line
-    pieces = [c for c in cells if c and not c.startswith("epoch_1")]
-    assert "".join(pieces) == "robust_checkpoint_epoch_040"
-    for piece in pieces[:-1]:
-        assert piece[-1] in "._-", pieces  # every break follows a separator
 
 
 # -- a saved track JSON -----------------------------------------------------------------------
