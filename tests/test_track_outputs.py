@@ -147,3 +147,20 @@ def test_a_run_with_no_readable_checkpoint_exits_2_and_writes_nothing(tmp_path):
     code, _, stderr = invoke_in(tmp_path, args)
     assert code == 2 and "no checkpoint of the run could be scanned" in stderr
     assert not list(tmp_path.glob("*.track.*"))
+
+
+# -- what the page's error bars cover ---------------------------------------------------------
+def test_track_page_says_what_the_wci_error_bars_cover_from_se_covers():
+    from wciaudit.report import render_track
+
+    run = _run((1, 1.5, 0.02), (10, 1.1, 0.02))
+    for e in run.entries:
+        e.result.se_covers = {"wci": ["probes", "hessian-subset"]}
+    text = " ".join(render_track(run).split())
+    assert (
+        "WCI: it covers the Hutchinson probes and the draw of the Hessian subset from the "
+        "train split;" in text
+    )
+    assert "random starts" not in text.split("Error bars:")[1].split("</p>")[0]
+    run.entries[1].result.se_covers = {"wci": ["probes"]}
+    assert "they differ between scans" in render_track(run)
