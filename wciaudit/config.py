@@ -138,8 +138,7 @@ class ScanConfig:
         max_probes: probe cap per layer for Hutchinson.
         min_probes: Hutchinson's SE has min_probes - 1 degrees of freedom before the
             stop rule may fire (a probe is one vector per group of the Hessian subset:
-            with 16 groups the first round is 2 probes, and under the WCI target a
-            first look of 1, whose SE is the spread between the groups).
+            with 16 groups the first round is 2 probes, under the WCI target too).
         hessian_samples: number of train examples the Hessian is taken over.
         delta: confidence of the PAC-Bayes confidence term.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -153,6 +152,10 @@ class ScanConfig:
         masking_samples: test examples the gradient-masking checks run on (0: off).
         attack_spread: re-attack the Hessian subset with a second seed and add the
             traces' spread over the attack's random starts to their SE.
+        threads: torch's CPU threads during the scan, put back afterwards; None leaves
+            torch's setting as it is (the command line chooses a number by the policy
+            of :mod:`wciaudit.threads`). Not part of a result's identity: the track
+            cache ignores it.
 
     ``eps`` and ``norm`` here are always set: :func:`wciaudit.scan` resolves an unset
     threat model (``eps=None`` / ``norm=None``) from the checkpoint's metadata before it
@@ -184,6 +187,7 @@ class ScanConfig:
     layer_tol: float | None = None
     k_labels: int = 2
     attack_spread: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", parse_eps(self.eps))
@@ -211,6 +215,8 @@ class ScanConfig:
         _check_int("memory_bytes", self.memory_bytes, 1, 2**60)
         _check_int("masking_samples", self.masking_samples, 0, 1_000_000_000)
         _check_int("k_labels", self.k_labels, 2, 1_000_000)
+        if self.threads is not None:
+            _check_int("threads", self.threads, 1, 4096)
         if self.layer_tol is not None and not (0 < self.layer_tol < 1):
             raise ConfigError(f"layer_tol must be in (0, 1), got {self.layer_tol!r}")
         for name in ("train_samples", "test_samples"):
@@ -290,7 +296,8 @@ class LoadOptions:
             (stored as a dict).
         num_classes: the number of classes.
         mean, std: per-channel input normalisation in raw input units (tuples).
-        input_size: the model's input ``(C, H, W)``; overrides timm's config.
+        input_size: the shape of one input, ``(C, H, W)`` for images, ``(C, L)`` for
+            signals, ``(F,)`` for vectors; overrides timm's config.
         weights_only: report weight norms and the parameter inventory alone.
 
     Raises:
@@ -396,16 +403,17 @@ def _check_stats(values: Any, name: str) -> tuple[float, ...]:
     return out
 
 
-def _check_input_size(values: Any) -> tuple[int, int, int]:
+def _check_input_size(values: Any) -> tuple[int, ...]:
     try:
         size = tuple(values)
     except TypeError:
         size = ()
-    if len(size) != 3 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
-    ):
-        raise ConfigError(f"input_size must be three positive integers (C, H, W), got {values!r}")
-    return (size[0], size[1], size[2])
+    if not size or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise ConfigError(
+            "input_size must be positive integers, the shape of one input: (C, H, W) for "
+            f"images, (C, L) for signals, (F,) for vectors; got {values!r}"
+        )
+    return size
 
 
 __all__ = [

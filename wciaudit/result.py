@@ -167,6 +167,8 @@ class AttackInfo:
     # it is another one (AutoAttack's APGD-CE stage, or the PGD that gave the loss)
     robust_acc: dict[str, dict[str, float | None]] = field(default_factory=dict)
     masking: dict[str, Any] | None = None
+    # stages of the chosen attack that could not run on the inputs' shape: {stage: reason}
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,6 +190,11 @@ class Timings:
     # when the scan started (UTC, ISO 8601); kept with the timings so that two runs
     # with the same seed differ in this block alone
     started_at: str = ""
+    # seconds of the parts of the stages a default scan spends its time on (attack,
+    # masking, traces, attack_spread, spread_remeasure; wciaudit.scan_stages.PARTS), and
+    # each part's fraction of total_s, with "other" for the rest (load, data, evaluate)
+    parts_s: dict[str, float] = field(default_factory=dict)
+    shares: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -220,6 +227,9 @@ class AuditResult:
     se_covers: dict[str, list[str]] = field(default_factory=dict)
     # the parts of wci_se (in quadrature) by source
     wci_se_parts: dict[str, float] = field(default_factory=dict)
+    # what the WCI precision target (--tol) did: {"tol", "met", "relative_se", "reason"};
+    # None when no WCI was measured
+    wci_target: dict[str, Any] | None = None
     attacks: AttackInfo = field(default_factory=AttackInfo)
     pac_bayes: PacBayes = field(default_factory=PacBayes)
     gate: Gate = field(default_factory=Gate)
@@ -316,6 +326,7 @@ class AuditResult:
                 wci_se_method=str(d.get("wci_se_method", "")),
                 se_covers={str(k): list(v) for k, v in (d.get("se_covers") or {}).items()},
                 wci_se_parts={str(k): float(v) for k, v in (d.get("wci_se_parts") or {}).items()},
+                wci_target=dict(d["wci_target"]) if isinstance(d.get("wci_target"), dict) else None,
                 attacks=_build(AttackInfo, d.get("attacks")),
                 pac_bayes=_build(PacBayes, d.get("pac_bayes")),
                 gate=_build(Gate, d.get("gate")),

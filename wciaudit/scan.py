@@ -17,6 +17,7 @@ import math
 import os
 import platform
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -26,8 +27,9 @@ import torch
 from torch import nn
 
 from . import bounds
-from .attacks import AttackOutcome, masking_checks, run_attack
+from .attacks import AttackOutcome, MaskingReport, masking_checks, run_attack
 from .attacks.autoattack import broken_counts
+from .attacks.masking import stochastic_output_check
 from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
 from .checkpoints.precedence import FLAG
 from .config import (
@@ -44,7 +46,15 @@ from .data_choice import check_model_accepts, choose_data
 from .distributed import Shard
 from .errors import CheckpointError, ConfigError
 from .metrics import accuracy, per_example, robust_gap, split_figures
-from .model import AuditedModel, eval_mode, no_tf32, other_parameters, resolve_device, weight_layers
+from .model import (
+    AuditedModel,
+    deterministic_kernels,
+    eval_mode,
+    no_tf32,
+    other_parameters,
+    resolve_device,
+    weight_layers,
+)
 from .result import (
     AttackInfo,
     AuditResult,
@@ -59,6 +69,7 @@ from .result import (
 from .retry import run_with_batch_retry
 from .scan_curvature import measure_curvature
 from .scan_stages import StageCallback, Stages
+from .threads import api_thread_policy, torch_threads
 
 #: progress(stage, advance, total): stage is "attack-train", "attack-test" or "curvature";
 #: total is None where it is not known in advance (Hutchinson probes).
@@ -76,7 +87,7 @@ def scan(
     num_classes: int | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
-    input_size: tuple[int, int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     weights_only: bool = False,
     progress: ProgressCallback | None = None,
     on_stage: StageCallback | None = None,
@@ -95,7 +106,10 @@ def scan(
             The threat model is "unset" when ``eps`` / ``norm`` is passed as ``None``,
             or when neither ``config`` nor a keyword gives it: it then comes from the
             checkpoint's metadata (keys ``eps``, ``norm``), else the default (8/255,
-            linf); ``config["threat_model_source"]`` says which.
+            linf); ``config["threat_model_source"]`` says which. ``threads`` (None by
+            default) sets torch's CPU threads for the scan and puts the old value back;
+            left None, torch's setting is used as found (the command line's policy is
+            :mod:`wciaudit.threads`).
         options: the checkpoint-loading options as one :class:`LoadOptions`; or the
             keywords ``arch, arch_args, num_classes, mean, std, input_size,
             weights_only`` (not both).
@@ -113,15 +127,32 @@ def scan(
     Raises:
         CheckpointError, DataError, ConfigError: with a one-line message.
     """
-    stages = Stages(on_stage)
     cfg, unset = config_from_settings(config, settings)
     options = _load_options(
         options, arch, arch_args, num_classes, mean, std, input_size, weights_only
     )
+    with torch_threads(cfg.threads):
+        return _scan(checkpoint, data, cfg, unset, options, progress, on_stage, shard)
+
+
+def _scan(
+    checkpoint: Any,
+    data: Any,
+    cfg: ScanConfig,
+    unset: frozenset[str],
+    options: LoadOptions,
+    progress: ProgressCallback | None,
+    on_stage: StageCallback | None,
+    shard: Shard | None,
+) -> AuditResult:
+    """:func:`scan` with its settings parsed, on the threads ``cfg.threads`` asks for."""
+    stages = Stages(on_stage)
     with stages.stage("load"):
         loaded = _load(checkpoint, options)
     cfg, threat_sources = _threat_model(cfg, unset, loaded)
     run = _Run.create(cfg, shard or Shard(), progress)
+    run.part = stages.part
+    run.notes.extend(loaded.notes)
     stages.finish = partial(_finish, run=run)
     with stages.stage("data"):
         splits, result = _data(data, loaded, options, run, threat_sources, stages)
@@ -147,6 +178,8 @@ class _Run:
     batches: _BatchSize
     notes: list[str]
     progress: ProgressCallback | None
+    #: times a part of a stage (``Stages.part``): ``with run.part("traces"): ...``
+    part: Callable[[str], AbstractContextManager[None]] = lambda _name: nullcontext()
 
     @classmethod
     def create(cls, cfg: ScanConfig, shard: Shard, progress: ProgressCallback | None) -> _Run:
@@ -178,20 +211,24 @@ def _measure(
     """attack -> robust figures -> Hessian subset -> curvature, filling ``result``."""
     net = AuditedModel(loaded.model, loaded.info.mean, loaded.info.std)
     net = net.to(device=run.device, dtype=run.dtype)
-    with eval_mode(net), no_tf32():
+    with eval_mode(net), no_tf32(), deterministic_kernels(run.device) as unrepeatable:
         class_note = check_model_accepts(net, splits, run.device, run.dtype)
         if class_note:
             run.notes.append(class_note)
         with stages.stage("attack"):
-            outcomes = _attack(run, net, splits)
+            with run.part("attack"):
+                outcomes = _attack(run, net, splits)
             result.attacks = _attack_info(run, outcomes)
-            result.attacks.masking = _masking(run, net, splits)
+            with run.part("masking"):
+                result.attacks.masking = _masking(run, net, splits)
         with stages.stage("evaluate"):
             result.metrics = _robust_figures(run, net, splits, outcomes)
         adv = {split: outcome.x_loss for split, outcome in outcomes.items()}
         with stages.stage("curvature"):
             loss_attack = next(iter(outcomes.values())).loss_attack
             measure_curvature(run, net, splits, adv, result, loss_attack)
+    if unrepeatable:  # ops without a deterministic CUDA kernel, filled when the block ends
+        run.notes.append("not bit-for-bit repeatable on this device: " + "; ".join(unrepeatable))
 
 
 def _attack_shard(
@@ -274,28 +311,46 @@ def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
         for attack, correct in by_attack.items():
             acc, se = accuracy(run.shard.gather_cat(correct.double()))
             robust_acc[attack].update({split: acc, f"{split}_se": se})
+    if any_outcome.skipped:
+        ran = ", ".join(s for s in any_outcome.stages if s != "clean")
+        skipped = "; ".join(f"{k} skipped: {v}" for k, v in any_outcome.skipped.items())
+        run.notes.append(f"{any_outcome.attack} ran {ran}; {skipped}")
     return AttackInfo(
         accuracy_from=any_outcome.attack,
         loss_from=any_outcome.loss_attack,
         hessian_points_from=any_outcome.loss_attack,
         broken_by=broken_by,
         robust_acc=robust_acc,
+        skipped=dict(any_outcome.skipped),
     )
 
 
-def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any] | None:
+def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any]:
     """The gradient-masking checks on a stratified subset of the test split (train
-    without one); None when switched off."""
-    if run.cfg.masking_samples == 0:
-        return None
+    without one); the check for random output runs even when the others are off."""
     x, y = _split(splits, "test" if splits.has_test else "train")
-    # Square at 100 queries: a sanity check (a black-box attack this short must not
-    # beat the white-box one), not AutoAttack's 5000, which cost seconds per example
-    report = masking_checks(
-        net, x, y, run.cfg, run.device, n=run.cfg.masking_samples, square_queries=100
-    )
-    if report.flagged:
-        failed = [c.name for c in report.checks if not c.passed]
+    stochastic = stochastic_output_check(net, x, run.device)
+    if run.cfg.masking_samples == 0:
+        report = MaskingReport([stochastic], 0, 1e-3)  # alpha: masking_checks' default
+    else:
+        # Square at 100 queries: a sanity check (a black-box attack this short must not
+        # beat the white-box one), not AutoAttack's 5000, which cost seconds per example;
+        # one batch of n examples: out of memory, they run on half as many (with a note)
+        report, _n = run_with_batch_retry(
+            lambda n: masking_checks(net, x, y, run.cfg, run.device, n=n, square_queries=100),
+            run.cfg.masking_samples,
+            on_retry=lambda failed, smaller, message: run.notes.append(
+                f"masking checks: out of memory on {failed} examples; ran on {smaller} ({message})"
+            ),
+        )
+        report.checks.insert(0, stochastic)
+    for check in report.checks:
+        if check.passed is None:
+            run.notes.append(f"gradient-masking check {check.name} {check.detail}")
+    if not stochastic.passed:
+        run.notes.append(f"random output: {stochastic.detail}")
+    failed = [c.name for c in report.checks if c.passed is False and c is not stochastic]
+    if failed:
         run.notes.append(
             "possible gradient masking: " + ", ".join(failed) + " (see attacks.masking)"
         )
@@ -375,6 +430,7 @@ def _new_result(loaded: LoadedCheckpoint, run: _Run, threat_sources: dict[str, s
         notes=run.notes,
     )
     result.config["device"] = str(run.device)
+    result.config["thread_policy"] = api_thread_policy(run.cfg.threads)
     result.config["processes"] = run.shard.world
     result.config["threat_model_source"] = threat_sources
     result.config["preprocessing_source"] = dict(loaded.sources)

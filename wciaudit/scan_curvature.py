@@ -21,7 +21,7 @@ from . import bounds
 from .attacks import run_attack
 from .config import Attack
 from .curvature import TraceEstimate, layer_traces
-from .curvature.groups import group_count, probe_groups
+from .curvature.groups import common_groups, fold_shares
 from .data import Splits, stratified_subset
 from .errors import ConfigError
 from .metrics import per_example
@@ -67,11 +67,14 @@ def measure_curvature(
         return
     names = [f"model.{layer.name}" for layer in result.layers]
     norms = [layer.frob_norm for layer in result.layers]
-    estimates = _curvature(run, net, names, norms, subset.x, subset)
+    with run.part("traces"):
+        estimates = _curvature(run, net, names, norms, subset.x, subset)
     again = None
     if run.cfg.attack_spread and _random_starts(run.cfg, loss_attack):
-        x_again = _attack_again(run, net, subset, loss_attack)
-        again = _curvature(run, net, names, norms, x_again, subset)
+        with run.part("attack_spread"):
+            x_again = _attack_again(run, net, subset, loss_attack)
+        with run.part("spread_remeasure"):
+            again = _curvature(run, net, names, norms, x_again, subset)
     for layer, est, est2 in zip(result.layers, estimates, again or estimates, strict=True):
         fill_layer(
             layer,
@@ -81,6 +84,7 @@ def measure_curvature(
             max_probes=run.cfg.max_probes,
         )
     _wci(result, estimates, again, subset, run)
+    result.wci_target = wci_target(result, estimates, run.cfg.tol, run.cfg.max_probes)
     if again is None:
         why = (
             "off (--no-attack-spread)"
@@ -285,9 +289,10 @@ def _wci(
     frob = [la.frob_norm for la in result.layers]
     traces = [e.trace for e in estimates]
     result.wci = math.fsum(bounds.wci_terms(frob, traces))
-    shares = [list(e.group_shares) for e in estimates]
-    groups = group_count(subset.n)
-    if any(len(s) != groups for s in shares):
+    groups, assignment = common_groups(
+        {len(e.group_shares) for e in estimates}, subset.n, run.cfg.seed
+    )
+    if assignment is None:
         # an estimate without group shares: per-layer SEs in quadrature (independent)
         result.wci_se = bounds.weight_curvature_index(
             frob, traces, [la.trace_se for la in result.layers]
@@ -295,12 +300,15 @@ def _wci(
         result.wci_se_method = "delta method from per-layer standard errors (layers independent)"
         result.se_covers["wci"] = sorted({c for la in result.layers for c in la.se_covers})
         return
-    sizes = torch.bincount(probe_groups(subset.n, groups, run.cfg.seed), minlength=groups).tolist()
+    shares = [fold_shares(e.group_shares, groups) for e in estimates]
+    sizes = torch.bincount(assignment, minlength=groups).tolist()
     ses = [la.trace_se for la in result.layers]
     attack_var = None
     if again is not None and all(_paired(e, e2) for e, e2 in zip(estimates, again, strict=True)):
         attack_var = attack_variance(
-            sensitivities(frob, traces, ses), shares, [list(e.group_shares) for e in again]
+            sensitivities(frob, traces, ses),
+            shares,
+            [fold_shares(e.group_shares, groups) for e in again],
         )
     err = wci_error(
         frob,
@@ -328,4 +336,44 @@ def _wci(
         "probes": err.probe_se,
         "hessian-subset": err.sample_se,
         "attack-starts": err.attack_se,
+    }
+
+
+#: what only more Hessian samples reduce (the words of :func:`wci_target`)
+_SUBSET_WORDS = (
+    "the Hessian subset and the attack's random starts, which only more --hessian-samples reduce"
+)
+
+
+def wci_target(
+    result: AuditResult, estimates: list[TraceEstimate], tol: float, max_probes: int
+) -> dict[str, Any] | None:
+    """What the WCI precision target ``tol`` did: met or missed, and why.
+
+    ``met`` compares the reported relative SE, wci_se / wci, with ``tol``. Probes and
+    sampled labels are the only part the target can act on: where every layer is exact
+    there is nothing to act on, and where the probes' part is within ``tol`` the rest
+    is the Hessian subset and the attack's starts.
+    """
+    if result.wci is None or result.wci_se is None:
+        return None
+    rel = result.wci_se / result.wci if result.wci > 0 else math.inf
+    met = rel <= tol
+    noisy = [e for e in estimates if e.stop_reason != "exact"]
+    probe_part = result.wci_se_parts.get("probes")
+    if not noisy:
+        reason = f"nothing to act on: every layer is exact, the SE is {_SUBSET_WORDS}"
+    elif met:
+        reason = "met"
+    elif probe_part is not None and probe_part <= tol * result.wci:
+        reason = f"the probes' part is within tol, the rest is {_SUBSET_WORDS}"
+    elif any(isinstance(e.probes, int) and e.probes >= max_probes for e in noisy):
+        reason = f"at the probe cap (--max-probes {max_probes})"
+    else:
+        reason = "the rounds stopped where more probes could not reach tol"
+    return {
+        "tol": tol,
+        "met": met,
+        "relative_se": rel if math.isfinite(rel) else None,
+        "reason": reason,
     }

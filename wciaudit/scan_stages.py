@@ -33,6 +33,11 @@ __all__ = ["StageCallback", "Stages"]
 #: on_stage(stage, partial): ``stage`` just finished; ``partial`` is the incomplete result
 StageCallback = Callable[[str, AuditResult], None]
 
+#: the parts of the stages that a default scan spends its time on, timed inside them
+#: (``Timings.parts_s``): the attack (PGD on both splits), the gradient-masking checks,
+#: the traces, the attack-spread re-attack of the Hessian subset and its re-measure
+PARTS = ("attack", "masking", "traces", "attack_spread", "spread_remeasure")
+
 #: the Timings field of each stage that is timed
 _TIMING_KEYS = {
     "load": "load_s",
@@ -58,6 +63,7 @@ class Stages:
         self.started = time.perf_counter()
         self.started_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
         self.seconds: dict[str, float] = {}
+        self.parts: dict[str, float] = {}
         self.done: list[str] = []
         self.plan: tuple[str, ...] = STAGES
         self.result: AuditResult | None = None
@@ -76,13 +82,26 @@ class Stages:
         if self._on_stage is not None and self.result is not None and upcoming:
             self._on_stage(name, self.incomplete(upcoming[0]))
 
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Time a part of a stage (one of :data:`PARTS`); a part run twice adds up."""
+        t0 = time.perf_counter()
+        yield
+        self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - t0
+
     def timings(self, *, incomplete: bool = False) -> Timings:
         """The wall times; a stage that did not run is 0 in a complete result and null in
-        an incomplete one (it may have been running)."""
+        an incomplete one (it may have been running). ``parts_s`` holds the parts that
+        ran, ``shares`` each part's fraction of the total and ``other``, the rest."""
         missing = None if incomplete else 0.0
         seconds = {key: self.seconds.get(stage, missing) for stage, key in _TIMING_KEYS.items()}
+        total = time.perf_counter() - self.started
+        parts = {name: self.parts[name] for name in PARTS if name in self.parts}
+        shares = {name: t / total for name, t in parts.items()} if total > 0 else {}
+        if shares:
+            shares["other"] = max(0.0, 1.0 - sum(shares.values()))
         return Timings(
-            **seconds, total_s=time.perf_counter() - self.started, started_at=self.started_at
+            **seconds, total_s=total, started_at=self.started_at, parts_s=parts, shares=shares
         )
 
     def incomplete(self, stopped_at: str) -> AuditResult:

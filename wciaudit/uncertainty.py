@@ -93,7 +93,7 @@ def wci_error(
     probe_ses: Sequence[float],
     group_shares: Sequence[Sequence[float]],
     group_sizes: Sequence[int],
-    n_population: int | None,
+    n_population: float | None,
     *,
     attack_var: float | None = None,
     trace_ses: Sequence[float] | None = None,
@@ -105,7 +105,9 @@ def wci_error(
         probe_ses: per layer, the probe part of the trace's SE (0 on exact routes).
         group_shares: per layer, the trace's share per group (G values each).
         group_sizes: examples per group; n = their sum.
-        n_population: the split's size N (None: the subset is the whole split).
+        n_population: the split's size N (None: the subset is the whole split;
+            ``math.inf``: a sample of a population far larger, f = 0, where the group
+            spread alone is the variance and holds every per-example source).
         attack_var: Var_attack(WCI) from :func:`attack_variance`, or None when not
             measured.
         trace_ses: per layer, the trace's total SE, for the slopes of traces near 0

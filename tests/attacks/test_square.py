@@ -192,3 +192,79 @@ def test_zero_eps_and_bad_settings() -> None:
         square_attack(net, x, y, eps=0.1, norm="l2", p_init=0.0)
     with pytest.raises(ConfigError, match="images"):
         square_attack(net, x.flatten(1), y, eps=0.1, norm="l2")
+
+
+# --- signals (N, C, L) and vectors (N, F): one-dimensional windows, L-inf -----------------
+def _linear_case(shape: tuple[int, ...], n: int = 48, seed: int = 0):
+    """A two-class linear model on inputs of ``shape`` and points in [0.3, 0.7], where the
+    eps-ball stays inside [0, 1]: the worst L-inf point is x - eps sign(w_y - w_j), so an
+    example is breakable exactly when its margin is at most eps ||w_y - w_j||_1."""
+    g = torch.Generator().manual_seed(seed)
+    features = math.prod(shape)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(features, 2)).eval()
+    x = 0.3 + 0.4 * torch.rand(n, *shape, generator=g)
+    with torch.no_grad():
+        net[1].weight.copy_(torch.randn(2, features, generator=g))
+        w = net[1].weight.detach()
+        # the boundary through the middle of the data, so that some margins are small
+        net[1].bias.copy_(torch.tensor([-float((x.flatten(1) @ (w[0] - w[1])).median()), 0.0]))
+        y = net(x).argmax(1)
+    margin = (x.flatten(1) @ (w[0] - w[1]) + net[1].bias[0]).abs().detach()
+    return net, x, y, margin, (w[0] - w[1]).abs().sum()
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 5)], ids=["vector", "signal"])
+def test_one_dimensional_windows_find_every_breakable_example(shape) -> None:
+    eps = 0.03
+    net, x, y, margin, l1 = _linear_case(shape)
+    x_adv = square_attack(net, x, y, eps=eps, norm="linf", n_queries=300, seed=1)
+    assert x_adv.shape == x.shape
+    assert float((x_adv - x).abs().max()) <= eps + 1e-6
+    breakable = margin < eps * l1 - 1e-4
+    clear = (margin - eps * l1).abs() > 1e-4  # leave out examples on the boundary itself
+    broken = ~_correct(net, x_adv, y)
+    # random search on a linear margin accepts every window that lowers it, so with 300
+    # queries over 2^6 or 2^10 sign patterns it reaches the worst vertex
+    assert torch.equal(broken[clear], breakable[clear])
+    assert int(breakable.sum()) > 0 and int((~breakable).sum()) > 0
+
+
+def test_one_dimensional_windows_are_segments() -> None:
+    x = torch.full((64, 3, 1, 20), 0.5)
+    u = torch.rand(64, 3 + 3, generator=torch.Generator().manual_seed(0))
+    x_new = square._linf_proposal(x, x.clone(), u, 1, 0.1, 0.0, 1.0, 7)
+    changed = (x_new != x).any(1).squeeze(1)  # (n, L): positions changed in any channel
+    for row in changed:
+        where = row.nonzero().flatten()
+        assert where.numel() == 7 and int(where[-1] - where[0]) == 6
+
+
+def test_one_dimensional_results_do_not_depend_on_the_batch() -> None:
+    net, x, y, _, _ = _linear_case((2, 5), n=12)
+    whole = square_attack(net, x, y, eps=0.1, norm="linf", n_queries=50, seed=3)
+    parts = [
+        square_attack(
+            net,
+            x[i : i + 5],
+            y[i : i + 5],
+            eps=0.1,
+            norm="linf",
+            n_queries=50,
+            seed=3,
+            index_offset=i,
+        )
+        for i in range(0, 12, 5)
+    ]
+    assert torch.equal(whole, torch.cat(parts))
+
+
+def test_skip_reason_names_the_shapes_square_takes() -> None:
+    assert square.square_skip_reason((4, 1, 8, 8), "l2") is None
+    assert square.square_skip_reason((4, 1, 40), "linf") is None
+    assert square.square_skip_reason((4, 12), "linf") is None
+    assert "l2 needs images" in square.square_skip_reason((4, 12), "l2")
+    assert "(N, F)" in square.square_skip_reason((4, 2, 3, 4, 5), "linf")
+    with pytest.raises(ConfigError, match="got shape \\(4, 2, 3, 4, 5\\)"):
+        square_attack(
+            nn.Flatten(), torch.rand(4, 2, 3, 4, 5), torch.zeros(4).long(), eps=0.1, norm="linf"
+        )

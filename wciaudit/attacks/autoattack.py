@@ -5,7 +5,9 @@ the examples every earlier stage left robust, with the original settings: 100 AP
 iterations, 9 target classes (at most C - 1), one restart each. Robust accuracy is the
 fraction never broken. Under every attack, PGD and FGSM included, an example the model
 misclassifies as it is counts as broken by "clean", not by the attack (the field's rule:
-robust accuracy is at most clean accuracy).
+robust accuracy is at most clean accuracy). A stage that cannot run on the inputs'
+shape (Square under L2 on signals and vectors) is left out and named, with its reason,
+in :attr:`AttackOutcome.skipped`.
 
 :func:`run_attack` runs the attack chosen for robust accuracy and, from the same or a
 separate run, a loss-maximising attack (PGD or APGD-CE) whose points carry the robust
@@ -38,11 +40,12 @@ from torch import nn
 
 from ..config import ScanConfig
 from ..errors import ConfigError
+from ..model import no_tf32
 from .apgd import apgd_ce, apgd_targeted
 from .fab import fab_targeted
 from .pgd import pgd_attack
 from .seeding import mix
-from .square import square_attack
+from .square import square_attack, square_skip_reason
 from .threat import bcast_rows
 
 Progress = Callable[[int], None]
@@ -72,6 +75,8 @@ class AttackOutcome:
         attack: the attack robust accuracy comes from.
         loss_attack: the attack the robust loss and the Hessian points come from.
         stages: the stages ``attack`` ran, in order.
+        skipped: the stages of ``attack`` that could not run on these inputs, each with
+            its reason (Square under L2 on inputs that are not images).
     """
 
     x_loss: torch.Tensor
@@ -83,6 +88,7 @@ class AttackOutcome:
     attack: str
     loss_attack: str
     stages: tuple[str, ...] = field(default_factory=tuple)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def broken_by(self) -> list[str | None]:
@@ -120,8 +126,17 @@ def broken_counts(broken_code: torch.Tensor, stages: tuple[str, ...]) -> dict[st
     return {s: int((broken_code == STAGES.index(s)).sum()) for s in names}
 
 
-def _stages(attack: str) -> tuple[str, ...]:
-    return ("clean", *AUTOATTACK_STAGES) if attack == "autoattack" else ("clean", attack)
+def _stages(attack: str, skipped: dict[str, str] | None = None) -> tuple[str, ...]:
+    if attack != "autoattack":
+        return ("clean", attack)
+    return ("clean", *(s for s in AUTOATTACK_STAGES if s not in (skipped or {})))
+
+
+def skipped_stages(attack: str, shape: tuple[int, ...], norm: str) -> dict[str, str]:
+    """The stages of ``attack`` that cannot run on inputs of ``shape`` (N first) under
+    ``norm``, each with its reason: Square where :func:`square_skip_reason` says so."""
+    reason = square_skip_reason(shape, norm) if attack == "autoattack" else None
+    return {} if reason is None else {"square": reason}
 
 
 def _check_names(attack: str, loss_attack: str) -> None:
@@ -247,11 +262,11 @@ def _attack_batch(
     start: int,
     stream: int,
     budget: AutoAttackSettings,
+    stages: tuple[str, ...],
 ) -> dict[str, torch.Tensor]:
     if attack in ("pgd", "fgsm"):
         out = _pgd_batch(model, x, y, cfg, attack, start, stream, keep_loss=loss_attack == attack)
     else:
-        stages = AUTOATTACK_STAGES if attack == "autoattack" else (attack,)
         out = autoattack_batch(
             model,
             x,
@@ -338,6 +353,7 @@ def _loss_attack(
     return res.x_loss, res.loss, ~res.correct
 
 
+@no_tf32()
 def run_attack(
     model: nn.Module,
     x: torch.Tensor,
@@ -386,19 +402,13 @@ def run_attack(
     loss = torch.empty(n, dtype=dtype)
     code = torch.empty(n, dtype=torch.long)
     loss_correct = torch.empty(n, dtype=torch.bool)
+    skipped = skipped_stages(attack, tuple(x.shape), cfg.norm.value)
+    stages = _stages(attack, skipped)
     for i in range(0, n, cfg.batch_size):
         xb = x[i : i + cfg.batch_size].to(device, dtype)
         yb = y[i : i + cfg.batch_size].to(device)
         part = _attack_batch(
-            model,
-            xb,
-            yb,
-            cfg,
-            attack,
-            loss_attack,
-            index_offset + i,
-            stream,
-            budget,
+            model, xb, yb, cfg, attack, loss_attack, index_offset + i, stream, budget, stages[1:]
         )
         j = i + xb.shape[0]
         x_loss[i:j], x_adv[i:j] = part["x_loss"].cpu(), part["x_adv"].cpu()
@@ -415,5 +425,6 @@ def run_attack(
         x_adv=x_adv,
         attack=attack,
         loss_attack=loss_attack,
-        stages=_stages(attack),
+        stages=stages,
+        skipped=skipped,
     )

@@ -21,6 +21,11 @@ to ``n_queries`` (iteration i counts as i * 10000 / n_queries).
   moves the perturbation's mass from a second random window into the first, adds the
   pattern with random signs per channel, and rescales the whole perturbation to
   norm eps.
+- Signals (N, C, L) and vectors (N, F; one channel), L-inf only: the same search on a
+  one-row image, whose window is a segment of length round(p L) (at least 1),
+  so that p keeps its meaning, the fraction of the input a window covers; the start
+  draws one sign per channel and position. The paper has no one-dimensional L2
+  pattern, so L2 takes images alone (:func:`square_skip_reason`).
 
 Only examples not yet broken are queried; at most ``n_queries`` queries per example,
 the starting point included. Every random draw of example i (a window's place, the
@@ -49,7 +54,7 @@ from ..errors import ConfigError
 from .seeding import example_generators, global_indices
 from .threat import check_counts, check_threat_model, unit
 
-__all__ = ["square_attack"]
+__all__ = ["square_attack", "square_skip_reason"]
 
 # Random numbers are drawn per example in chunks of this many iterations, from a
 # generator keyed by (seed, example index, chunk): creating one generator per example
@@ -109,11 +114,14 @@ def window_pattern(s: int) -> torch.Tensor:
     return (pattern / pattern.norm()).float()
 
 
-def _window_mask(vh: torch.Tensor, vw: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+def _window_mask(
+    vh: torch.Tensor, vw: torch.Tensor, s: int, h: int, w: int, sw: int | None = None
+) -> torch.Tensor:
+    """Each example's window of ``s`` rows and ``sw`` (default ``s``) columns, as a mask."""
     rows = torch.arange(h, device=vh.device)[None, :]
     cols = torch.arange(w, device=vh.device)[None, :]
     in_r = (rows >= vh[:, None]) & (rows < vh[:, None] + s)
-    in_c = (cols >= vw[:, None]) & (cols < vw[:, None] + s)
+    in_c = (cols >= vw[:, None]) & (cols < vw[:, None] + (s if sw is None else sw))
     return (in_r[:, :, None] & in_c[:, None, :])[:, None]  # (n, 1, h, w)
 
 
@@ -158,11 +166,12 @@ def _l2_blocks(h: int, w: int) -> int:
     return len(range(first, h - s + 1, s)) * len(range(first, w - s + 1, s))
 
 
-def _linf_proposal(x, x_best, u, s, eps, lo, hi):
+def _linf_proposal(x, x_best, u, s, eps, lo, hi, sw=None):
     n, c, h, w = x.shape
+    sw = s if sw is None else sw
     vh = _positions(u[:, 0], h - s + 1)
-    vw = _positions(u[:, 1], w - s + 1)
-    window = _window_mask(vh, vw, s, h, w)
+    vw = _positions(u[:, 1], w - sw + 1)
+    window = _window_mask(vh, vw, s, h, w, sw)
     signs = torch.where(u[:, 2 : 2 + c] < 0.5, -1.0, 1.0)
 
     def propose(sg: torch.Tensor) -> torch.Tensor:
@@ -230,8 +239,11 @@ def _search(
     n_queries: int,
     p_init: float,
     seed: int,
+    line: bool = False,
 ) -> torch.Tensor:
-    """The random search from ``x_best`` (margin ``margin``): the best point of each example."""
+    """The random search from ``x_best`` (margin ``margin``): the best point of each
+    example. ``line``: the inputs are signals laid out as (N, C, 1, L), whose windows are
+    segments covering a fraction p of the length (L-inf only)."""
     noise = torch.zeros(len(xs), _CHUNK, draws, device=xs.device)
     h, w = xs.shape[-2:]
     side = min(h, w)
@@ -244,7 +256,10 @@ def _search(
             noise[active] = chunk.to(xs.device)
         u = noise[active, i % _CHUNK]
         p = _p_schedule(i, n_queries, p_init)
-        if norm is Norm.linf:
+        if line:
+            sw = min(max(round(p * w), 1), w)
+            x_new = _linf_proposal(xs[active], x_best[active], u, 1, eps, lo, hi, sw)
+        elif norm is Norm.linf:
             s = min(max(round(math.sqrt(p * h * w)), 1), side)
             x_new = _linf_proposal(xs[active], x_best[active], u, s, eps, lo, hi)
         else:
@@ -278,7 +293,8 @@ def square_attack(
 
     Args:
         model: classifier in eval mode taking inputs in [lo, hi], returning logits.
-        x: images, shape (N, C, H, W), on the model's device.
+        x: images (N, C, H, W), or under L-inf signals (N, C, L) or vectors (N, F), on
+            the model's device (see :func:`square_skip_reason`).
         y: integer labels, shape (N,).
         eps: radius of the L-inf or L2 ball, in input units.
         norm: ``"linf"`` or ``"l2"``.
@@ -296,17 +312,20 @@ def square_attack(
 
     Raises:
         ConfigError: on a norm other than linf/l2, negative eps, n_queries < 1, p_init
-            outside (0, 1], lo >= hi, or inputs that are not (N, C, H, W).
+            outside (0, 1], lo >= hi, or inputs of a shape Square does not take
+            (:func:`square_skip_reason`).
     """
     norm = _check(eps, norm, n_queries, p_init, lo, hi)
-    if x.dim() != 4:
-        raise ConfigError(f"Square Attack needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    reason = square_skip_reason(tuple(x.shape), norm.value)
+    if reason is not None:
+        raise ConfigError(reason)
     x = x.detach()
     y = y.to(x.device)
     x_adv = x.clone()
     if eps == 0 or x.shape[0] == 0:
         return x_adv
-    n, c, h, w = x.shape
+    shape, line = tuple(x.shape[1:]), x.dim() < 4
+    model, x = _as_image(model, x) if line else (model, x)
     index = global_indices(x.shape[0], indices, index_offset)
 
     with torch.no_grad():
@@ -314,19 +333,57 @@ def square_attack(
         if todo.numel() == 0:
             return x_adv
         xs, ys, idx = x[todo], y[todo], index[todo.cpu()]
-        if norm is Norm.linf:
-            u0 = _uniform(seed, idx, (0,), (c * w,)).to(x.device)
-            x_best = _linf_start(xs, u0, eps, lo, hi)
-            draws = c + 3
-        else:
-            u0 = _uniform(seed, idx, (0,), (_l2_blocks(h, w), c))
-            x_best = _l2_start(xs, u0, eps, lo, hi)
-            draws = c + 5
+        x_best, draws = _start(xs, idx, norm, eps, lo, hi, seed)
         margin = _margin(model(x_best), ys)
 
-        x_best = _search(
-            model, xs, ys, idx, x_best, margin, draws, norm, eps, lo, hi, n_queries, p_init, seed
-        )
+        search = (draws, norm, eps, lo, hi, n_queries, p_init, seed, line)
+        x_best = _search(model, xs, ys, idx, x_best, margin, *search)
         broken = model(x_best).argmax(1) != ys
-        x_adv[todo[broken]] = x_best[broken]
+        x_adv[todo[broken]] = x_best[broken].reshape(-1, *shape)
     return x_adv
+
+
+def _as_image(model: nn.Module, x: torch.Tensor):
+    """A signal (N, C, L) or a vector (N, F) as a one-row image (N, C, 1, L), and the
+    model that takes such images."""
+    shape = tuple(x.shape[1:])
+
+    def query(z: torch.Tensor) -> torch.Tensor:
+        return model(z.reshape(z.shape[0], *shape))
+
+    return query, x.reshape(x.shape[0], shape[0] if x.dim() == 3 else 1, 1, shape[-1])
+
+
+def _start(xs, idx, norm, eps, lo, hi, seed):
+    """The search's starting points (see the module docstring) and the uniforms each
+    iteration draws per example."""
+    _, c, h, w = xs.shape
+    if norm is Norm.linf:
+        u0 = _uniform(seed, idx, (0,), (c * w,)).to(xs.device)
+        return _linf_start(xs, u0, eps, lo, hi), c + 3
+    u0 = _uniform(seed, idx, (0,), (_l2_blocks(h, w), c))
+    return _l2_start(xs, u0, eps, lo, hi), c + 5
+
+
+def square_skip_reason(shape: tuple[int, ...], norm: str) -> str | None:
+    """Why Square cannot attack inputs of ``shape`` (N first) under ``norm``; None when it can.
+
+    Images (N, C, H, W) take both norms. Signals (N, C, L) and vectors (N, F) take L-inf,
+    with windows that are segments of the length (a vector is one channel, so a window
+    is a block of neighbouring features); the paper's L2 window pattern is
+    two-dimensional and has no one-dimensional version here.
+
+    Example:
+        >>> square_skip_reason((8, 1, 40), "linf") is None, square_skip_reason((8, 5, 4, 4, 4), "linf")
+        (True, 'Square Attack takes images (N, C, H, W), signals (N, C, L) or vectors (N, F), got shape (8, 5, 4, 4, 4)')
+    """
+    if len(shape) == 4:
+        return None
+    if len(shape) not in (2, 3):
+        return (
+            "Square Attack takes images (N, C, H, W), signals (N, C, L) or vectors (N, F), "
+            f"got shape {tuple(shape)}"
+        )
+    if str(norm) != Norm.linf.value:
+        return f"Square Attack under l2 needs images (N, C, H, W), got shape {tuple(shape)}"
+    return None

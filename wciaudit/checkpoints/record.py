@@ -29,8 +29,8 @@ _MAX_METADATA_VALUE_CHARS = 2000
 class ArchSpec:
     """An architecture reference: a timm name, a ``.py`` file, or a module, plus a class."""
 
-    kind: str  # "timm", "file" or "module"
-    target: str  # timm name, .py path, or dotted module name
+    kind: str  # "timm", "torchvision", "file" or "module"
+    target: str  # timm or torchvision name, .py path, or dotted module name
     class_name: str | None = None
 
 
@@ -41,7 +41,8 @@ class CheckpointRecord:
     Attributes:
         path: the path as given (file or folder).
         weights_path: the file the tensors come from.
-        format: ``"safetensors"``, ``"pytorch"`` or ``"timm-folder"``.
+        format: ``"safetensors"``, ``"pytorch"``, ``"lightning"`` (a Lightning ``.ckpt``),
+            ``"timm-folder"`` or ``"transformers-folder"``.
         sha256: hex digest of ``weights_path``, computed once.
         tensor_names: the names in the file, in file order.
         raw_metadata: every metadata string, for parsing.
@@ -51,7 +52,8 @@ class CheckpointRecord:
             own ``arch`` is provenance only).
         eps, norm: the threat model the metadata states, as written (parsed by the scan).
         dataset_hint: the metadata key ``dataset``, or None.
-        folder: the timm folder, built through timm's ``local-dir:`` source, or None.
+        folder: the timm folder (built through timm's ``local-dir:`` source) or
+            transformers folder (built from its config), or None.
     """
 
     path: Path
@@ -66,7 +68,7 @@ class CheckpointRecord:
     num_classes: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    input_size: tuple[int, int, int] | None = None
+    input_size: tuple[int, ...] | None = None
     eps: str | None = None
     norm: str | None = None
     dataset_hint: str | None = None
@@ -105,12 +107,13 @@ def parse_metadata(meta: Mapping[str, str], where: str) -> dict[str, Any]:
         size = json_value(meta["input_size"], "input_size", where)
         if (
             not isinstance(size, list)
-            or len(size) != 3
+            or not size
             or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in size)
         ):
             raise CheckpointError(
-                f"metadata key 'input_size' in {where} must be a JSON list [C, H, W] of "
-                "positive integers"
+                f"metadata key 'input_size' in {where} must be a JSON list of positive "
+                "integers, the shape of one input: [C, H, W] for images, [C, L] for signals, "
+                "[F] for vectors"
             )
         fields["input_size"] = tuple(size)
     return fields

@@ -90,28 +90,36 @@ DistributedOpt = Annotated[
     bool,
     typer.Option(
         "--distributed",
-        help="Run as one process of a torchrun group (NCCL on GPUs, gloo on CPU): each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs.",
+        help="Run as one process of a torchrun group: each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs. --device picks the device (cuda: cuda:LOCAL_RANK, or cuda:0 where a process sees one device; cpu: gloo on the CPU even on a GPU host).",
     ),
 ]
 FailOnMaskingOpt = Annotated[
     bool,
     typer.Option(
         "--fail-on-masking",
-        help="Fail (exit 1) when a gradient-masking check fails.",
-        rich_help_panel="Gates (exit 1 when one fails)",
+        help="Fail when a gradient-masking check (random output among them) failed.",
+        rich_help_panel=GATE_PANEL,
     ),
 ]
-ThreadsOpt = Annotated[
-    int | None,
+VerboseOpt = Annotated[
+    bool,
     typer.Option(
-        "--threads",
-        help="CPU threads for torch (default: torch's own, at most the cores this process may use).",
-        show_default=False,
+        "--verbose",
+        "-v",
+        help="Also print the CPU threads chosen and why, and each stage's share of the time.",
     ),
 ]
 
 
 # -- the scan options (scan, track) --------------------------------------------------------
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="CPU threads for torch. Default: chosen per run from the CPUs this process may use (affinity, cgroup quota) less the load of other processes, with OMP_WAIT_POLICY=PASSIVE when more than one (unless set); OMP_NUM_THREADS, when set, is kept.",
+        show_default=False,
+    ),
+]
 DataOpt = Annotated[
     str | None,
     typer.Option(
@@ -123,7 +131,7 @@ DataOpt = Annotated[
 ArchOpt = Annotated[
     str | None,
     typer.Option(
-        help="timm model name, or a custom class: models.py:ClassName, package.module:ClassName, or models.py (class from the metadata key 'arch')."
+        help="timm model name, torchvision:<builder> (e.g. torchvision:resnet18), or a custom class: models.py:ClassName, package.module:ClassName, or models.py (class from the metadata key 'arch')."
     ),
 ]
 ArchArgsOpt = Annotated[
@@ -165,7 +173,7 @@ InputSizeOpt = Annotated[
     str | None,
     typer.Option(
         "--input-size",
-        help="The model's input C,H,W, e.g. 3,32,32 (default: from the checkpoint or timm's config).",
+        help="The shape of one input: C,H,W for images (3,32,32), C,L for signals (1,40), F for vectors (64) (default: from the checkpoint or timm's config).",
         show_default=False,
     ),
 ]
@@ -382,6 +390,7 @@ def scan_options(
     hi: HiOpt = DEFAULTS.hi,
     masking_samples: MaskingSamplesOpt = DEFAULTS.masking_samples,
     attack_spread: AttackSpreadOpt = DEFAULTS.attack_spread,
+    threads: ThreadsOpt = DEFAULTS.threads,
 ) -> ScanSettings:
     """The options of every command that runs scans, as :class:`ScanSettings`.
 
@@ -418,6 +427,7 @@ def gate_options(
     max_bound: MaxBoundOpt = None,
     baseline: BaselineOpt = None,
     max_wci_increase: MaxWciIncreaseOpt = None,
+    fail_on_masking: FailOnMaskingOpt = False,
     gate_sigmas: GateSigmasOpt = None,
     config_file: ConfigOpt = None,
     summary_md: SummaryMdOpt = None,
@@ -431,6 +441,7 @@ def gate_options(
     """
     check_output_folders(summary_md)
     flags = dict(locals())
+    flags["fail_on_masking"] = fail_on_masking or None  # absent: the config file decides
     return prepare_gates(flags.pop("config_file"), flags.pop("summary_md"), flags)
 
 
@@ -472,7 +483,7 @@ def with_options(**groups: Callable[..., Any]) -> Callable[[F], F]:
     return decorate
 
 
-def _input_size(text: str | None) -> tuple[int, int, int] | None:
+def _input_size(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     parts = text.replace("x", ",").replace(" ", "").split(",")
@@ -480,9 +491,12 @@ def _input_size(text: str | None) -> tuple[int, int, int] | None:
         size = tuple(int(p) for p in parts)
     except ValueError:
         size = ()
-    if len(size) != 3 or min(size) < 1:
-        raise ConfigError(f"--input-size must be C,H,W like 3,32,32, got {text!r}")
-    return size  # type: ignore[return-value]
+    if not size or min(size) < 1:
+        raise ConfigError(
+            "--input-size must be positive integers separated by commas: C,H,W like 3,32,32, "
+            f"C,L like 1,40 or F like 64, got {text!r}"
+        )
+    return size
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -22,20 +21,20 @@ from .gating import GateSetup, report_gates
 from .options import (
     CsvOpt,
     DistributedOpt,
-    FailOnMaskingOpt,
     HtmlOpt,
     JsonOpt,
     PlotlyMode,
     PlotlyOpt,
     QuietOpt,
     ScanSettings,
-    ThreadsOpt,
+    VerboseOpt,
     WeightsOnlyOpt,
     gate_options,
     scan_options,
     with_options,
 )
-from .summary import print_summary
+from .summary import print_summary, print_time_shares
+from .threads import apply_thread_policy
 
 
 @handle_errors
@@ -44,7 +43,7 @@ def scan(
     checkpoint: Annotated[
         Path,
         typer.Argument(
-            help="A .safetensors file, a timm checkpoint folder (config.json + model.safetensors), or a .pt/.pth/.bin state_dict.",
+            help="A .safetensors file, a timm or transformers checkpoint folder (config.json + model.safetensors), a .pt/.pth/.bin state_dict, or a Lightning .ckpt.",
             show_default=False,
         ),
     ],
@@ -57,43 +56,44 @@ def scan(
     csv_path: CsvOpt = None,
     gates: GateSetup,
     distributed: DistributedOpt = False,
-    fail_on_masking: FailOnMaskingOpt = False,
-    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
     stop: StopSignals,
 ) -> None:
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
+    # before torch is imported: OpenMP reads its wait policy from the environment then
+    config, policy = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     # here, not at the top: registering the command (``wciaudit gate``, ``--help``) needs no torch
     from ..distributed import Shard, leave, shard_from_env
     from ..scan import checkpoint_stem
     from ..scan import scan as run_scan
 
-    set_threads(threads)
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
     check_output_folders(target, html, csv_path)
-    shard = shard_from_env() if distributed else Shard()
+    shard = shard_from_env(settings.config.device) if distributed else Shard()
     kept: list[AuditResult] = []
+    failed = True
     try:
         with progress_bars(not quiet and shard.is_main) as progress:
             result = run_scan(
                 str(checkpoint),
                 settings.data,
-                config=settings.config,
+                config=config,
                 options=replace(settings.options, weights_only=weights_only),
                 **settings.threat_model,
                 progress=progress,
-                on_stage=lambda _stage, partial: kept.append(partial),
+                on_stage=lambda _stage, partial: kept.append(policy.record(partial)),
                 shard=shard,
             )
+        failed = False
     except BaseException:
         if shard.is_main and kept:
             keep_finished_stages(kept[-1], target, stop.signum, skipped=html or csv_path)
         raise
     finally:
-        leave(shard)
+        leave(shard, failed=failed)
+    policy.record(result)
     result.gate = gates.apply(result)
-    if fail_on_masking:
-        fail_if_masking(result)
     if not shard.is_main:
         # every process holds the same figures, so the same gate verdict and exit code
         if not result.gate.passed:
@@ -102,6 +102,8 @@ def scan(
     written = write_outputs(result, target, html, plotly, csv_path)
     if not quiet:
         print_summary(result, out)
+        if verbose:
+            print_time_shares(result, out)
         for path in written:
             out.print(f"wrote {path}", markup=False)
     code = report_gates(result, gates, quiet=quiet)
@@ -143,29 +145,3 @@ def write_outputs(
 
         written.append(write_csv([result], csv_path))
     return written
-
-
-def set_threads(threads: int | None) -> None:
-    """torch's CPU threads: ``threads`` when given, else torch's default capped at the
-    cores this process may run on (torch counts the machine's, and more threads than
-    cores make every step slower on a busy machine)."""
-    import torch
-
-    if threads is not None:
-        if threads < 1:
-            raise typer.BadParameter("--threads must be >= 1")
-        torch.set_num_threads(threads)
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if cores and torch.get_num_threads() > cores:
-        torch.set_num_threads(cores)
-
-
-def fail_if_masking(result: AuditResult) -> None:
-    """--fail-on-masking: a failed gradient-masking check fails the gate."""
-    masking = result.attacks.masking
-    if not masking or not masking.get("flagged"):
-        return
-    failed = [c["name"] for c in masking.get("checks", []) if not c.get("passed")]
-    result.gate.passed = False
-    result.gate.failures.append("gradient masking suspected: " + ", ".join(failed))

@@ -223,6 +223,8 @@ def _print_figures(result: AuditResult, console: Console) -> None:
                 else ""
             )
             console.print(f"{counted}{see}", markup=False)
+    if result.wci_target is not None:
+        console.print(target_words(result.wci_target), markup=False)
     if pb.bound is not None:
         console.print(
             f"PAC-Bayes (second order, c* chosen after seeing the data): bound {pb.bound:.4g} = "
@@ -241,6 +243,19 @@ def _print_figures(result: AuditResult, console: Console) -> None:
         console.print(f"time: load {ti.load_s:.1f}s, total {ti.total_s:.1f}s", markup=False)
 
 
+def print_time_shares(result: AuditResult, console: Console) -> None:
+    """``--verbose``: each timed part's share of the scan's wall time (``timings.shares``)."""
+    ti = result.timings
+    if not ti.shares:
+        return
+    words = {"attack_spread": "attack-spread re-attack", "spread_remeasure": "spread re-measure"}
+    parts = ", ".join(
+        f"{words.get(name, name)} {share:.0%} ({ti.parts_s.get(name, ti.total_s * share):.1f}s)"
+        for name, share in ti.shares.items()
+    )
+    console.print(f"time shares of {ti.total_s:.1f}s: {parts}", markup=False)
+
+
 def se_words(result: AuditResult) -> str:
     """What WCI's SE covers, in words; an SE of 0 says why it is 0."""
     covers = result.se_covers.get("wci")
@@ -255,3 +270,13 @@ def normalisation(result: AuditResult) -> str:
     """The input normalisation inside the audited model and where it came from."""
     ck = result.checkpoint
     return normalisation_text(ck.mean, ck.std, result.config.get("preprocessing_source"))
+
+
+def target_words(target: dict) -> str:
+    """One line on the WCI precision target (--tol): met or missed, and why."""
+    rel = target.get("relative_se")
+    got = "n/a" if rel is None else f"{rel:.1%}"
+    state = "met" if target.get("met") else "missed"
+    reason = str(target.get("reason", ""))
+    why = "" if reason == "met" else f": {reason}"
+    return f"--tol {target.get('tol'):g}: {state} (relative SE {got}){why}"

@@ -11,9 +11,10 @@ from rich.table import Table
 from ..formatting import fmt_signed, one_line
 from ..report import write_track_page
 from ..report.track_page import threat_text
-from ..track import MEASURES, TARGETS, TrackResult, overfitting_sentence, run_stem
+from ..track import MEASURES, TARGETS, TrackResult, overfitting_sentence
 from .common import EXIT_GATE_FAILED, check_output_folders, err, handle_errors, out, progress_bars
-from .options import QuietOpt, ScanSettings, scan_options, with_options
+from .options import QuietOpt, ScanSettings, VerboseOpt, scan_options, with_options
+from .threads import apply_thread_policy
 from .track_table import checkpoint_table
 
 
@@ -23,7 +24,7 @@ def track(
     run: Annotated[
         list[str],
         typer.Argument(
-            help="A run folder (its *.safetensors/*.pt/*.pth/*.bin files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.",
+            help="A run folder (its *.safetensors/*.pt/*.pth/*.bin/*.ckpt files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.",
             show_default=False,
         ),
     ],
@@ -64,9 +65,14 @@ def track(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
-    from ..track import track as run_track  # here: registering the command needs no torch
+    # before torch is imported: OpenMP reads its wait policy from the environment then
+    config, _ = apply_thread_policy(settings.config, verbose=verbose and not quiet)
+    # here: registering the command needs no torch
+    from ..track import run_stem
+    from ..track import track as run_track
 
     stem = run_stem(run)
     html_path = html or Path.cwd() / f"{stem}.track.html"
@@ -76,7 +82,7 @@ def track(
         result = run_track(
             run,
             settings.data,
-            config=settings.config,
+            config=config,
             options=settings.options,
             **settings.threat_model,
             cache_dir=cache,

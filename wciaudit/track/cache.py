@@ -121,6 +121,7 @@ def key_settings(config: ScanConfig, data: Any, options: LoadOptions) -> dict[st
 
     cfg = config.to_dict()
     cfg["device"] = resolve_device(config.device).type  # cpu and cuda differ in the last bits
+    cfg.pop("threads", None)  # chosen by the machine's load: a busy run must not miss the cache
     data_text = None if data is None else os.fspath(data)
     return {
         "config": cfg,
