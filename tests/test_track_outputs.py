@@ -1,6 +1,5 @@
 """What ``track`` tells the reader: a skipped checkpoint, the overfitting sentence, the
-default output names, the terminal table at 80 columns, a saved track JSON rendered by
-``wciaudit report``."""
+default output names, a saved track JSON rendered by ``wciaudit report``."""
 
 from __future__ import annotations
 
@@ -11,9 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import TINY_CNN_SCAN, invoke_in
-from rich.console import Console
 
-from wciaudit.cli.track import _checkpoint_table
 from wciaudit.errors import ConfigError
 from wciaudit.result import AuditResult
 from wciaudit.track import TrackEntry, TrackResult, overfitting_sentence, run_stem
@@ -88,25 +85,6 @@ def test_run_stem_of_files_and_of_the_current_folder(tmp_path, monkeypatch):
     assert run_stem(["*.safetensors"]) == tmp_path.name
 
 
-# -- the terminal table at 80 columns ---------------------------------------------------------
-def test_track_table_at_80_columns_breaks_names_only_between_parts():
-    run = _run((1, 1.2, 0.02), (10, 1.25, 0.02))
-    long = _entry(40, "robust_checkpoint_epoch_040.safetensors", 1.3)
-    run.entries.append(long)
-    console = Console(width=80, record=True)
-    console.print(_checkpoint_table(run, 80))
-    text = console.export_text()
-    assert max(len(line) for line in text.splitlines()) <= 80
-    assert "names without .safetensors" in text  # the shared suffix, said once
-    cells = [line.split("│")[1].strip() for line in text.splitlines() if "│" in line]
-    for name in ("epoch_1", "epoch_10"):
-        assert name in cells  # whole, on one line
-    pieces = [c for c in cells if c and not c.startswith("epoch_1")]
-    assert "".join(pieces) == "robust_checkpoint_epoch_040"
-    for piece in pieces[:-1]:
-        assert piece[-1] in "._-", pieces  # every break follows a separator
-
-
 # -- a saved track JSON -----------------------------------------------------------------------
 def test_track_json_round_trips_and_renders_with_report(tmp_path):
     run = _run((1, 1.5, 0.02), (10, 1.1, 0.02), (40, 1.4, 0.02))
@@ -169,3 +147,20 @@ def test_a_run_with_no_readable_checkpoint_exits_2_and_writes_nothing(tmp_path):
     code, _, stderr = invoke_in(tmp_path, args)
     assert code == 2 and "no checkpoint of the run could be scanned" in stderr
     assert not list(tmp_path.glob("*.track.*"))
+
+
+# -- what the page's error bars cover ---------------------------------------------------------
+def test_track_page_says_what_the_wci_error_bars_cover_from_se_covers():
+    from wciaudit.report import render_track
+
+    run = _run((1, 1.5, 0.02), (10, 1.1, 0.02))
+    for e in run.entries:
+        e.result.se_covers = {"wci": ["probes", "hessian-subset"]}
+    text = " ".join(render_track(run).split())
+    assert (
+        "WCI: it covers the Hutchinson probes and the draw of the Hessian subset from the "
+        "train split;" in text
+    )
+    assert "random starts" not in text.split("Error bars:")[1].split("</p>")[0]
+    run.entries[1].result.se_covers = {"wci": ["probes"]}
+    assert "they differ between scans" in render_track(run)

@@ -7,15 +7,15 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
-from ..formatting import break_lines, fmt_estimate, fmt_fixed, fmt_signed, one_line
+from ..formatting import fmt_signed, one_line
 from ..report import write_track_page
 from ..report.track_page import threat_text
 from ..track import MEASURES, TARGETS, TrackResult, overfitting_sentence
 from .common import EXIT_GATE_FAILED, check_output_folders, err, handle_errors, out, progress_bars
 from .options import QuietOpt, ScanSettings, VerboseOpt, scan_options, with_options
 from .threads import apply_thread_policy
+from .track_table import checkpoint_table
 
 
 @handle_errors
@@ -102,48 +102,8 @@ def track(
         raise typer.Exit(EXIT_GATE_FAILED)  # the run was written, but not every checkpoint is in it
 
 
-def _checkpoint_table(result: TrackResult, width: int) -> Table:
-    """The checkpoints, one row each. At any width (80 columns in CI logs) a file name
-    breaks only between its parts (``epoch_10.`` / ``safetensors``), never inside one; a
-    suffix every file shares is said once in the title, and "(cache)" goes under the
-    name rather than in a column."""
-    names = [Path(e.path).name for e in result.entries]
-    suffixes = {Path(n).suffix for n in names}
-    common = suffixes.pop() if len(suffixes) == 1 and all(Path(n).stem for n in names) else ""
-    title = f"{len(result.entries)} checkpoint(s), epoch from {result.epoch_source}"
-    headers = ("epoch", "WCI ± SE", "gap_loss", "gap_err", "rob.acc T", "rob.loss T")
-    rows = []
-    for e, name in zip(result.entries, names, strict=True):
-        m = e.result.metrics
-        figures = [
-            fmt_estimate(e.epoch, digits=6),
-            fmt_estimate(e.result.wci, e.result.wci_se or None),
-            *(fmt_fixed(v) for v in (m.gap_loss, m.gap_err, m.robust_acc_test, m.robust_loss_test)),
-        ]
-        rows.append((name.removesuffix(common) if common else name, e.cached, figures))
-    others = sum(max([len(h)] + [len(r[2][i]) for r in rows]) for i, h in enumerate(headers))
-    room = max(10, width - others - (3 * (len(headers) + 1) - 1))
-    table = Table(
-        title=title + (f"; names without {common}" if common else ""),
-        title_justify="left",
-        show_edge=False,
-    )
-    lines = [break_lines(name, room) for name, _, _ in rows]
-    longest = max((len(piece) for ls in lines for piece in ls), default=10)
-    table.add_column(headers[0], justify="right", no_wrap=True)
-    table.add_column("checkpoint", overflow="fold", min_width=min(room, max(10, longest)))
-    for header in headers[1:]:
-        table.add_column(header, justify="right", no_wrap=True)
-    for (_, cached, figures), name_lines in zip(rows, lines, strict=True):
-        cell = Text("\n".join(name_lines))
-        if cached:
-            cell.append("\n(cache)", style="dim")
-        table.add_row(figures[0], cell, *figures[1:])
-    return table
-
-
 def _print_summary(result: TrackResult) -> None:
-    out.print(_checkpoint_table(result, out.width))
+    out.print(checkpoint_table(result, out.width))
     corr = Table(
         title="Rank correlation with the robust gap (Kendall tau / Spearman rho)",
         title_justify="left",
