@@ -149,7 +149,8 @@ class ScanConfig:
         curvature: ``auto``, ``hutchinson`` or ``ggn``.
         memory_bytes: budget for one chunk of per-example Jacobians; it decides which
             layers take the exact Gauss-Newton route (bytes).
-        masking_samples: test examples the gradient-masking checks run on (0: off).
+        masking_samples: test examples the gradient-masking checks run on (0: off; the
+            random-output check runs on every scan all the same).
         attack_spread: re-attack the Hessian subset with a second seed and add the
             traces' spread over the attack's random starts to their SE.
         threads: torch's CPU threads during the scan, put back afterwards; None leaves

@@ -183,7 +183,7 @@ MaskingSamplesOpt = Annotated[
     int,
     typer.Option(
         "--masking-samples",
-        help="Test examples the gradient-masking checks run on (0: no checks).",
+        help="Test examples the gradient-masking checks run on (0: only the random-output check, on 8).",
     ),
 ]
 AttackSpreadOpt = Annotated[
