@@ -88,8 +88,8 @@ def _probes(
     shape: tuple[int, ...],
     device: torch.device = torch.device("cpu"),
 ) -> torch.Tensor:
-    """The probes of one (layer, round, group), drawn on ``device``: on a GPU a CPU draw
-    and its copy per chunk took longer than the products themselves."""
+    """The probes of one (layer, round, group), drawn on ``device``, so that a GPU does
+    not wait for a CPU draw and a host-to-device copy of every chunk."""
     g = torch.Generator(device=device)
     g.manual_seed(
         (seed * 7_919 + layer * 104_729 + round_ * 15_485_863 + group * 32_452_843 + 1)
