@@ -348,17 +348,19 @@ def _wci_target(
 ) -> dict[str, TraceEstimate]:
     """Hutchinson layers until the WCI's relative SE is <= ``tol``.
 
-    Round 0 is the usual first round (:func:`.hutchinson.first_round`: two probes per
-    group with 16 groups), or every layer to ``layer_tol``. One probe per group (a
-    "first look") is never the round the rule stops on: its SE, the spread between
-    the groups, is itself noisy and correlated with the estimate (low estimates come
-    with small SEs), so a rule that stops on it stops more often when the estimate is
-    low; it under-covered (docs/spec.md). Then, with
+    Round 0 is a first look of one probe per group (:func:`_first_look`), after which
+    every layer not far below 0 (:func:`_far_below`) is topped up to
+    :data:`FIRST_PROBES` per group; or, with fewer groups, the first round at once; or
+    every layer to ``layer_tol``. No rule reads a one-probe SE of a layer that matters:
+    that SE, the spread between the groups, is noisy and correlated with the estimate
+    (low estimates come with small SEs), so a rule that stops on it stops more often
+    when the estimate is low; it under-covered (docs/spec.md). Then, with
     a_k = ||W_k||^2 s_k^2 / (4 Tr_k) (s_k the per-probe sd), the probe counts n_k that
     minimise sum_k n_k subject to sum_k a_k / n_k <= the variance left to these layers
     are n_k proportional to sqrt(a_k) (Lagrange); each round moves the layers towards
     those counts (capped at ``max_probes``) with fresh probes, pooled with the old.
     """
+    look = _first_look(objective, layer_tol, min_probes)
     first = hutchinson_traces(
         objective,
         tol=layer_tol if layer_tol is not None else math.inf,
@@ -367,9 +369,26 @@ def _wci_target(
         seed=seed,
         names=names,
         progress=progress,
-        probes=None if layer_tol is not None else _first_probes(objective, min_probes, max_probes),
+        probes=look
+        or (None if layer_tol is not None else _first_probes(objective, min_probes, max_probes)),
     )
     current = {e.name: e for e in first}
+    if look:
+        # the look may spare only the layers whose terms are 0 beyond doubt; the rest
+        # get the first round's probes before any rule reads their SE
+        top = [n for n, e in current.items() if not _far_below(e)]
+        more = _first_probes(objective, min_probes, max_probes) - look
+        if top and more > 0:
+            for est in hutchinson_traces(
+                objective,
+                tol=math.inf,
+                probes=more,
+                seed=seed + (_WCI_ROUNDS + 1) * _ROUND_SEED,
+                group_seed=seed,
+                names=top,
+                progress=progress,
+            ):
+                current[est.name] = pool(current[est.name], est)
     for round_ in range(1, _WCI_ROUNDS + 1):
         everything = {**fixed, **current}
         if wci_relative_se(norms, cautious(everything)) <= tol:
@@ -398,6 +417,28 @@ def _wci_target(
 #: of its exact traces was 92 % and the z sd 1.28, with 4: 93 % and 1.09
 #: (docs/spec.md); a layer the rounds leave at its first round keeps that SE.
 FIRST_PROBES = 4
+
+
+def _first_look(objective: Objective, layer_tol: float | None, min_probes: int) -> int | None:
+    """1 (one probe per group) where the groups alone give the SE ``min_probes - 1``
+    degrees of freedom (G >= ``min_probes``), so that layers whose traces lie far below
+    0 (most of a smooth network's at PGD points), whose WCI terms are 0 whatever the
+    probes, cost one Hessian-vector product each; None (the first round at once) where
+    the groups are fewer or each layer has its own target."""
+    if layer_tol is not None or group_count(objective.n) < max(min_probes, 2):
+        return None
+    return 1
+
+
+#: a first look spares a layer whose trace lies this many (cautious) SEs below 0
+_FAR_BELOW = 4.0
+
+
+def _far_below(e: TraceEstimate) -> bool:
+    """Is the trace below 0 beyond doubt: T + 4 SE < 0 with the SE at the upper end of
+    its 90 % interval (x1.35 for a look's 15 degrees of freedom)? Such a term is 0 and
+    its slope ~0 whatever its SE, so no rule's choice hangs on the noise of that SE."""
+    return e.trace + _FAR_BELOW * e.se * se_upper_factor(se_degrees_of_freedom(e)) < 0
 
 
 def _first_probes(objective: Objective, min_probes: int, max_probes: int) -> int:
