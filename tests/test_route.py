@@ -109,6 +109,31 @@ def test_pooling_two_runs_equals_one_run_over_all_probe_values() -> None:
     assert pooled.history[-1][0] == 33
 
 
+@pytest.mark.parametrize("p_a", [1, 3])
+def test_pooling_grouped_runs_equals_the_grouped_estimate_over_all_values(p_a: int) -> None:
+    """With group shares the pooled probe SE is the within-group one of all the values
+    (G (p - 1) degrees of freedom), as :func:`grouped_mean_and_se` gives it."""
+    from wciaudit.curvature.hutchinson import grouped_mean_and_se
+
+    g = torch.Generator().manual_seed(1)
+    groups, sizes = 8, torch.full((8,), 5)
+    a_vals = torch.randn(groups, p_a, generator=g, dtype=torch.float64)
+    b_vals = torch.randn(groups, 5, generator=g, dtype=torch.float64) + 0.2
+
+    def est(values: torch.Tensor) -> TraceEstimate:
+        mean, se, probe_se, sample_se = grouped_mean_and_se(values, sizes, 40, None)
+        return TraceEstimate(
+            "w", mean, se, values.shape[1], "hutchinson", False, "cap", [], probe_se,
+            sample_se, group_shares=tuple(values.mean(1).tolist()),
+        )  # fmt: skip
+
+    pooled = pool(est(a_vals), est(b_vals))
+    mean, se, probe_se, _ = grouped_mean_and_se(torch.cat([a_vals, b_vals], 1), sizes, 40, None)
+    assert pooled.trace == pytest.approx(mean, rel=1e-12)
+    assert pooled.probe_se == pytest.approx(probe_se, rel=1e-9)
+    assert pooled.se == pytest.approx(se, rel=1e-9)
+
+
 @pytest.mark.parametrize("tol", [0.1, 0.03])
 def test_wci_target_is_met_on_the_reported_wci(tol: float) -> None:
     model = mlp(nn.GELU)

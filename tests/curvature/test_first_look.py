@@ -24,7 +24,8 @@ import torch
 from reference import dense_block, mlp, rademacher_variance
 from torch import nn
 
-from wciaudit.curvature import Objective, hutchinson_traces, layer_traces
+from wciaudit.curvature import FIRST_PROBES, Objective, _far_below, hutchinson_traces, layer_traces
+from wciaudit.curvature.estimate import TraceEstimate
 from wciaudit.curvature.groups import group_count, probe_groups
 from wciaudit.curvature.hutchinson import ONE_PROBE
 from wciaudit.model import weight_layers
@@ -86,16 +87,28 @@ def test_one_probe_per_group_is_unbiased_and_its_se_is_the_group_spread() -> Non
 
 def test_wci_rounds_never_stop_on_one_probe_per_group() -> None:
     """One probe per group under-covers when a rule stops on it (its SE is correlated
-    with the estimate), so the WCI rounds start from two probes per group even where a
-    target as loose as 50 % would be met by the first look."""
+    with the estimate): the WCI rounds' first look leaves a layer at one probe only
+    where its trace lies far below 0, and tops every other layer up to
+    ``FIRST_PROBES`` even where a target as loose as 50 % would be met at once."""
     model, x, y = _case()
     names = [layer.name for layer in weight_layers(model)]
     params = dict(model.named_parameters())
     norms = [float(params[n].detach().norm()) for n in names]
     est = layer_traces(model, x, y, names, method="hutchinson", tol=0.5, weight_norms=norms)
-    assert all(e.history[0][0] >= 2 for e in est)
-    assert all(ONE_PROBE not in e.route_reason for e in est)
+    assert all(e.history[0][0] == 1 for e in est)  # the look: 12 groups >= min_probes 10
+    for e in est:
+        assert e.probes >= FIRST_PROBES or (e.probes == 1 and _far_below(e)), e
+    assert any(e.probes >= FIRST_PROBES for e in est)
     held = layer_traces(
         model, x, y, names, method="hutchinson", tol=0.5, weight_norms=norms, layer_tol=0.5
     )
     assert all(e.history[0][0] >= 2 for e in held)
+
+
+def test_a_far_below_layer_keeps_its_look() -> None:
+    def look(trace: float, se: float) -> TraceEstimate:
+        return TraceEstimate("w", trace, se, 1, "hutchinson", True, "tol", [], se, 0.0,
+                             group_shares=(trace / 16,) * 16)  # fmt: skip
+
+    assert _far_below(look(-10.0, 1.0)) and not _far_below(look(-4.0, 1.0))
+    assert not _far_below(look(3.0, 1.0))

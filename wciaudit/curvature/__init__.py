@@ -350,17 +350,19 @@ def _wci_target(
 ) -> dict[str, TraceEstimate]:
     """Hutchinson layers until the WCI's relative SE is <= ``tol``.
 
-    Round 0 is the usual first round (:func:`.hutchinson.first_round`: two probes per
-    group with 16 groups), or every layer to ``layer_tol``. One probe per group (a
-    "first look") is never the round the rule stops on: its SE, the spread between
-    the groups, is itself noisy and correlated with the estimate (low estimates come
-    with small SEs), so a rule that stops on it stops more often when the estimate is
-    low; it under-covered (docs/spec.md). Then, with
+    Round 0 is a first look of one probe per group (:func:`_first_look`), after which
+    every layer not far below 0 (:func:`_far_below`) is topped up to
+    :data:`FIRST_PROBES` per group; or, with fewer groups, the first round at once; or
+    every layer to ``layer_tol``. No rule reads a one-probe SE of a layer that matters:
+    that SE, the spread between the groups, is noisy and correlated with the estimate
+    (low estimates come with small SEs), so a rule that stops on it stops more often
+    when the estimate is low; it under-covered (docs/spec.md). Then, with
     a_k = ||W_k||^2 s_k^2 / (4 Tr_k) (s_k the per-probe sd), the probe counts n_k that
     minimise sum_k n_k subject to sum_k a_k / n_k <= the variance left to these layers
     are n_k proportional to sqrt(a_k) (Lagrange); each round moves the layers towards
     those counts (capped at ``max_probes``) with fresh probes, pooled with the old.
     """
+    look = _first_look(objective, layer_tol, min_probes)
     first = hutchinson_traces(
         objective,
         tol=layer_tol if layer_tol is not None else math.inf,
@@ -369,9 +371,26 @@ def _wci_target(
         seed=seed,
         names=names,
         progress=progress,
-        probes=None if layer_tol is not None else _first_probes(objective, min_probes, max_probes),
+        probes=look
+        or (None if layer_tol is not None else _first_probes(objective, min_probes, max_probes)),
     )
     current = {e.name: e for e in first}
+    if look:
+        # the look may spare only the layers whose terms are 0 beyond doubt; the rest
+        # get the first round's probes before any rule reads their SE
+        top = [n for n, e in current.items() if not _far_below(e)]
+        more = _first_probes(objective, min_probes, max_probes) - look
+        if top and more > 0:
+            for est in hutchinson_traces(
+                objective,
+                tol=math.inf,
+                probes=more,
+                seed=seed + (_WCI_ROUNDS + 1) * _ROUND_SEED,
+                group_seed=seed,
+                names=top,
+                progress=progress,
+            ):
+                current[est.name] = pool(current[est.name], est)
     for round_ in range(1, _WCI_ROUNDS + 1):
         everything = {**fixed, **current}
         if wci_relative_se(norms, cautious(everything)) <= tol:
@@ -400,6 +419,28 @@ def _wci_target(
 #: of its exact traces was 92 % and the z sd 1.28, with 4: 93 % and 1.09
 #: (docs/spec.md); a layer the rounds leave at its first round keeps that SE.
 FIRST_PROBES = 4
+
+
+def _first_look(objective: Objective, layer_tol: float | None, min_probes: int) -> int | None:
+    """1 (one probe per group) where the groups alone give the SE ``min_probes - 1``
+    degrees of freedom (G >= ``min_probes``), so that layers whose traces lie far below
+    0 (most of a smooth network's at PGD points), whose WCI terms are 0 whatever the
+    probes, cost one Hessian-vector product each; None (the first round at once) where
+    the groups are fewer or each layer has its own target."""
+    if layer_tol is not None or group_count(objective.n) < max(min_probes, 2):
+        return None
+    return 1
+
+
+#: a first look spares a layer whose trace lies this many (cautious) SEs below 0
+_FAR_BELOW = 4.0
+
+
+def _far_below(e: TraceEstimate) -> bool:
+    """Is the trace below 0 beyond doubt: T + 4 SE < 0 with the SE at the upper end of
+    its 90 % interval (x1.35 for a look's 15 degrees of freedom)? Such a term is 0 and
+    its slope ~0 whatever its SE, so no rule's choice hangs on the noise of that SE."""
+    return e.trace + _FAR_BELOW * e.se * se_upper_factor(se_degrees_of_freedom(e)) < 0
 
 
 def _first_probes(objective: Objective, min_probes: int, max_probes: int) -> int:
@@ -482,18 +523,38 @@ def _by_count(extra: dict[str, int]) -> dict[int, list[str]]:
 
 
 def pool(a: TraceEstimate, b: TraceEstimate) -> TraceEstimate:
-    """Two independent Hutchinson estimates of one trace as one: the mean of all probe
-    values, and their SE from the pooled sum of squares (each run's sample variance is
-    se^2 n). The probe part of the SE pools that way; a Hessian-subset part
+    """Two independent Hutchinson estimates of one trace as one, on the same groups.
+
+    The mean of all probe values; the probe part from the pooled within-group spread,
+    as :func:`.hutchinson.grouped_mean_and_se` would give from all the values:
+    with p = p_a + p_b probes per group and W = sum_g s_g^2 / p,
+
+        sum_g (p - 1) s_g^2 = (p_a - 1) p_a W_a + (p_b - 1) p_b W_b
+                              + p_a p_b / p * sum_g (ybar_ga - ybar_gb)^2,
+
+    so the probe SE keeps G (p - 1) degrees of freedom (taken from the p probe totals
+    alone it had p - 1, and the rounds stopped on its noise). A run of one probe per
+    group adds nothing to the first sum (its ``probe_se`` is the group spread, not W).
+    Without group shares the probe totals are pooled. A Hessian-subset part
     (``sample_se``) estimates the same quantity in both runs and is averaged by probes."""
     na, nb = int(a.probes), int(b.probes)
     n = na + nb
-    pa = a.probe_se if a.probe_se > 0 else a.se
-    pb = b.probe_se if b.probe_se > 0 else b.se
     mean = (na * a.trace + nb * b.trace) / n
-    ss = (na - 1) * pa**2 * na + na * a.trace**2 + (nb - 1) * pb**2 * nb + nb * b.trace**2
-    var = max(ss - n * mean**2, 0.0) / (n - 1)
-    probe_se = math.sqrt(var / n)
+    groups = len(a.group_shares)
+    if groups > 0 and groups == len(b.group_shares):
+        within = (na - 1) * na * a.probe_se**2 + (nb - 1) * nb * b.probe_se**2
+        within += (
+            na
+            * nb
+            / n
+            * math.fsum((x - y) ** 2 for x, y in zip(a.group_shares, b.group_shares, strict=True))
+        )
+        probe_se = math.sqrt(within / (n - 1) / n)
+    else:
+        pa = a.probe_se if a.probe_se > 0 else a.se
+        pb = b.probe_se if b.probe_se > 0 else b.se
+        ss = (na - 1) * pa**2 * na + na * a.trace**2 + (nb - 1) * pb**2 * nb + nb * b.trace**2
+        probe_se = math.sqrt(max(ss - n * mean**2, 0.0) / (n - 1) / n)
     sample_se = math.sqrt((na * a.sample_se**2 + nb * b.sample_se**2) / n)
     shares = (
         tuple((na * x + nb * y) / n for x, y in zip(a.group_shares, b.group_shares, strict=True))
