@@ -3,12 +3,22 @@
   "use strict";
   var blob = document.getElementById("wciaudit-figures");
   var figures = JSON.parse(blob.textContent);
-  var drawn = 0;
+  var drawn = 0, missing = 0;
   var config = { responsive: true, displaylogo: false, scrollZoom: false };
   Object.keys(figures).forEach(function (id) {
     var el = document.getElementById(id);
     var fig = figures[id];
-    if (!el || typeof Plotly === "undefined") { return; }
+    if (!el) { return; }
+    if (typeof Plotly === "undefined") {
+      /* a page written with --plotly cdn, opened offline: say so where the chart would be */
+      var note = document.createElement("p");
+      note.className = "chart-missing";
+      note.textContent = "This chart needs plotly.js, which this page loads from the network (it was written with --plotly cdn) and which did not load. Open the page online, or write it again with --plotly inline.";
+      el.appendChild(note);
+      el.classList.add("missing");
+      missing += 1;
+      return;
+    }
     if (fig.names) {  /* layer names are stored once per figure, not once per trace */
       fig.data.forEach(function (trace) { if (trace.meta === "names") { trace.customdata = fig.names; } });
     }
@@ -16,6 +26,7 @@
     drawn += 1;
   });
   document.body.setAttribute("data-charts", String(drawn));
+  document.body.setAttribute("data-charts-missing", String(missing));
   if (!document.body.hasAttribute("data-errors")) { document.body.setAttribute("data-errors", "0"); }
 
   function key(cell, type) {

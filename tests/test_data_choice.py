@@ -8,7 +8,7 @@ from torch import nn
 
 from wciaudit.checkpoints import LoadedCheckpoint, loaded_from_module
 from wciaudit.config import LoadOptions, ScanConfig
-from wciaudit.data_choice import choose_data
+from wciaudit.data_choice import check_model_accepts, choose_data
 from wciaudit.errors import DataError
 
 CFG = ScanConfig(train_samples=20, test_samples=20)
@@ -59,3 +59,68 @@ def test_a_checkpoint_that_names_the_sample_gets_it_fitted() -> None:
     assert splits.input_shape == [3, 16, 16] and "names dataset 'digits'" in reason
     assert any("from checkpoint metadata" in n for n in notes)
     assert torch.all((splits.x_train >= 0) & (splits.x_train <= 1))
+
+
+def _grey_pngs(root) -> None:  # noqa: ANN001
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(2):
+                grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+                Image.fromarray(grey, "L").save(root / split / label / f"{i}.png")
+
+
+def test_grey_images_without_an_input_size_say_which_flag_reads_them(tmp_path) -> None:  # noqa: ANN001
+    _grey_pngs(tmp_path)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+    loaded = loaded_from_module(model, LoadOptions())
+    with pytest.raises(DataError) as info:
+        choose_data(str(tmp_path), loaded, CFG, [])
+    assert str(info.value) == (
+        "the model does not accept the data: the images were read as RGB, (3, 8, 8), because "
+        "the model's input size is unknown, but the model's first layer 0 (Conv2d) takes 1 "
+        "channel, (N, 1, H, W): pass --input-size 1,8,8"
+    )
+    # and that flag does read them
+    fixed = loaded_from_module(model, LoadOptions(input_size=(1, 8, 8)))
+    splits, _ = choose_data(str(tmp_path), fixed, CFG, [])
+    assert splits.input_shape == [1, 8, 8]
+
+
+def _labelled(y_train: list[int], y_test: list[int]):  # noqa: ANN202
+    from wciaudit.data import Splits
+
+    return Splits(
+        "t",
+        torch.rand(len(y_train), 4),
+        torch.tensor(y_train),
+        torch.rand(len(y_test), 4),
+        torch.tensor(y_test),
+        max(y_train + y_test) + 1,
+        "t",
+        len(y_train),
+        len(y_test),
+    )
+
+
+def test_labels_are_judged_against_the_models_outputs() -> None:
+    cpu = torch.device("cpu")
+    wide = nn.Linear(4, 1000)
+    # a 1000-class model on examples of classes 7..997: valid, with a note
+    note = check_model_accepts(wide, _labelled([7, 500], [997, 8]), cpu, torch.float32)
+    assert note is not None and "labels run 7..997" in note
+    # one-based labels 1..10 on a 10-class model: the evidence of a shift
+    with pytest.raises(DataError) as info:
+        check_model_accepts(nn.Linear(4, 10), _labelled([1, 5], [10]), cpu, torch.float32)
+    assert str(info.value).startswith("labels run 1..10 but the model has 10 outputs")
+    assert "subtract 1" in str(info.value)
+    # the same labels on an 11-class model fit
+    assert (
+        check_model_accepts(nn.Linear(4, 11), _labelled([1, 5], [10]), cpu, torch.float32) is None
+    )

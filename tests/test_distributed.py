@@ -17,9 +17,10 @@ import torch.multiprocessing as mp
 from cli_runner import child_env
 from torch import nn
 
-from wciaudit import Splits, scan
+from wciaudit import Splits, distributed, scan
 from wciaudit.attacks import run_attack
-from wciaudit.distributed import Shard
+from wciaudit.distributed import Shard, choose_device
+from wciaudit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(
@@ -176,6 +177,88 @@ def test_shard_bounds_cover_everything_once() -> None:
             spans = [Shard(rank=r, world=world).bounds(n) for r in range(world)]
             assert spans[0][0] == 0 and spans[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.parametrize(
+    ("spec", "local_rank", "count", "expected"),
+    [
+        ("cpu", 1, 4, "cpu"),  # --device cpu on a GPU host stays on the CPU (gloo)
+        ("auto", 1, 0, "cpu"),
+        ("auto", 1, 4, "cuda:1"),
+        ("cuda", 2, 4, "cuda:2"),
+        ("cuda", 3, 1, "cuda:0"),  # per-task CUDA_VISIBLE_DEVICES: one device each
+        ("cuda:1", 0, 2, "cuda:1"),  # an explicit index is kept
+    ],
+)
+def test_the_device_under_torchrun(spec: str, local_rank: int, count: int, expected: str) -> None:
+    assert choose_device(spec, local_rank, count) == torch.device(expected)
+
+
+@pytest.mark.parametrize(
+    ("spec", "local_rank", "count", "words"),
+    [
+        ("cuda", 0, 0, "sees no CUDA device"),
+        ("cuda:2", 0, 2, "does not exist"),
+        ("cuda", 2, 2, "LOCAL_RANK 2"),
+        ("tpu", 0, 1, "device must be"),
+    ],
+)
+def test_impossible_devices_under_torchrun(
+    spec: str, local_rank: int, count: int, words: str
+) -> None:
+    with pytest.raises(ConfigError, match=words):
+        choose_device(spec, local_rank, count)
+
+
+class _FakeDist:
+    """What shard_from_env and leave ask of torch.distributed, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def init_process_group(self, **kwargs: object) -> None:
+        self.calls.append(("init", kwargs))
+
+    def get_rank(self) -> int:
+        return 1
+
+    def get_world_size(self) -> int:
+        return 2
+
+    def barrier(self) -> None:
+        self.calls.append(("barrier", {}))
+
+    def destroy_process_group(self) -> None:
+        self.calls.append(("destroy", {}))
+
+
+def test_joining_uses_the_asked_device_and_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeDist()
+    fake.is_initialized = lambda: False  # type: ignore[method-assign]
+    monkeypatch.setattr(distributed, "dist", fake)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    shard = distributed.shard_from_env("cpu", timeout_s=42)
+    assert (shard.rank, shard.world, shard.device) == (1, 2, torch.device("cpu"))
+    ((what, kwargs),) = fake.calls
+    assert what == "init" and kwargs["backend"] == "gloo"
+    assert kwargs["timeout"].total_seconds() == 42
+
+
+def test_a_failed_process_leaves_without_a_barrier(monkeypatch: pytest.MonkeyPatch) -> None:
+    # its peers may wait in an all-reduce; a barrier would meet it out of step and hang
+    fake = _FakeDist()
+    monkeypatch.setattr(distributed, "dist", fake)
+    distributed.leave(Shard(rank=1, world=2), failed=True)
+    assert fake.calls == []
+    distributed.leave(Shard(rank=1, world=2))
+    assert [c[0] for c in fake.calls] == ["barrier", "destroy"]
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from wciaudit.gate import (
     noise_verdict,
     parse_increase,
 )
-from wciaudit.result import AuditResult, DatasetInfo, Metrics, PacBayes
+from wciaudit.result import AttackInfo, AuditResult, DatasetInfo, Metrics, PacBayes
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "ci.md"
 
@@ -112,6 +112,10 @@ def test_messages_in_the_docs_are_the_real_ones():
     )
     no_test = _result(dataset=DatasetInfo(name="digits", n_train=200), metrics={"gap_loss": None})
     real += apply_gates(no_test, GateConfig(max_gap_loss=0.5)).failures
+    checks = [{"name": "deterministic-output", "passed": False}, {"name": "more-steps"}]
+    checks += [{"name": "large-eps", "passed": False}]
+    masked = _result(attacks=AttackInfo(masking={"checks": checks}))
+    real += apply_gates(masked, GateConfig(fail_on_masking=True)).failures
     documented = re.findall(
         r"^wciaudit: gate failed: (.*)$", DOCS.read_text(encoding="utf-8"), re.M
     )

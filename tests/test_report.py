@@ -202,7 +202,7 @@ def test_shows_the_sections(single_html: str) -> None:
         "not a certificate",
         "upper bound on the true robust",
         "exact-ggn",
-        "computed exactly",
+        "took the exact Gauss-Newton route",
         "No gate thresholds",
         "Sample sizes",
         "torch 2.4.0",
@@ -327,12 +327,31 @@ def test_comparison_view() -> None:
     assert {"r0-layers", "r1-layers", "cmp-terms"} <= set(figures)
     overlay = figures["cmp-terms"]["data"]
     assert len(overlay) == 2
-    assert len(overlay[0]["x"]) == 5  # union of layer names
-    assert overlay[0]["y"][-1] is None  # head.weight is not in the first result
+    assert len(overlay[0]["y"]) == 5  # union of layer names, one row each
+    assert overlay[0]["x"][-1] is None  # head.weight is not in the first result
+    # the layers are named on the axis, not only on hover (a screenshot names them)
+    ticks = figures["cmp-terms"]["layout"]["yaxis"]["ticktext"]
+    assert ticks[-1] == "head.weight" and len(ticks) == 5
     assert "side-by-side" in html
     # lower WCI than the reference is highlighted as better
     assert 'class="n better"' in html
-    assert "appear in only some results" in html
+    text = " ".join(html.split())
+    assert (
+        "4 of the 5 layer names appear in every result and are compared; 1 appears in only some"
+        in text
+    )
+    assert "results with 4, 5 layers" in text
+
+
+def test_comparison_says_when_no_layer_name_is_shared() -> None:
+    """Two results with disjoint layer names: nothing is compared with itself, and the
+    page says so instead of counting every name as matched."""
+    cnn = make_result(path="cnn.safetensors", layer_prefix="features")
+    vit = make_result(path="vit.safetensors", layer_prefix="blocks")
+    text = " ".join(_without_plotly(render_report([cnn, vit])).split())
+    assert "No layer name is shared by every result" in text
+    assert "matched by name" not in text
+    assert "The 8 layers below each show the results that have them" in text
 
 
 def test_size_200_layers(tmp_path: Path) -> None:

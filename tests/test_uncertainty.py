@@ -295,3 +295,37 @@ def test_all_three_sources_together_are_not_counted_twice() -> None:
     wci, reported, attack = _simulate(attack_sd=0.4, seed=13)
     mean, true, se = _agree(reported, wci)
     assert abs(mean - true) <= 4 * se, (mean, true, se, attack.mean())
+
+
+def test_t_quantile_agrees_with_scipy() -> None:
+    from scipy import stats
+
+    from wciaudit.uncertainty import t_quantile
+
+    for dof in (3, 5, 15, 100, 1e6):
+        for p in (0.975, 0.9772498680518208):
+            assert t_quantile(p, dof) == pytest.approx(stats.t.ppf(p, dof), rel=2e-3)
+
+
+def test_tail_factor_restores_coverage_of_a_heavy_tailed_mean() -> None:
+    """A mean of 64 lognormal values (sigma 1, excess kurtosis 110), its SE from 16
+    group totals: the plain 2-SE interval covers the mean in 89.5 % of 4000 draws, the
+    tail-widened one in 92.1 % (95.4 % wanted: a symmetric interval cannot undo all of
+    a skewed mean's lean; with sigma 1.5, 83 % and 86 %); on normal values the factor is
+    within 10 % of 1 (t on 15 degrees of freedom). 4000 draws: binomial SE 0.4 %."""
+    from wciaudit.uncertainty import tail_factor
+
+    rng = np.random.default_rng(0)
+    groups, per, reps = 16, 4, 4000
+    mean = math.exp(0.5)
+    plain = wide = 0
+    for _ in range(reps):
+        t = rng.lognormal(0.0, 1.0, (groups, per)).sum(1) / (groups * per)
+        resid = t - t.mean()
+        se = math.sqrt(groups / (groups - 1) * float((resid**2).sum()))
+        dev = abs(float(t.sum()) - mean)
+        plain += dev <= 2 * se
+        wide += dev <= 2 * se * tail_factor(resid.tolist())
+    assert plain / reps < 0.905 and wide / reps >= 0.91 and wide - plain >= 0.015 * reps
+    normal = [tail_factor(rng.standard_normal(groups).tolist()) for _ in range(200)]
+    assert 1.0 <= float(np.median(normal)) <= 1.1

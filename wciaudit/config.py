@@ -138,8 +138,7 @@ class ScanConfig:
         max_probes: probe cap per layer for Hutchinson.
         min_probes: Hutchinson's SE has min_probes - 1 degrees of freedom before the
             stop rule may fire (a probe is one vector per group of the Hessian subset:
-            with 16 groups the first round is 2 probes, and under the WCI target a
-            first look of 1, whose SE is the spread between the groups).
+            with 16 groups the first round is 2 probes, under the WCI target too).
         hessian_samples: number of train examples the Hessian is taken over.
         delta: confidence of the PAC-Bayes confidence term.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -150,7 +149,8 @@ class ScanConfig:
         curvature: ``auto``, ``hutchinson`` or ``ggn``.
         memory_bytes: budget for one chunk of per-example Jacobians; it decides which
             layers take the exact Gauss-Newton route (bytes).
-        masking_samples: test examples the gradient-masking checks run on (0: off).
+        masking_samples: test examples the gradient-masking checks run on (0: off; the
+            random-output check runs on every scan all the same).
         attack_spread: re-attack the Hessian subset with a second seed and add the
             traces' spread over the attack's random starts to their SE.
         threads: torch's CPU threads during the scan, put back afterwards; None leaves

@@ -9,16 +9,27 @@ the input size, mean and std and where each came from.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from .checkpoints import LoadedCheckpoint
+from .checkpoints.precedence import NONE_TORCHVISION
 from .config import ScanConfig
-from .data import SAMPLE_NAMES, Splits, class_count_note, fit_to_model, load_data, to_channels_first
-from .errors import DataError
-from .model import eval_mode
+from .data import (
+    SAMPLE_NAMES,
+    Splits,
+    check_labels_fit,
+    fit_to_model,
+    load_data,
+    to_channels_first,
+)
+from .errors import ConfigError, DataError
+from .model import AuditedModel, eval_mode
+from .model_inputs import mismatch_words, refusing_layer
+from .retry import is_out_of_memory
 
 __all__ = ["DATA_FORMS", "choose_data", "check_model_accepts"]
 
@@ -57,6 +68,12 @@ def choose_data(
         fitted, _ = to_channels_first(splits)
         if fitted is not splits and _accepts(loaded.model, fitted):
             splits = fitted
+        else:
+            read_as_rgb = splits.name.startswith("imagefolder:")
+            with eval_mode(loaded.model):
+                check_model_accepts(
+                    loaded.model, splits, torch.device("cpu"), torch.float32, read_as_rgb
+                )
     notes.extend(n for n in splits.notes if n not in notes)
     if splits.name == "digits":
         # a user's own data must fit the model as it is (ImageFolder data is already
@@ -72,6 +89,11 @@ def choose_data(
         notes.append(
             f"inputs normalised inside the model with mean {loaded.info.mean} and std "
             f"{loaded.info.std} (from {source}); eps is in raw input units"
+        )
+    elif loaded.sources.get("mean") == NONE_TORCHVISION:
+        notes.append(
+            "no input normalisation: a torchvision model has none of its own and neither "
+            "--mean/--std nor the checkpoint's metadata gave one"
         )
     if not (splits.has_train or splits.has_test):
         raise DataError("the dataset has neither a train nor a test split")
@@ -129,25 +151,45 @@ def _accepts(model: nn.Module, splits: Splits) -> bool:
 
 
 def check_model_accepts(
-    net: nn.Module, splits: Splits, device: torch.device, dtype: torch.dtype
+    net: nn.Module,
+    splits: Splits,
+    device: torch.device,
+    dtype: torch.dtype,
+    images_read_as_rgb: bool = False,
 ) -> str | None:
-    """Raise DataError unless ``net`` takes the data and returns (N, C >= classes)
-    logits; return a note when it has more outputs than the labels use."""
-    x = splits.x_train if splits.has_train else splits.x_test
+    """Raise DataError unless ``net`` takes the data and returns (N, C) logits with every
+    label below C; return a note when it has more outputs than the labels use.
+
+    A refusal names the data's shape, what the refusing layer wants and the option that
+    fixes it (:mod:`wciaudit.model_inputs`); ``images_read_as_rgb`` says the data is an
+    ImageFolder read as RGB because the model's input size was unknown.
+    """
+    x = (splits.x_train if splits.has_train else splits.x_test)[:2].to(device, dtype)
     try:
         with torch.no_grad():
-            out = net(x[:2].to(device, dtype))
+            out = net(x)
     except Exception as exc:  # a user model may raise anything on a wrong shape
+        if is_out_of_memory(exc):  # the inputs are fine; the device is full
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"out of memory on {device} for a forward pass of 2 examples ({first}); free "
+                "memory on the device or use --device cpu"
+            ) from None
+        refusal = refusing_layer(net, x)
+        if refusal is not None:
+            if isinstance(net, AuditedModel):  # name layers as the user's model does
+                refusal = replace(refusal, name=refusal.name.removeprefix("model."))
+            words = mismatch_words(
+                splits.input_shape, refusal, images_read_as_rgb=images_read_as_rgb
+            )
+            raise DataError(f"the model does not accept the data: {words}") from None
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"the model does not accept inputs of shape {list(x.shape[1:])}: {msg}"
         ) from None
-    if out.dim() != 2 or out.shape[0] != 2:
+    if out.dim() != 2 or out.shape[0] != x.shape[0]:
         raise DataError(
             f"the model must return logits of shape (N, classes); it returned {list(out.shape)}"
         )
-    if out.shape[1] < splits.num_classes:
-        raise DataError(
-            f"the data has labels up to {splits.num_classes - 1} but the model has {out.shape[1]} outputs"
-        )
-    return class_count_note(int(out.shape[1]), splits.num_classes)
+    labels = [y for y in (splits.y_train, splits.y_test) if y is not None and len(y)]
+    return check_labels_fit(labels, int(out.shape[1])) if labels else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -71,34 +72,99 @@ class Shard:
             dist.barrier()
 
 
-def shard_from_env(backend: str | None = None) -> Shard:
+#: how long a collective waits for the other processes before it raises (seconds): the
+#: processes do equal work between collectives, so a long wait means a peer has died
+DEFAULT_TIMEOUT_S = 900
+
+
+def choose_device(spec: str, local_rank: int, cuda_count: int) -> torch.device:
+    """The device of one torchrun process, from ``--device`` and what it can see.
+
+    A pure function of its readings (``LOCAL_RANK`` and ``torch.cuda.device_count()``,
+    which counts the devices ``CUDA_VISIBLE_DEVICES`` leaves this process):
+
+    - ``cpu``: the CPU (gloo), even on a host with GPUs;
+    - ``auto``: as ``cuda`` where a CUDA device is visible, else the CPU;
+    - ``cuda``: ``cuda:LOCAL_RANK`` where every process sees every device of the host;
+      ``cuda:0`` where the process sees one device (a scheduler that gives each task its
+      own ``CUDA_VISIBLE_DEVICES``);
+    - ``cuda:N``: device N of those this process sees, as given (with several processes
+      per host each must see a different device there, else NCCL reports a duplicate GPU).
+
+    Raises:
+        ConfigError: CUDA asked for and none visible, ``cuda:N`` beyond the visible
+            devices, or more processes on the host than visible devices.
+
+    Example:
+        >>> choose_device("cuda", local_rank=3, cuda_count=1)
+        device(type='cuda', index=0)
+        >>> choose_device("auto", local_rank=1, cuda_count=0)
+        device(type='cpu')
+    """
+    if spec == "cpu" or (spec == "auto" and cuda_count == 0):
+        return torch.device("cpu")
+    if spec != "auto" and not spec.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if cuda_count == 0:
+        raise ConfigError(f"device {spec!r} asked for, but this process sees no CUDA device")
+    asked = torch.device("cuda" if spec == "auto" else spec)
+    if asked.index is not None:
+        if asked.index >= cuda_count:
+            raise ConfigError(
+                f"device {spec!r} does not exist; this process sees {cuda_count} CUDA device(s)"
+            )
+        return asked
+    if cuda_count == 1:
+        return torch.device("cuda", 0)
+    if local_rank >= cuda_count:
+        raise ConfigError(
+            f"LOCAL_RANK {local_rank} but this process sees only {cuda_count} CUDA devices: "
+            "start at most one process per device, or use --device cpu"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def shard_from_env(
+    device: str = "auto", backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Shard:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_*).
 
-    Backend: ``nccl`` when CUDA is available, else ``gloo``. A single process (no
-    WORLD_SIZE, or 1) gives ``Shard()`` without touching torch.distributed.
+    Args:
+        device: the scan's ``--device``; the process's device is :func:`choose_device`'s.
+        backend: default ``nccl`` on a CUDA device, ``gloo`` on the CPU.
+        timeout_s: the longest a collective waits for the other processes.
+
+    A single process (no WORLD_SIZE, or 1) gives ``Shard()`` without touching
+    torch.distributed.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Shard()
     if not dist.is_available():
         raise ConfigError("this torch build has no torch.distributed support")
-    use_cuda = torch.cuda.is_available()
-    backend = backend or ("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    chosen = choose_device(device, local, count)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    backend = backend or ("nccl" if chosen.type == "cuda" else "gloo")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return Shard(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return Shard(rank=dist.get_rank(), world=dist.get_world_size(), device=chosen)
 
 
-def leave(shard: Shard) -> None:
-    """Tear the process group down at the end of a distributed command."""
-    if shard.active and dist.is_initialized():
-        # leave together: a rank that exits while another still talks to the store
-        # (hosted by rank 0) can abort the other at shutdown
-        dist.barrier()
-        dist.destroy_process_group()
+def leave(shard: Shard, failed: bool = False) -> None:
+    """Tear the process group down at the end of a distributed command.
+
+    After a failure this process leaves at once: its peers may be waiting in a
+    collective that a barrier here would meet out of step (a hang until the timeout);
+    exiting lets torchrun stop them.
+    """
+    if not (shard.active and dist.is_initialized()):
+        return
+    if failed:
+        return
+    # leave together: a rank that exits while another still talks to the store
+    # (hosted by rank 0) can abort the other at shutdown
+    dist.barrier()
+    dist.destroy_process_group()

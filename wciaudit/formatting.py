@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Any
 
 from .config import format_eps
 
 __all__ = [
     "MISSING",
+    "break_lines",
     "fmt_estimate",
     "fmt_fixed",
     "fmt_int",
@@ -165,3 +167,29 @@ def shorten(text: str, limit: int, *, keep: str = "start") -> str:
     if keep == "end":
         return "…" + text[-(limit - 1) :]
     return text[: limit - 1] + "…"
+
+
+_PIECES = re.compile(r"[^._/:-]+[._/:-]*|[._/:-]+")
+
+
+def break_lines(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken only after a ``.``,
+    ``_``, ``-``, ``/`` or ``:`` (``epoch_10.`` / ``safetensors``), so that a terminal
+    never splits a file or layer name inside a word; a piece longer than ``width`` stays
+    whole on its own line.
+
+    Example:
+        >>> break_lines("robust_overfitting_epoch_001.safetensors", 20)
+        ['robust_overfitting_', 'epoch_001.', 'safetensors']
+    """
+    lines: list[str] = []
+    current = ""
+    for piece in _PIECES.findall(text):
+        if current and len(current) + len(piece) > width:
+            lines.append(current)
+            current = piece
+        else:
+            current += piece
+    if current or not lines:
+        lines.append(current)
+    return lines

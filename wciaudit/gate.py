@@ -71,6 +71,7 @@ __all__ = [
     "find_config_file",
     "load_baseline",
     "load_gate_config",
+    "masking_gate",
     "noise_verdict",
     "parse_increase",
     "read_config_file",
@@ -237,7 +238,7 @@ def check_gates(
     result: AuditResult, config: GateConfig, baseline: AuditResult | None = None
 ) -> list[GateCheck]:
     """One :class:`GateCheck` per threshold ``config`` sets, in :data:`THRESHOLDS` order,
-    the baseline gate last.
+    then the masking gate, the baseline gate last.
 
     Raises:
         ConfigError: when ``max_wci_increase`` is set and ``baseline`` is None.
@@ -265,11 +266,46 @@ def check_gates(
             reason = f"{figure} is null ({_null_reason(result, figure)}): cannot check {option}"
             check = replace(check, message=reason)
         checks.append(check)
+    if config.fail_on_masking:
+        checks.append(masking_gate(result, config))
     if config.max_wci_increase is not None:
         if baseline is None:
             raise ConfigError("max_wci_increase needs a baseline result")
         checks.append(_increase_check(result, baseline, config))
     return checks
+
+
+def masking_gate(result: AuditResult, config: GateConfig) -> GateCheck:
+    """``--fail-on-masking``: the number of failed gradient-masking checks must be 0.
+
+    The checks are those the scan ran and saved (``attacks.masking.checks``, the
+    random-output check among them); a skipped check (``passed`` null) is not a failure.
+    A result without them (a weights-only scan) fails, like a null figure.
+
+    Example:
+        >>> from wciaudit.result import AttackInfo
+        >>> checks = [{"name": "large-eps", "passed": False}, {"name": "square", "passed": None}]
+        >>> r = AuditResult(attacks=AttackInfo(masking={"checks": checks}))
+        >>> masking_gate(r, GateConfig(fail_on_masking=True)).message
+        'gradient masking suspected: large-eps failed (--fail-on-masking)'
+    """
+    masking = result.attacks.masking
+    option, source = "--fail-on-masking", config.source("fail_on_masking")
+    check = GateCheck("masking_checks_failed", "<=", option, 0, None, None, source=source)
+    if not masking or not masking.get("checks"):
+        reason = _null_reason(result, "masking")
+        return replace(
+            check, message=f"no gradient-masking checks ({reason}): cannot check {option}"
+        )
+    checks = masking["checks"]
+    failed = [str(c.get("name")) for c in checks if c.get("passed") is False]
+    ran = sum(c.get("passed") is not None for c in checks)
+    if failed:
+        message = f"gradient masking suspected: {', '.join(failed)} failed ({option})"
+    else:
+        message = f"no gradient-masking check failed ({ran} of {len(checks)} ran)"
+    status = "fail" if failed else "pass"
+    return replace(check, value=len(failed), status=status, excess=len(failed), message=message)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -369,6 +405,8 @@ def _null_reason(result: AuditResult, figure: str) -> str:
     ds = result.dataset
     if not ds.n_train and not ds.n_test:
         return "no data: weights-only scan"
+    if figure == "masking":
+        return "not in the result"
     if figure in ("gap_loss", "gap_err", "robust_acc_test") and not ds.n_test:
         return "no test split"
     if figure in ("gap_loss", "gap_err") and not ds.n_train:

@@ -38,7 +38,7 @@ THRESHOLDS: dict[str, tuple[str, str, str]] = {
     "max_bound": ("bound", "<=", "--max-bound"),
 }
 #: every key a config file may hold
-CONFIG_KEYS = (*THRESHOLDS, "max_wci_increase", "gate_sigmas", "baseline")
+CONFIG_KEYS = (*THRESHOLDS, "max_wci_increase", "fail_on_masking", "gate_sigmas", "baseline")
 
 
 _INCREASE = re.compile(r"^\s*([+]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*(%?)\s*$")
@@ -66,6 +66,8 @@ class GateConfig:
         max_wci, max_gap_loss, max_gap_err, max_bound: upper limits (None: no gate).
         min_robust_acc: lower limit on ``metrics.robust_acc_test``, a fraction in [0, 1].
         max_wci_increase: allowed WCI increase over the baseline result.
+        fail_on_masking: fail when a gradient-masking check of the result failed (the
+            random-output check among them); None or False: no such gate.
         gate_sigmas: how many SEs beyond a threshold a figure must be to fail.
         baseline: path of the baseline result (config-file paths are resolved against
             the file's folder).
@@ -78,15 +80,18 @@ class GateConfig:
     min_robust_acc: float | None = None
     max_bound: float | None = None
     max_wci_increase: Increase | None = None
+    fail_on_masking: bool | None = None
     gate_sigmas: float = DEFAULT_SIGMAS
     baseline: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def has_gates(self) -> bool:
-        """True when at least one threshold is set."""
-        return self.max_wci_increase is not None or any(
-            getattr(self, key) is not None for key in THRESHOLDS
+        """True when at least one threshold (or the masking gate) is set."""
+        return (
+            self.max_wci_increase is not None
+            or bool(self.fail_on_masking)
+            or any(getattr(self, key) is not None for key in THRESHOLDS)
         )
 
     def source(self, key: str) -> str:
@@ -121,6 +126,10 @@ class GateConfig:
                 if source != "cli" and not path.is_absolute():
                     path = Path(source).parent / path
                 changes[key] = path
+            elif key == "fail_on_masking":
+                if not isinstance(raw, bool):
+                    raise ConfigError(f"{where}{label} must be true or false, got {raw!r}")
+                changes[key] = raw
             else:
                 value = _number(raw, f"{where}{label}")
                 if key == "gate_sigmas" and value < 0:

@@ -6,6 +6,7 @@ applied inside :class:`AuditedModel`, as RobustBench does it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,7 +113,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextmanager
 def no_tf32() -> Iterator[None]:
-    """Curvature and attacks in full fp32 on GPU (TF32 off), restored afterwards."""
+    """Curvature and attacks in full fp32 on GPU (TF32 off), restored afterwards.
+
+    cuDNN runs convolutions in TF32 by default (about 1e-3 relative), so every public
+    entry point that runs the model for a figure (``layer_traces``, the attacks,
+    ``WCIMonitor.measure``) enters this, as a context or a decorator (``@no_tf32()``).
+    """
     matmul = torch.backends.cuda.matmul.allow_tf32
     cudnn = torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -122,6 +128,54 @@ def no_tf32() -> Iterator[None]:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
         torch.backends.cudnn.allow_tf32 = cudnn
+
+
+#: the phrase of torch's warning for an op without a deterministic CUDA kernel
+_NONDETERMINISTIC = "does not have a deterministic implementation"
+
+
+@contextmanager
+def deterministic_kernels(device: torch.device) -> Iterator[list[str]]:
+    """On CUDA: deterministic algorithms and cuDNN kernels, restored afterwards.
+
+    Atomic-add kernels (pooling and interpolation backward, some cuDNN convolution
+    algorithms, scatter/index_add) sum in a varying order; PGD's sign() turns a last-bit
+    difference into a different step. Inside, torch picks deterministic kernels where it
+    has them (``warn_only``: an op without one still runs); the yielded list is filled,
+    when the context exits, with the messages of those ops, for the report. cuBLAS is repeatable only when the
+    process was started with ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (torch warns otherwise,
+    and that warning is collected too). On the CPU nothing is changed: its kernels are
+    deterministic already, and deterministic mode would fill every new tensor.
+    Warnings of any other kind are passed on unchanged.
+    """
+    found: list[str] = []
+    if device.type != "cuda":
+        yield found
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield found
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
+        for w in caught:
+            text = str(w.message)
+            if _NONDETERMINISTIC in text or "CUBLAS_WORKSPACE_CONFIG" in text:
+                line = text.strip().splitlines()[0]
+                if line not in found:
+                    found.append(line)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def resolve_device(spec: str) -> torch.device:

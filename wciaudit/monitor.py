@@ -53,12 +53,14 @@ from torch import nn
 from . import bounds
 from .attacks.pgd import perturb
 from .config import ScanConfig
-from .curvature import layer_traces
+from .curvature import TraceEstimate, layer_traces
+from .curvature.groups import common_groups, fold_shares
 from .errors import ConfigError
-from .model import eval_mode, weight_layers
+from .model import eval_mode, no_tf32, weight_layers
 from .result import write_atomic
+from .uncertainty import wci_error
 
-__all__ = ["WCIMonitor", "WCIRecord", "WCILRAdjuster"]
+__all__ = ["WCIMonitor", "WCIRecord", "WCILRAdjuster", "batch_wci_se"]
 
 #: the monitor's defaults where they differ from a scan's: cheaper, looser
 MONITOR_DEFAULTS: dict[str, Any] = {"steps": 5, "tol": 0.1, "max_probes": 50, "min_probes": 10}
@@ -72,7 +74,13 @@ class WCIRecord:
 
     Attributes:
         step: the caller's step or epoch number.
-        wci, wci_se: WCI and its delta-method standard error (0 for the exact route).
+        wci, wci_se: WCI and its standard error as an estimate of the WCI of the
+            training data at these weights (:func:`batch_wci_se`): it covers the
+            probes, the held batch as a sample of the training data, and the attack's
+            random starts (drawn per example, so inside the spread between groups of
+            the batch). It does not cover the step-to-step change: the batch and the
+            attack seed are the same at every measurement, so two records differ by
+            the weights, and their difference is far more precise than the two SEs.
         loss_adv, acc_adv: mean cross-entropy and accuracy on the PGD examples of the
             held batch (the loss the Hessian is taken of).
         sum_frob_sq, sum_trace: the ablations sum_k ||W_k||_F^2 and sum_k Tr(H_k).
@@ -91,6 +99,33 @@ class WCIRecord:
     seconds: float
     terms: dict[str, float] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=dict)
+
+
+def batch_wci_se(frobs: list[float], estimates: list[TraceEstimate], n: int, seed: int) -> float:
+    """SE of WCI measured on a batch of n examples, as an estimate of the WCI of the
+    data the batch was drawn from (a population far larger than the batch, f = 0).
+
+    The scan's estimator (:func:`wciaudit.uncertainty.wci_error`) over the layers'
+    group shares: at f = 0 Cochran's two-stage variance is the spread between the
+    groups alone, which holds every source drawn per group or per example: the probes,
+    the batch as a sample, and the attack's random starts. Layers without group shares
+    (none in practice) fall back to per-layer SEs in quadrature, which then cover the
+    probes only.
+    """
+    groups, assignment = common_groups({len(e.group_shares) for e in estimates}, n, seed)
+    traces = [e.trace for e in estimates]
+    if assignment is None:
+        return bounds.weight_curvature_index(frobs, traces, [e.se for e in estimates])[1]
+    sizes = torch.bincount(assignment, minlength=groups).tolist()
+    return wci_error(
+        frobs,
+        traces,
+        [e.probe_se for e in estimates],
+        [fold_shares(e.group_shares, groups) for e in estimates],
+        sizes,
+        math.inf,
+        trace_ses=[e.se for e in estimates],
+    ).se
 
 
 @contextmanager
@@ -192,6 +227,7 @@ class WCIMonitor:
             return None
         return self.measure(self._calls - 1 if step is None else step)
 
+    @no_tf32()
     def measure(self, step: int | None = None) -> WCIRecord:
         """Measure now, whatever the count; see the class docstring for what is preserved."""
         t0 = time.perf_counter()
@@ -235,8 +271,9 @@ class WCIMonitor:
         params = dict(self.model.named_parameters())
         frobs = [float(params[n].detach().double().norm()) for n in self._names]
         traces = [e.trace for e in estimates]
-        wci, wci_se = bounds.weight_curvature_index(frobs, traces, [e.se for e in estimates])
+        wci = math.fsum(bounds.wci_terms(frobs, traces))
         n = self.x.shape[0]
+        wci_se = batch_wci_se(frobs, estimates, n, cfg.seed)
         record = WCIRecord(
             step=int(len(self.records) if step is None else step),
             wci=wci,

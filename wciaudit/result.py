@@ -227,6 +227,9 @@ class AuditResult:
     se_covers: dict[str, list[str]] = field(default_factory=dict)
     # the parts of wci_se (in quadrature) by source
     wci_se_parts: dict[str, float] = field(default_factory=dict)
+    # what the WCI precision target (--tol) did: {"tol", "met", "relative_se", "reason"};
+    # None when no WCI was measured
+    wci_target: dict[str, Any] | None = None
     attacks: AttackInfo = field(default_factory=AttackInfo)
     pac_bayes: PacBayes = field(default_factory=PacBayes)
     gate: Gate = field(default_factory=Gate)
@@ -259,6 +262,21 @@ class AuditResult:
         return float(sum(layer.frob_norm**2 for layer in self.layers))
 
     @property
+    def wci_layers(self) -> dict[str, int] | None:
+        """How many layers WCI counts (SPEC: Weight-Curvature Index): ``total`` layers with
+        a measured trace, ``nonpositive`` of them with Tr(H) <= 0 (they add 0), ``counted``
+        the rest; None when no trace was measured (weights only, a stopped scan)."""
+        traces = [layer.trace for layer in self.layers if layer.trace is not None]
+        if not traces:
+            return None
+        nonpositive = sum(1 for t in traces if t <= 0)
+        return {
+            "counted": len(traces) - nonpositive,
+            "total": len(traces),
+            "nonpositive": nonpositive,
+        }
+
+    @property
     def sum_trace(self) -> float | None:
         """Ablation: sum_k Tr(H_k), None when any trace is missing."""
         traces = [layer.trace for layer in self.layers]
@@ -268,7 +286,11 @@ class AuditResult:
 
     # -- JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = json_safe(asdict(self))
+        d = {}
+        for key, value in json_safe(asdict(self)).items():
+            d[key] = value
+            if key == "wci_se":  # derived from the layers (and read back from them)
+                d["wci_layers"] = self.wci_layers
         for layer in d["layers"]:  # one type per key: a count, 0 for an exact route
             if layer.get("probes") == "exact":
                 layer["probes"] = 0
@@ -304,6 +326,7 @@ class AuditResult:
                 wci_se_method=str(d.get("wci_se_method", "")),
                 se_covers={str(k): list(v) for k, v in (d.get("se_covers") or {}).items()},
                 wci_se_parts={str(k): float(v) for k, v in (d.get("wci_se_parts") or {}).items()},
+                wci_target=dict(d["wci_target"]) if isinstance(d.get("wci_target"), dict) else None,
                 attacks=_build(AttackInfo, d.get("attacks")),
                 pac_bayes=_build(PacBayes, d.get("pac_bayes")),
                 gate=_build(Gate, d.get("gate")),

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from . import bounds
-from .attacks import AttackOutcome, masking_checks, run_attack
+from .attacks import AttackOutcome, MaskingReport, masking_checks, run_attack
 from .attacks.autoattack import broken_counts
+from .attacks.masking import stochastic_output_check
 from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
 from .checkpoints.precedence import FLAG
 from .config import (
@@ -45,7 +46,15 @@ from .data_choice import check_model_accepts, choose_data
 from .distributed import Shard
 from .errors import CheckpointError, ConfigError
 from .metrics import accuracy, per_example, robust_gap, split_figures
-from .model import AuditedModel, eval_mode, no_tf32, other_parameters, resolve_device, weight_layers
+from .model import (
+    AuditedModel,
+    deterministic_kernels,
+    eval_mode,
+    no_tf32,
+    other_parameters,
+    resolve_device,
+    weight_layers,
+)
 from .result import (
     AttackInfo,
     AuditResult,
@@ -143,6 +152,7 @@ def _scan(
     cfg, threat_sources = _threat_model(cfg, unset, loaded)
     run = _Run.create(cfg, shard or Shard(), progress)
     run.part = stages.part
+    run.notes.extend(loaded.notes)
     stages.finish = partial(_finish, run=run)
     with stages.stage("data"):
         splits, result = _data(data, loaded, options, run, threat_sources, stages)
@@ -201,7 +211,7 @@ def _measure(
     """attack -> robust figures -> Hessian subset -> curvature, filling ``result``."""
     net = AuditedModel(loaded.model, loaded.info.mean, loaded.info.std)
     net = net.to(device=run.device, dtype=run.dtype)
-    with eval_mode(net), no_tf32():
+    with eval_mode(net), no_tf32(), deterministic_kernels(run.device) as unrepeatable:
         class_note = check_model_accepts(net, splits, run.device, run.dtype)
         if class_note:
             run.notes.append(class_note)
@@ -217,6 +227,8 @@ def _measure(
         with stages.stage("curvature"):
             loss_attack = next(iter(outcomes.values())).loss_attack
             measure_curvature(run, net, splits, adv, result, loss_attack)
+    if unrepeatable:  # ops without a deterministic CUDA kernel, filled when the block ends
+        run.notes.append("not bit-for-bit repeatable on this device: " + "; ".join(unrepeatable))
 
 
 def _attack_shard(
@@ -313,22 +325,32 @@ def _attack_info(run: _Run, outcomes: dict[str, AttackOutcome]) -> AttackInfo:
     )
 
 
-def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any] | None:
+def _masking(run: _Run, net: nn.Module, splits: Splits) -> dict[str, Any]:
     """The gradient-masking checks on a stratified subset of the test split (train
-    without one); None when switched off."""
-    if run.cfg.masking_samples == 0:
-        return None
+    without one); the check for random output runs even when the others are off."""
     x, y = _split(splits, "test" if splits.has_test else "train")
-    # Square at 100 queries: a sanity check (a black-box attack this short must not
-    # beat the white-box one), not AutoAttack's 5000, which cost seconds per example
-    report = masking_checks(
-        net, x, y, run.cfg, run.device, n=run.cfg.masking_samples, square_queries=100
-    )
+    stochastic = stochastic_output_check(net, x, run.device)
+    if run.cfg.masking_samples == 0:
+        report = MaskingReport([stochastic], 0, 1e-3)  # alpha: masking_checks' default
+    else:
+        # Square at 100 queries: a sanity check (a black-box attack this short must not
+        # beat the white-box one), not AutoAttack's 5000, which cost seconds per example;
+        # one batch of n examples: out of memory, they run on half as many (with a note)
+        report, _n = run_with_batch_retry(
+            lambda n: masking_checks(net, x, y, run.cfg, run.device, n=n, square_queries=100),
+            run.cfg.masking_samples,
+            on_retry=lambda failed, smaller, message: run.notes.append(
+                f"masking checks: out of memory on {failed} examples; ran on {smaller} ({message})"
+            ),
+        )
+        report.checks.insert(0, stochastic)
     for check in report.checks:
         if check.passed is None:
             run.notes.append(f"gradient-masking check {check.name} {check.detail}")
-    if report.flagged:
-        failed = [c.name for c in report.checks if c.passed is False]
+    if not stochastic.passed:
+        run.notes.append(f"random output: {stochastic.detail}")
+    failed = [c.name for c in report.checks if c.passed is False and c is not stochastic]
+    if failed:
         run.notes.append(
             "possible gradient masking: " + ", ".join(failed) + " (see attacks.masking)"
         )

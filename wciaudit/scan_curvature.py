@@ -21,12 +21,12 @@ from . import bounds
 from .attacks import run_attack
 from .config import Attack
 from .curvature import TraceEstimate, layer_traces
-from .curvature.groups import group_count, probe_groups
+from .curvature.groups import common_groups, fold_shares
 from .data import Splits, stratified_subset
 from .errors import ConfigError
 from .metrics import per_example
 from .result import AuditResult, LayerResult
-from .uncertainty import attack_variance, sensitivities, wci_error
+from .uncertainty import attack_tail_factor, attack_variance, sensitivities, wci_error
 
 if TYPE_CHECKING:
     from .scan import _Run
@@ -76,8 +76,15 @@ def measure_curvature(
         with run.part("spread_remeasure"):
             again = _curvature(run, net, names, norms, x_again, subset)
     for layer, est, est2 in zip(result.layers, estimates, again or estimates, strict=True):
-        fill_layer(layer, est, est2 if again is not None else None, subset.n / subset.n_population)
+        fill_layer(
+            layer,
+            est,
+            est2 if again is not None else None,
+            subset.n / subset.n_population,
+            max_probes=run.cfg.max_probes,
+        )
     _wci(result, estimates, again, subset, run)
+    result.wci_target = wci_target(result, estimates, run.cfg.tol, run.cfg.max_probes)
     if again is None:
         why = (
             "off (--no-attack-spread)"
@@ -218,10 +225,13 @@ def fill_layer(
     est: TraceEstimate,
     again: TraceEstimate | None,
     subset_fraction: float | None = None,
+    *,
+    max_probes: int | None = None,
 ) -> None:
     """Copy one layer's estimate into the result, with the attack-start part of its SE
     from the paired second run (``again``), and flag what the reader must know.
-    ``subset_fraction`` is f = n / N (None: the subset is the whole split, f = 1)."""
+    ``subset_fraction`` is f = n / N (None: the subset is the whole split, f = 1);
+    ``max_probes`` the probe cap, named in the flag of a layer that did not converge."""
     attack_var = (
         attack_variance([1.0], [est.group_shares], [again.group_shares])
         if _paired(est, again)
@@ -251,8 +261,21 @@ def fill_layer(
     if est.stop_reason == "subset":
         flags.append("not converged: the Hessian subset's part of the SE alone is above tol")
     elif not est.converged:
-        flags.append(f"not converged: relative SE above tol at the {est.probes}-probe cap")
+        flags.append(f"not converged: {_stop_words(est, max_probes)}")
     layer.flag = "; ".join(flags) or None
+
+
+def _stop_words(est: TraceEstimate, max_probes: int | None) -> str:
+    """Why a layer is not converged. The scan's tolerance is on WCI (each layer is
+    marked by whether WCI met it), and probes go where they cut WCI's SE most, so a
+    layer may stop well below the cap: say how many it had, and the cap."""
+    unit = "sampled labels per example" if est.method == "mc-ggn" else "probes"
+    if est.probes == 1:
+        unit = unit.replace("labels", "label").replace("probes", "probe")
+    if isinstance(est.probes, int) and max_probes is not None and est.probes >= max_probes:
+        return f"WCI's relative SE above tol with this layer at the cap of {max_probes} {unit}"
+    cap = f", cap {max_probes}" if max_probes is not None else ""
+    return f"WCI's relative SE above tol when probing stopped ({est.probes} {unit} here{cap})"
 
 
 def _wci(
@@ -266,9 +289,10 @@ def _wci(
     frob = [la.frob_norm for la in result.layers]
     traces = [e.trace for e in estimates]
     result.wci = math.fsum(bounds.wci_terms(frob, traces))
-    shares = [list(e.group_shares) for e in estimates]
-    groups = group_count(subset.n)
-    if any(len(s) != groups for s in shares):
+    groups, assignment = common_groups(
+        {len(e.group_shares) for e in estimates}, subset.n, run.cfg.seed
+    )
+    if assignment is None:
         # an estimate without group shares: per-layer SEs in quadrature (independent)
         result.wci_se = bounds.weight_curvature_index(
             frob, traces, [la.trace_se for la in result.layers]
@@ -276,13 +300,15 @@ def _wci(
         result.wci_se_method = "delta method from per-layer standard errors (layers independent)"
         result.se_covers["wci"] = sorted({c for la in result.layers for c in la.se_covers})
         return
-    sizes = torch.bincount(probe_groups(subset.n, groups, run.cfg.seed), minlength=groups).tolist()
+    shares = [fold_shares(e.group_shares, groups) for e in estimates]
+    sizes = torch.bincount(assignment, minlength=groups).tolist()
     ses = [la.trace_se for la in result.layers]
-    attack_var = None
+    attack_var, attack_tail = None, 1.0
     if again is not None and all(_paired(e, e2) for e, e2 in zip(estimates, again, strict=True)):
-        attack_var = attack_variance(
-            sensitivities(frob, traces, ses), shares, [list(e.group_shares) for e in again]
-        )
+        slopes = sensitivities(frob, traces, ses)
+        shares_again = [fold_shares(e.group_shares, groups) for e in again]
+        attack_var = attack_variance(slopes, shares, shares_again)
+        attack_tail = attack_tail_factor(slopes, shares, shares_again)
     err = wci_error(
         frob,
         traces,
@@ -292,15 +318,62 @@ def _wci(
         subset.n_population,
         attack_var=attack_var,
         trace_ses=ses,
+        attack_tail=attack_tail,
     )
     result.wci_se = err.se
-    result.wci_se_method = (
-        "delta method on group shares: probes (independent per layer), Hessian subset "
-        "(two-stage, finite-population factor), attack starts (paired second attack)"
+    parts = {
+        "probes": "probes (independent per layer)",
+        "sampled-labels": "sampled labels (independent per layer)",
+        "hessian-subset": "Hessian subset (two-stage, finite-population factor)",
+        "attack-starts": "attack starts (paired second attack)",
+    }
+    # the sources this SE covers, and only those (the report quotes this beside them)
+    result.wci_se_method = "delta method on group shares: " + (
+        ", ".join(parts.get(c, c) for c in err.covers) or "no source varies"
     )
     result.se_covers["wci"] = list(err.covers)
     result.wci_se_parts = {
         "probes": err.probe_se,
         "hessian-subset": err.sample_se,
         "attack-starts": err.attack_se,
+    }
+
+
+#: what only more Hessian samples reduce (the words of :func:`wci_target`)
+_SUBSET_WORDS = (
+    "the Hessian subset and the attack's random starts, which only more --hessian-samples reduce"
+)
+
+
+def wci_target(
+    result: AuditResult, estimates: list[TraceEstimate], tol: float, max_probes: int
+) -> dict[str, Any] | None:
+    """What the WCI precision target ``tol`` did: met or missed, and why.
+
+    ``met`` compares the reported relative SE, wci_se / wci, with ``tol``. Probes and
+    sampled labels are the only part the target can act on: where every layer is exact
+    there is nothing to act on, and where the probes' part is within ``tol`` the rest
+    is the Hessian subset and the attack's starts.
+    """
+    if result.wci is None or result.wci_se is None:
+        return None
+    rel = result.wci_se / result.wci if result.wci > 0 else math.inf
+    met = rel <= tol
+    noisy = [e for e in estimates if e.stop_reason != "exact"]
+    probe_part = result.wci_se_parts.get("probes")
+    if not noisy:
+        reason = f"nothing to act on: every layer is exact, the SE is {_SUBSET_WORDS}"
+    elif met:
+        reason = "met"
+    elif probe_part is not None and probe_part <= tol * result.wci:
+        reason = f"the probes' part is within tol, the rest is {_SUBSET_WORDS}"
+    elif any(isinstance(e.probes, int) and e.probes >= max_probes for e in noisy):
+        reason = f"at the probe cap (--max-probes {max_probes})"
+    else:
+        reason = "the rounds stopped where more probes could not reach tol"
+    return {
+        "tol": tol,
+        "met": met,
+        "relative_se": rel if math.isfinite(rel) else None,
+        "reason": reason,
     }

@@ -6,8 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from wciaudit.attacks.masking import binomial_tail, masking_checks, sign_test_p
+from wciaudit import Splits, scan
+from wciaudit.attacks.masking import (
+    binomial_tail,
+    masking_checks,
+    sign_test_p,
+    stochastic_output_check,
+)
 from wciaudit.config import ScanConfig
+from wciaudit.gate import GateConfig, apply_gates
 
 
 class Quantised(nn.Module):
@@ -79,3 +86,68 @@ def test_square_is_skipped_or_run(digits_cnn, digits_test) -> None:
         assert square.passed is None and "skipped" in square.detail
     else:
         assert square.passed is True
+
+
+class AlwaysDropout(nn.Module):
+    """Dropout applied whatever the mode: the eval-mode output is random."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.nn.functional.dropout(x, 0.5, training=True))
+
+
+def test_a_model_with_random_output_fails_the_deterministic_output_check() -> None:
+    torch.manual_seed(0)
+    x, model = torch.rand(20, 1, 4, 4), AlwaysDropout().eval()
+    rng_before = torch.get_rng_state()
+    check = stochastic_output_check(model, x)
+    # the check draws nothing from the scan's random stream
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert check.name == "deterministic-output" and check.passed is False
+    assert check.figures["n"] == 8 and check.figures["max_diff"] > 1e-3
+    assert "random draw" in check.detail and "dropout left on" in check.detail
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_deterministic_model_passes_even_with_dropout_layers(dtype) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Dropout(0.5), nn.Linear(12, 3))
+    check = stochastic_output_check(net.eval().to(dtype), torch.rand(5, 1, 4, 4))
+    assert check.passed is True and check.figures == {"max_diff": 0.0, "changed": 0, "n": 5}
+    # in training mode the same model is random, and the check sees it
+    assert stochastic_output_check(net.train(), torch.rand(5, 1, 4, 4)).passed is False
+
+
+def _toy_splits(n: int = 24) -> Splits:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(n, 1, 4, 4, generator=g), torch.arange(n) % 3
+    return Splits("toy", x, y, x.clone(), y.clone(), 3, "generated", n, n)
+
+
+@pytest.mark.parametrize("masking_samples", [0, 16])
+def test_a_scan_flags_random_output_and_the_masking_gate_fails_on_it(masking_samples) -> None:
+    torch.manual_seed(0)
+    cfg = dict(eps=0.1, steps=2, hessian_samples=8, max_probes=4, masking_samples=masking_samples)
+    result = scan(AlwaysDropout(), _toy_splits(), **cfg)
+    checks = {c["name"]: c for c in result.attacks.masking["checks"]}
+    assert checks["deterministic-output"]["passed"] is False
+    assert result.attacks.masking["flagged"] is True
+    # the other checks run only when asked for
+    assert len(checks) == (1 if masking_samples == 0 else 5)
+    assert any(n.startswith("random output: two identical forward passes") for n in result.notes)
+    gate = apply_gates(result, GateConfig(fail_on_masking=True))
+    assert not gate.passed
+    assert gate.failures[0].startswith("gradient masking suspected: deterministic-output")
+
+
+def test_a_deterministic_scan_passes_the_masking_gate() -> None:
+    torch.manual_seed(0)
+    model = AlwaysDropout().net
+    result = scan(model, _toy_splits(), eps=0.1, steps=2, hessian_samples=8, masking_samples=0)
+    (check,) = result.attacks.masking["checks"]
+    assert check["name"] == "deterministic-output" and check["passed"] is True
+    assert not any("random output" in n for n in result.notes)
+    assert apply_gates(result, GateConfig(fail_on_masking=True)).passed

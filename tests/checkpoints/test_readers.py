@@ -32,7 +32,7 @@ def _sha(path: Path) -> str:
 
 
 def test_suffixes() -> None:
-    assert CHECKPOINT_SUFFIXES == (".safetensors", ".pt", ".pth", ".bin")
+    assert CHECKPOINT_SUFFIXES == (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def test_the_record_says_what_the_metadata_says_and_cannot_change(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from cli_runner import console_in
 from typer.testing import CliRunner
 
 from wciaudit.cli.app import app
-from wciaudit.result import AuditResult, DatasetInfo, Metrics, PacBayes
+from wciaudit.result import AttackInfo, AuditResult, DatasetInfo, Metrics, PacBayes
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
@@ -267,8 +267,53 @@ def test_help_lists_the_gate_options():
             "--gate-sigmas",
             "--summary-md",
             "--config",
+            "--fail-on-masking",
         ):
             assert option in res.output, (command, option)
+
+
+def _masking(*passed) -> AttackInfo:
+    names = ("deterministic-output", "more-steps", "square-vs-whitebox")
+    checks = [
+        {"name": n, "passed": p, "detail": "", "figures": {}}
+        for n, p in zip(names[: len(passed)], passed, strict=True)
+    ]
+    return AttackInfo(
+        masking={"flagged": False in passed, "n": 64, "alpha": 1e-3, "checks": checks}
+    )
+
+
+def test_gate_fails_on_masking_from_a_saved_result(work):
+    _result(attacks=_masking(False, True, None)).save(work / "masked.json")
+    _result(attacks=_masking(True, True, None)).save(work / "clean.json")
+    res = _gate("masked.json", "--fail-on-masking", "--json", "gated.json")
+    assert res.exit_code == 1, res.output
+    assert res.stderr.splitlines() == [
+        "wciaudit: gate failed: gradient masking suspected: deterministic-output failed "
+        "(--fail-on-masking)"
+    ]
+    assert "masking_checks_failed <= 0" in res.stdout
+    check = json.loads((work / "gated.json").read_text())["gate"]["checks"][0]
+    assert (check["option"], check["value"], check["status"]) == ("--fail-on-masking", 1, "fail")
+    # a skipped check (square here) is not a failure
+    res = _gate("clean.json", "--fail-on-masking")
+    assert res.exit_code == 0 and res.stderr == "", res.output
+    # without the flag there is no gate at all
+    assert _gate("masked.json").exit_code == 2
+    # a result without masking checks cannot be checked: a failure, like a null figure
+    res = _gate("result.json", "--fail-on-masking")
+    assert res.exit_code == 1 and "no gradient-masking checks (not in the result)" in res.stderr
+
+
+def test_gate_on_masking_from_a_config_file(work):
+    _result(attacks=_masking(True, False)).save(work / "masked.json")
+    (work / "wciaudit.toml").write_text("fail-on-masking = true\n")
+    res = _gate("masked.json")
+    assert res.exit_code == 1 and "more-steps failed" in res.stderr
+    (work / "wciaudit.toml").write_text("fail_on_masking = 'yes'\n")
+    res = _gate("masked.json")
+    assert res.exit_code == 2
+    assert "key 'fail_on_masking' must be true or false, got 'yes'" in res.stderr
 
 
 # -- real subprocesses on the sample model ---------------------------------------------------

@@ -126,3 +126,42 @@ def test_probes_is_always_a_count(tmp_path: Path) -> None:
     d = r.to_dict()
     d["layers"][0]["probes"] = "exact"  # a file from an earlier version still reads
     assert AuditResult.from_dict(d).layers[0].probes == 0
+
+
+# -- --help at 80 columns ------------------------------------------------------------------------
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("command", [None, *sorted(ARGUMENT)])
+def test_every_help_line_is_readable_at_80_columns(command: str | None) -> None:
+    import click
+    import typer.main
+    from rich.cells import cell_len
+
+    narrow = CliRunner(env={"COLUMNS": "80", "TERMINAL_WIDTH": None})
+    res = narrow.invoke(app, ["--help"] if command is None else [command, "--help"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert max(cell_len(line) for line in lines) <= 80
+    # nothing cut short, no value type on a flag
+    assert "…" not in res.stdout and "<bool>" not in res.stdout
+    group = typer.main.get_command(app)
+    cmd = group if command is None else group.commands[command]
+    ctx = click.Context(cmd, info_name=command or "wciaudit")
+    text = _words(_flat(res.stdout))
+    for param in cmd.get_params(ctx):
+        names, help_text = param.get_help_record(ctx)
+        # the names and value type on one line, whole; the help text whole, in order
+        assert any(line.strip(" │").startswith(names) for line in lines), names
+        assert _words(help_text) in text, (names, help_text[:60])
+    if command is not None:
+        # the help column is the width less the panel's border and a 4-space indent
+        widest = max(cell_len(line.strip(" │")) for line in lines if line.startswith("│     "))
+        assert widest > 60
+
+
+def test_wide_terminals_keep_typers_table() -> None:
+    res = CliRunner(env={"COLUMNS": "200", "TERMINAL_WIDTH": None}).invoke(app, ["scan", "--help"])
+    # option, value type and help side by side on one line
+    assert re.search(r"--steps\s+<int>\s+PGD steps K\. \[default: 10\]", res.stdout)

@@ -100,6 +100,21 @@ def _cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             ],
             "shape",
         ),
+        "rgb channels-last on a grey model": (
+            [
+                "scan",
+                str(CNN),
+                "--arch",
+                str(CNN_ARCH),
+                "--data",
+                str(
+                    _bad_npz(
+                        tmp_path, "rgb", x_train=np.zeros((20, 8, 8, 3), np.float32), y_train=y
+                    )
+                ),
+            ],
+            "shape (8, 8, 3), channels-last with 3 channels, but the model's first layer",
+        ),
         "data out of range": (
             [
                 "scan",
@@ -151,6 +166,7 @@ def _cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "unknown arch",
         "shape mismatch",
         "data wrong shape",
+        "rgb channels-last on a grey model",
         "data out of range",
         "labels beyond the model",
         "eps out of range",

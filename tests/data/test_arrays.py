@@ -44,7 +44,7 @@ def test_dict_errors_name_the_key():
     x, y = arrays(4)
     assert "'images'" in data_error({"images": x, "y_train": y})
     assert "no y_train" in data_error({"x_train": x})
-    assert "labels run 1..3" in data_error({"x_train": x, "y_train": y + 1})
+    assert "labels go up to 3" in data_error({"x_train": x, "y_train": y + 1, "classes": y[:3]})
     assert "outside the data range" in data_error({"x_train": x * 3, "y_train": y})
     assert "Python objects" in data_error(
         {"x_train": np.array([x[0], "s"], dtype=object), "y_train": y[:2]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +55,26 @@ def test_fit_to_model_unchanged(x, size):
     s = _splits(x)
     fitted, note = fit_to_model(s, size)
     assert fitted is s and note is None
+
+
+def test_an_image_folder_at_the_input_size_comes_back_unchanged(tmp_path):
+    # timm's own default would Resize(9) + CenterCrop(8) (crop_pct 0.875); the API does
+    # what the command line does: crop_pct 1.0, the images as they are
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(3):
+                grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+                Image.fromarray(grey, "L").save(tmp_path / split / label / f"{i}.png")
+                pixels.setdefault(split, []).append(grey)
+    s = load_data(str(tmp_path), data_config={"input_size": (1, 8, 8)})
+    for split, x in (("train", s.x_train), ("test", s.x_test)):
+        expected = torch.from_numpy(np.stack(pixels[split])[:, None]).float() / 255
+        torch.testing.assert_close(x, expected, rtol=0, atol=0)
+    # an explicit crop_pct is still honoured
+    cropped = load_data(str(tmp_path), data_config={"input_size": (1, 8, 8), "crop_pct": 0.875})
+    assert not torch.equal(cropped.x_train, s.x_train)

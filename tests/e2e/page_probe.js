@@ -1,6 +1,7 @@
 /* Measures a rendered wciaudit page for tests/e2e/test_pages_browser.py and writes the
    result, as JSON, on <body data-probe>: for every chart, the labels the plotly toolbar
-   covers and the labels a legend covers, the tick labels of a right-hand axis; and every
+   covers and the labels a legend covers, the tick labels of the y axes; the chart places
+   left undrawn (plotly.js did not load) and what they say; and every
    piece of a name or hash that the browser broke over two lines. */
 window.addEventListener("load", function () {
   setTimeout(function () {
@@ -33,8 +34,15 @@ window.addEventListener("load", function () {
         toolbar: barBox !== null,
         under_toolbar: under_toolbar,
         under_legend: under_legend,
-        y2ticks: Array.prototype.map.call(plot.querySelectorAll(".y2tick text"), function (t) { return t.textContent; })
+        y2ticks: Array.prototype.map.call(plot.querySelectorAll(".y2tick text"), function (t) { return t.textContent; }),
+        yticks: Array.prototype.map.call(plot.querySelectorAll(".ytick text"), function (t) { return t.textContent; }),
+        missing: Array.prototype.map.call(plot.querySelectorAll(".chart-missing"), function (t) { return t.textContent; })
       });
+    });
+    /* chart places that plotly did not draw into (a --plotly cdn page offline) */
+    out.missing = Array.prototype.map.call(document.querySelectorAll(".chart.missing"), function (el) {
+      var note = el.querySelector(".chart-missing");
+      return { id: el.id, text: note ? note.textContent : "", box: note ? box(note) : null };
     });
     Array.prototype.forEach.call(document.querySelectorAll("td.name, code.hash"), function (cell) {
       Array.prototype.forEach.call(cell.childNodes, function (node) {

@@ -45,3 +45,18 @@ def test_second_block_is_the_ci_test_command() -> None:
     second = _blocks()[1].strip()
     assert "pytest" in second
     assert second.split("&&")[-1].strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_cpu_torch_choice_stands_beside_the_quick_start() -> None:
+    text = (ROOT / "README.md").read_text()
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    # the first block stays the two-line set-up and scan; the choice comes right after it
+    assert [line.split()[0] for line in _blocks()[0].strip().splitlines()] == ["pip", "wciaudit"]
+    assert quick.index("```bash") < quick.index("**Which torch.**")
+    choice = quick.split("**Which torch.**", 1)[1]
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in _flat(choice)
+    assert "CUDA" in choice
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())

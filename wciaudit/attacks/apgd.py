@@ -43,6 +43,7 @@ from torch import nn
 
 from ..config import Norm, parse_norm
 from ..errors import ConfigError
+from ..model import no_tf32
 from .seeding import global_indices, per_example_normal, per_example_uniform
 from .threat import (
     bcast_rows,
@@ -155,14 +156,16 @@ def apgd_run(
         loss, grad, miss = _evaluate(model, loss_fn, y, x_cur)
         with torch.no_grad():
             # the first misclassified iterate, so that stopping early changes nothing
+            # torch.where, not boolean-mask writes: a mask index waits for the device to
+            # count the rows (a host sync per step on a GPU); the values are the same
             newly = miss & ~broken
-            x_found[newly] = x_cur[newly]
+            x_found = torch.where(bcast_rows(newly, x), x_cur, x_found)
             broken |= miss
             rises += (loss > loss_prev).to(rises.dtype)
             loss_prev = loss
             better = loss > loss_best
-            x_best[better] = x_cur[better]
-            grad_best[better] = grad[better]
+            x_best = torch.where(bcast_rows(better, x), x_cur, x_best)
+            grad_best = torch.where(bcast_rows(better, x), grad, grad_best)
             loss_best = torch.where(better, loss, loss_best)
             since_check += 1
             if since_check == k:
@@ -170,8 +173,8 @@ def apgd_run(
                 stalled = ~halved_at_check & (best_at_check >= loss_best)
                 halve = oscillating | stalled
                 eta = torch.where(halve, eta / 2, eta)
-                x_cur[halve] = x_best[halve]
-                grad[halve] = grad_best[halve]
+                x_cur = torch.where(bcast_rows(halve, x), x_best, x_cur)
+                grad = torch.where(bcast_rows(halve, x), grad_best, grad)
                 halved_at_check, best_at_check = halve, loss_best.clone()
                 rises.zero_()
                 since_check = 0
@@ -252,6 +255,7 @@ def _seeded_run(
     return apgd_run(model, x, y, loss_fn, x0, **budget, stop_when_all_broken=stop_when_all_broken)
 
 
+@no_tf32()
 def apgd_ce(
     model: nn.Module,
     x: torch.Tensor,
@@ -306,6 +310,7 @@ def apgd_ce(
     return out
 
 
+@no_tf32()
 def apgd_targeted(
     model: nn.Module,
     x: torch.Tensor,

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..config import ScanConfig
 from ..errors import ConfigError
+from ..model import no_tf32
 from .apgd import apgd_ce, apgd_targeted
 from .fab import fab_targeted
 from .pgd import pgd_attack
@@ -352,6 +353,7 @@ def _loss_attack(
     return res.x_loss, res.loss, ~res.correct
 
 
+@no_tf32()
 def run_attack(
     model: nn.Module,
     x: torch.Tensor,

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..config import Norm, parse_norm
+from ..model import no_tf32
 from .seeding import example_generators, global_indices
 from .threat import check_counts, check_threat_model, size, unit
 
@@ -150,8 +151,10 @@ def _fab_run(model, x0, y, target, norm: Norm, steps: int, lo: float, hi: float,
             is_adv = model(x1.view_as(x0)).argmax(1) != y
         dist = size(x1 - flat0, norm)
         closer = is_adv & (dist < best_dist)
-        best[closer] = x1[closer]
-        best_dist[closer] = dist[closer]
+        # torch.where, not boolean-mask writes, which wait for the device to count the
+        # rows (a host sync per step on a GPU); the values are the same
+        best = torch.where(closer[:, None], x1, best)
+        best_dist = torch.where(closer, dist, best_dist)
         x1 = torch.where(is_adv[:, None], flat0 + BETA * (x1 - flat0), x1)
     return best.view_as(x0), best_dist
 
@@ -166,6 +169,7 @@ def _random_start(x0, eps, norm: Norm, lo, hi, seed, indices, target_rank, resta
     return (x0 + 0.5 * eps * unit(t, norm)).clamp(lo, hi)
 
 
+@no_tf32()
 def fab_targeted(
     model: nn.Module,
     x: torch.Tensor,

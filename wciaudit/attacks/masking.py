@@ -15,6 +15,10 @@ On a stratified seeded subset (64 examples by default), with the scan's eps and 
     by chance) at eps = half the data range (L-inf; L2: half the range times sqrt(d))
     must bring accuracy down to chance, 1/C, or below.
 
+Beside them, :func:`stochastic_output_check` (``deterministic-output``), run once per scan
+whether or not (a)-(d) are: two identical forward passes must give the same logits; a
+model whose eval-mode output is random passes the others by luck or fails them by noise.
+
 (a)-(c) compare the same examples, so they are paired: with b examples only the weaker
 attack breaks and c only the stronger one does, the check fails when the exact one-sided
 sign test P(Binomial(b + c, 1/2) >= b) is below ``alpha`` (default 0.001; a masked model
@@ -246,3 +250,65 @@ def _square_check(
     with torch.no_grad():
         sq_broken = model(x_sq).argmax(1) != ys
     return _paired("square-vs-whitebox", sq_broken, white, "square", "whitebox", alpha)
+
+
+STOCHASTIC_OUTPUT = "deterministic-output"
+"""The name of :func:`stochastic_output_check` among the masking checks."""
+
+STOCHASTIC_MEANING = (
+    "the model's output is random (dropout left on, or a randomized defense): every figure "
+    "is one random draw and the attacks' gradients are noisy, which looks like robustness"
+)
+
+
+def stochastic_output_check(
+    model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", *, n: int = 8
+) -> MaskingCheck:
+    """Two identical forward passes on the first ``n`` examples must give the same logits.
+
+    A model in eval mode whose outputs still differ between two passes (dropout applied
+    regardless of the mode, noise added to the input, a randomized defense) makes every
+    figure of the scan a random draw and the attacks' gradients noisy; AutoAttack flags
+    the same as randomized output (Croce & Hein 2020). The passes fail the check when
+    their logits differ by more than ``64 * eps(dtype) * max(1, max |logit|)``, which
+    rounding in a deterministic model stays far below and sampled noise far above.
+    Torch's random state is forked, so the check draws nothing from the scan's stream.
+
+    Args:
+        model: classifier in eval mode, on ``device``, in the dtype of ``x``'s examples.
+        x: inputs of a split, in the data range; the first ``n`` are used.
+        device: where ``model`` is.
+        n: examples per pass.
+
+    Returns:
+        A :class:`MaskingCheck` named ``"deterministic-output"`` with figures
+        ``max_diff`` (largest absolute logit difference), ``changed`` (examples whose
+        predicted class changed) and ``n``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)).eval()
+        >>> stochastic_output_check(net, torch.rand(8, 4)).passed
+        True
+    """
+    device = torch.device(device)
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    xs = x[:n].to(device, dtype)
+    gpus = []
+    if device.type == "cuda":
+        gpus = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=gpus), torch.no_grad():
+        first, second = model(xs), model(xs)
+    max_diff = float((first - second).abs().max()) if first.numel() else 0.0
+    scale = max(1.0, float(first.abs().max())) if first.numel() else 1.0
+    tol = 64 * torch.finfo(first.dtype).eps * scale
+    changed = int((first.argmax(1) != second.argmax(1)).sum()) if first.dim() == 2 else 0
+    figures = {"max_diff": max_diff, "changed": changed, "n": int(xs.shape[0])}
+    words = f"two identical forward passes on {xs.shape[0]} examples"
+    if max_diff <= tol:
+        detail = f"{words} give the same logits (largest difference {max_diff:.2g})"
+        return MaskingCheck(STOCHASTIC_OUTPUT, True, detail, figures)
+    detail = (
+        f"{words} differ by up to {max_diff:.3g} in a logit, {changed} predictions changed: "
+        f"{STOCHASTIC_MEANING}"
+    )
+    return MaskingCheck(STOCHASTIC_OUTPUT, False, detail, figures)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Attack, Norm, ScanConfig
+from ..model import no_tf32
 from .seeding import per_example_uniform
 from .threat import bcast_rows, project, steepest_direction, unit
 
@@ -101,6 +102,7 @@ def _descend(
     return x_adv
 
 
+@no_tf32()
 def pgd_attack(
     model: nn.Module,
     x: torch.Tensor,
@@ -162,6 +164,7 @@ def pgd_attack(
     return PGDBatch(x_loss.detach(), best_loss, correct, x_adv.detach())
 
 
+@no_tf32()
 def perturb(
     model: nn.Module,
     x: torch.Tensor,
@@ -182,6 +185,7 @@ def perturb(
     return pgd_attack(model, x, y, cfg, start=start, stream=stream, evaluate=False).x_loss
 
 
+@no_tf32()
 def attack_split(
     model: nn.Module,
     x: torch.Tensor,

@@ -1,6 +1,6 @@
 """Checkpoint formats -> bare ``nn.Module`` + provenance (SPEC: "The model under audit").
 
-Four forms are read, and none of them can make wciaudit run code from the checkpoint:
+These forms are read, and none of them can make wciaudit run code from the checkpoint:
 
 - ``"safetensors"``: a ``.safetensors`` state_dict; the architecture comes from the
   ``arch`` argument or the file's metadata (key ``arch``, plus ``arch_args``,
@@ -8,8 +8,14 @@ Four forms are read, and none of them can make wciaudit run code from the checkp
   model ``eps`` / ``norm``).
 - ``"timm-folder"``: a folder with ``config.json`` and ``model.safetensors`` (or
   ``pytorch_model.bin``), as timm's ``save_for_hf`` writes it.
+- ``"transformers-folder"``: a Hugging Face ``save_pretrained`` folder (``config.json``
+  naming ``architectures``), built and loaded by transformers offline, never with remote
+  code (:mod:`.transformers_model`).
 - ``"pytorch"``: a ``.pt``/``.pth``/``.bin`` state_dict (bare, or under ``state_dict``
-  or ``model``), read only with ``torch.load(..., weights_only=True)``.
+  or ``model``), read only with ``torch.load(..., weights_only=True)``; ``"lightning"``:
+  the same for a Lightning ``.ckpt``, whose LightningModule attribute prefix is stripped
+  when the keys under it fit the architecture (:mod:`.prefix`).
+- a torchvision builder, ``arch="torchvision:resnet18"`` (:mod:`.torchvision_model`).
 - a custom architecture, ``arch="models.py:ClassName"`` or ``"package.module:ClassName"``,
   for any of the weight files above. Only a file or module the *user* names is
   imported; a name found in checkpoint metadata is at most looked up as a class
@@ -34,7 +40,8 @@ One module per concern, data flowing one way:
   + its tensors; also :func:`read_epoch`, :func:`file_sha256`.
 - :mod:`.arch`, :mod:`.user_code`, :mod:`.build`: architecture reference -> untrained model
   (a user's ``models.py`` is imported once per file).
-- :mod:`.strict`: strict, finite, float32 loading.
+- :mod:`.strict`: strict, finite, float32 loading; :mod:`.prefix`: a training wrapper's
+  attribute prefix.
 - :mod:`.precedence`: the one rule flag > metadata > timm config > default.
 - :mod:`.data_config`: input size, mean/std, interpolation, with their sources.
 - :mod:`.loader`: :func:`load_checkpoint`, which ties them together.

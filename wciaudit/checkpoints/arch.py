@@ -8,12 +8,14 @@ from pathlib import Path
 from ..errors import CheckpointError, ConfigError
 from ._text import is_identifier, one_line
 from .record import ArchSpec, CheckpointRecord
+from .torchvision_model import check_name, is_torchvision_name
 
 _DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def parse_arch(spec: str, *, user: bool) -> ArchSpec:
-    """``timm_name`` | ``file.py`` | ``file.py:Class`` | ``package.module:Class``.
+    """``timm_name`` | ``torchvision:name`` | ``file.py`` | ``file.py:Class`` |
+    ``package.module:Class``.
 
     Raises:
         ConfigError: (``user=True``) or CheckpointError: the reference is malformed;
@@ -23,6 +25,8 @@ def parse_arch(spec: str, *, user: bool) -> ArchSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise error("the architecture must be a timm model name or models.py:ClassName")
     spec = spec.strip()
+    if is_torchvision_name(spec):
+        return ArchSpec("torchvision", check_name(spec))
     # no timm model name ends in .py or holds a colon: those need no timm (~2 s to import)
     if not spec.endswith(".py") and ":" not in spec:
         import timm
@@ -75,6 +79,8 @@ def arch_from_metadata(record: CheckpointRecord, path: Path) -> ArchSpec:
         )
     if timm.is_model(name):
         return ArchSpec("timm", name)
+    if is_torchvision_name(name):  # a registered builder, called with weights=None: no code
+        return ArchSpec("torchvision", check_name(name))
     raise CheckpointError(
         one_line(
             f"{path} names architecture {name!r}, which is not a timm model; pass "
@@ -89,6 +95,8 @@ def same_arch(spec: ArchSpec, record: CheckpointRecord) -> bool:
         return True
     if spec.kind == "timm":
         return spec.target == record.arch
+    if spec.kind == "torchvision":
+        return f"torchvision:{spec.target}" == record.arch
     return spec.class_name is None or spec.class_name == record.arch.rsplit(":", 1)[-1]
 
 

@@ -1,4 +1,5 @@
-"""Architectures -> untrained ``nn.Module``: timm by name, a timm folder, or the user's class.
+"""Architectures -> untrained ``nn.Module``: timm by name, a timm folder, a transformers
+folder, a torchvision builder, or the user's class.
 
 Constructor arguments come from the user (``arch_args``) or else the checkpoint; the
 number of classes follows :func:`~.precedence.resolve` (flag > metadata > the
@@ -18,8 +19,11 @@ from torch import nn
 from ..errors import CheckpointError
 from ._text import one_line
 from .arch import class_name_from_metadata
-from .precedence import FLAG, METADATA, Resolved, resolve
+from .data_config import LibraryPreprocessing
+from .precedence import DEFAULT, FLAG, METADATA, NONE_TORCHVISION, Resolved, resolve
 from .record import ArchSpec, CheckpointRecord
+from .torchvision_model import build_torchvision
+from .transformers_model import build_transformers
 from .user_code import accepts, find_class, import_file, import_module
 
 # create_model options that would fetch or read weights behind our back
@@ -42,6 +46,10 @@ class Built:
     is_timm: bool
     num_classes: int | None
     num_classes_source: str
+    preprocessing: LibraryPreprocessing | None = None
+    none_source: str = DEFAULT
+    #: the weights the library loaded itself, under the model's names (transformers)
+    state_dict: dict[str, torch.Tensor] | None = None
 
 
 def build_timm(
@@ -110,6 +118,35 @@ def build_timm_folder(
         ) from None
     nc = resolve("num_classes", user_nc, record.num_classes, None, None)
     return Built(model, name, True, getattr(model, "num_classes", nc.value), nc.source)
+
+
+def build_transformers_folder(
+    record: CheckpointRecord, user_args: Mapping[str, Any] | None, user_nc: int | None
+) -> Built:
+    """A transformers ``save_pretrained`` folder (:mod:`.transformers_model`)."""
+    model, label, classes, source, preprocessing = build_transformers(record, user_args, user_nc)
+    loaded = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return Built(
+        model, label, False, classes, source, preprocessing=preprocessing, state_dict=loaded
+    )
+
+
+def build_torchvision_spec(
+    spec: ArchSpec,
+    record: CheckpointRecord,
+    meta_args: Mapping[str, Any] | None,
+    user_args: Mapping[str, Any] | None,
+    user_nc: int | None,
+) -> Built:
+    """``torchvision:<name>`` with its arguments; no normalisation assumed."""
+    kwargs = dict(user_args if user_args is not None else (meta_args or {}))
+    nc = _classes(user_nc, record.num_classes, kwargs.get("num_classes"), user_args is not None)
+    if nc.value is not None:
+        kwargs["num_classes"] = nc.value
+    where = "the command line" if user_args is not None else "the checkpoint"
+    model = build_torchvision(spec.target, kwargs, where)
+    label = f"torchvision:{spec.target}"
+    return Built(model, label, False, nc.value, nc.source, none_source=NONE_TORCHVISION)
 
 
 def build_custom(
@@ -183,6 +220,9 @@ def _named_weight(
     names = [modules] if isinstance(modules, str) else list(modules or [])
     for name in names:
         weight = state_dict.get(f"{name}.weight")
+        if weight is None:  # under a training wrapper's attribute (``model.head.fc.weight``)
+            under = [v for k, v in state_dict.items() if k.endswith(f".{name}.weight")]
+            weight = under[0] if len(under) == 1 else None
         if weight is not None and weight.dim() >= min_dim:
             return weight
     return None

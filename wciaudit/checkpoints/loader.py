@@ -18,12 +18,21 @@ from ..errors import CheckpointError, WCIAuditError
 from ..result import CheckpointInfo
 from ._text import one_line
 from .arch import arch_from_metadata, parse_arch, same_arch
-from .build import Built, build_custom, build_timm, build_timm_folder
+from .build import (
+    Built,
+    build_custom,
+    build_timm,
+    build_timm_folder,
+    build_torchvision_spec,
+    build_transformers_folder,
+)
 from .data_config import data_config
 from .precedence import DEFAULT, FLAG
+from .prefix import fit_attribute_prefix
 from .readers import read_checkpoint
 from .record import ArchSpec, CheckpointRecord
 from .strict import load_strict, strip_wrapper_prefix
+from .transformers_model import FORMAT as TRANSFORMERS_FORMAT
 
 
 @dataclass
@@ -41,7 +50,9 @@ class LoadedCheckpoint:
         dataset_hint: the metadata key ``dataset`` (e.g. ``"digits"``), or None.
         record: what the file says about itself (None for an in-memory module).
         sources: where ``input_size``, ``mean``, ``std`` and ``num_classes`` came from
-            (``"flag"``, ``"checkpoint metadata"``, ``"timm config"`` or ``"default"``).
+            (``"flag"``, ``"checkpoint metadata"``, ``"timm config"``, ``"transformers
+            preprocessor config"``, ``"default"``, or ``"none, torchvision model"``).
+        notes: what loading changed, for the result's notes (a stripped key prefix).
     """
 
     model: nn.Module
@@ -50,6 +61,7 @@ class LoadedCheckpoint:
     dataset_hint: str | None = None
     record: CheckpointRecord | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def load_checkpoint(
@@ -66,11 +78,13 @@ def load_checkpoint(
     """Read a checkpoint into a bare model plus its provenance, without running its code.
 
     Args:
-        path: a ``.safetensors`` file, a ``.pt``/``.pth``/``.bin`` file, or a timm
-            folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
-        arch: a timm model name, ``models.py:ClassName``, ``package.module:ClassName``,
-            or ``models.py`` (class name from the metadata key ``arch``). Overrides the
-            checkpoint's own architecture; required for ``.pt`` files.
+        path: a ``.safetensors`` file, a ``.pt``/``.pth``/``.bin`` file, a Lightning
+            ``.ckpt``, or a timm or transformers folder (``config.json`` +
+            ``model.safetensors`` or ``pytorch_model.bin``).
+        arch: a timm model name, ``torchvision:<builder>``, ``models.py:ClassName``,
+            ``package.module:ClassName``, or ``models.py`` (class name from the metadata
+            key ``arch``). Overrides the checkpoint's own architecture; required for
+            ``.pt`` and ``.ckpt`` files.
         arch_args: keyword arguments for the constructor, as a dict or a JSON object
             string. Overrides metadata ``arch_args`` / config.json ``model_args``.
         num_classes: the number of classes; else metadata, else inferred from the
@@ -116,10 +130,17 @@ def _load(path: str | os.PathLike[str], options: LoadOptions) -> LoadedCheckpoin
     record, state_dict = read_checkpoint(path)
     state_dict = strip_wrapper_prefix(state_dict)
     built = _build(Path(path), record, user_arch, options, state_dict)
+    if built.state_dict is not None:  # loaded by its library under the model's own names
+        state_dict = built.state_dict
+    state_dict, prefix_note = fit_attribute_prefix(
+        built.model, state_dict, others_allowed=record.format == "lightning"
+    )
     load_strict(built.model, state_dict, built.label)
     model = built.model.float().cpu().eval()
 
-    config, sources = data_config(model, built.is_timm, record, options)
+    config, sources = data_config(
+        model, built.is_timm, record, options, built.preprocessing, built.none_source
+    )
     sources["num_classes"] = built.num_classes_source
     input_size, mean, std = config["input_size"], config["mean"], config["std"]
     info = CheckpointInfo(
@@ -141,6 +162,7 @@ def _load(path: str | os.PathLike[str], options: LoadOptions) -> LoadedCheckpoin
         dataset_hint=record.dataset_hint,
         record=record,
         sources=sources,
+        notes=[prefix_note] if prefix_note else [],
     )
 
 
@@ -163,9 +185,13 @@ def _build(
     same_as_folder = user_arch is None or (
         user_arch.kind == "timm" and user_arch.target == record.arch
     )
-    if record.folder is not None and same_as_folder:
+    if record.format == TRANSFORMERS_FORMAT and user_arch is None:
+        return build_transformers_folder(record, user_args, options.num_classes)
+    if record.format == "timm-folder" and same_as_folder:
         return build_timm_folder(record, user_args, options.num_classes)
     spec = user_arch or arch_from_metadata(record, path)
+    if spec.kind == "torchvision":
+        return build_torchvision_spec(spec, record, meta_args, user_args, options.num_classes)
     if spec.kind == "timm":
         return build_timm(
             spec.target, record, meta_args, state_dict, user_args, options.num_classes

@@ -2,10 +2,13 @@
 
 - ``.safetensors``: the header is checked in Python (:mod:`wciaudit.safetensors_header`)
   before the library reads the tensors.
-- ``.pt``/``.pth``/``.bin``: ``torch.load(..., weights_only=True)`` only; a bare
-  state_dict or one under ``state_dict``/``model``/``model_state_dict``.
-- a timm folder: ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``), as
-  timm's ``save_for_hf`` writes it.
+- ``.pt``/``.pth``/``.bin``/``.ckpt``: ``torch.load(..., weights_only=True)`` only; a
+  bare state_dict or one under ``state_dict``/``model``/``model_state_dict``. A Lightning
+  checkpoint (``.ckpt``, or any of these holding ``pytorch-lightning_version``) has the
+  format ``"lightning"``: its ``state_dict`` is the whole LightningModule's.
+- a folder: ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``), as
+  timm's ``save_for_hf`` writes it (``"timm-folder"``, config key ``architecture``) or
+  transformers' ``save_pretrained`` (``"transformers-folder"``, ``architectures``).
 """
 
 from __future__ import annotations
@@ -27,9 +30,14 @@ from ..safetensors_header import parse_header
 from ._text import MAX_LISTED_KEYS, one_line
 from .memory import check_fits_in_memory
 from .record import CheckpointRecord, bounded_metadata, int_or_none, parse_metadata, str_or_none
+from .transformers_model import FORMAT as TRANSFORMERS_FORMAT
+from .transformers_model import architecture_name, is_transformers_config, label_count
 
 SAFETENSORS_SUFFIX = ".safetensors"
-PYTORCH_SUFFIXES = (".pt", ".pth", ".bin")
+LIGHTNING_SUFFIX = ".ckpt"
+PYTORCH_SUFFIXES = (".pt", ".pth", ".bin", LIGHTNING_SUFFIX)
+#: the top-level key by which Lightning marks its checkpoints (whatever their suffix)
+LIGHTNING_MARK = "pytorch-lightning_version"
 #: the file suffixes a checkpoint may have (a timm folder is a folder)
 CHECKPOINT_SUFFIXES = (SAFETENSORS_SUFFIX, *PYTORCH_SUFFIXES)
 FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -55,13 +63,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[CheckpointRecord, Sta
         return _record(path, path, "safetensors", raw, state_dict, fields), state_dict
     if suffix in PYTORCH_SUFFIXES:
         raw, state_dict = _read_pytorch(path)
-        return _record(
-            path, path, "pytorch", raw, state_dict, _pytorch_fields(raw, path)
-        ), state_dict
+        fmt = "lightning" if suffix == LIGHTNING_SUFFIX or LIGHTNING_MARK in raw else "pytorch"
+        return _record(path, path, fmt, raw, state_dict, _pytorch_fields(raw, path)), state_dict
     raise CheckpointError(
         f"unsupported checkpoint type {suffix or '(no extension)'!r} for {path}; supported: "
-        f"{SAFETENSORS_SUFFIX}, {', '.join(PYTORCH_SUFFIXES)}, or a timm folder with "
-        "config.json + model.safetensors"
+        f"{SAFETENSORS_SUFFIX}, {', '.join(PYTORCH_SUFFIXES)}, or a timm or transformers "
+        "folder with config.json + model.safetensors"
     )
 
 
@@ -204,11 +211,25 @@ def _read_timm_folder(folder: Path) -> tuple[CheckpointRecord, StateDict]:
         parse_metadata(file_meta, where=str(weights))  # malformed metadata is still refused
     else:
         _, state_dict = _read_pytorch(weights)
+    dataset = config.get("dataset")
+    if is_transformers_config(config):
+        fields = {
+            "arch": architecture_name(config),
+            "num_classes": label_count(config),
+            "eps": _text_or_none(config.get("eps")),
+            "norm": str_or_none(config.get("norm")),
+            "dataset_hint": dataset if isinstance(dataset, str) and dataset else None,
+            "folder": folder,
+        }
+        record = _record(folder, weights, TRANSFORMERS_FORMAT, _flatten(config), state_dict, fields)
+        return record, state_dict
     arch = str_or_none(config.get("architecture"))
     if arch is None:
-        raise CheckpointError(f"{config_path} does not name an architecture (key 'architecture')")
+        raise CheckpointError(
+            f"{config_path} names no architecture: neither timm's key 'architecture' nor "
+            "transformers' 'architectures' / 'model_type'"
+        )
     model_args = config.get("model_args")
-    dataset = config.get("dataset")
     fields = {
         "arch": arch,
         "arch_args": MappingProxyType(model_args) if isinstance(model_args, dict) else None,

@@ -29,8 +29,8 @@ _MAX_METADATA_VALUE_CHARS = 2000
 class ArchSpec:
     """An architecture reference: a timm name, a ``.py`` file, or a module, plus a class."""
 
-    kind: str  # "timm", "file" or "module"
-    target: str  # timm name, .py path, or dotted module name
+    kind: str  # "timm", "torchvision", "file" or "module"
+    target: str  # timm or torchvision name, .py path, or dotted module name
     class_name: str | None = None
 
 
@@ -41,7 +41,8 @@ class CheckpointRecord:
     Attributes:
         path: the path as given (file or folder).
         weights_path: the file the tensors come from.
-        format: ``"safetensors"``, ``"pytorch"`` or ``"timm-folder"``.
+        format: ``"safetensors"``, ``"pytorch"``, ``"lightning"`` (a Lightning ``.ckpt``),
+            ``"timm-folder"`` or ``"transformers-folder"``.
         sha256: hex digest of ``weights_path``, computed once.
         tensor_names: the names in the file, in file order.
         raw_metadata: every metadata string, for parsing.
@@ -51,7 +52,8 @@ class CheckpointRecord:
             own ``arch`` is provenance only).
         eps, norm: the threat model the metadata states, as written (parsed by the scan).
         dataset_hint: the metadata key ``dataset``, or None.
-        folder: the timm folder, built through timm's ``local-dir:`` source, or None.
+        folder: the timm folder (built through timm's ``local-dir:`` source) or
+            transformers folder (built from its config), or None.
     """
 
     path: Path

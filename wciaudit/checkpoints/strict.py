@@ -27,8 +27,7 @@ def load_strict(model: nn.Module, state_dict: StateDict, arch: str) -> None:
     """
     expected = model.state_dict(keep_vars=True)
     state_dict = _with_aliases(expected, state_dict)
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
+    missing, unexpected = _mismatch(expected, state_dict)
     if missing or unexpected:
         parts = []
         if missing:
@@ -56,6 +55,19 @@ def load_strict(model: nn.Module, state_dict: StateDict, arch: str) -> None:
         raise CheckpointError(
             one_line(f"state_dict does not fit arch {arch!r}: {type(exc).__name__}: {exc}")
         ) from None
+
+
+def key_mismatch(model: nn.Module, state_dict: StateDict) -> tuple[list[str], list[str]]:
+    """The model's keys the state dict lacks and the state dict's keys the model lacks,
+    as :func:`load_strict` counts them (tied aliases filled, ``num_batches_tracked`` optional)."""
+    expected = model.state_dict(keep_vars=True)
+    return _mismatch(expected, _with_aliases(expected, state_dict))
+
+
+def _mismatch(expected: StateDict, state_dict: StateDict) -> tuple[list[str], list[str]]:
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    return missing, unexpected
 
 
 def _with_aliases(expected: StateDict, state_dict: StateDict) -> StateDict:

@@ -9,10 +9,11 @@ from . import gate as gate_cmd
 from . import report as report_cmd
 from . import scan as scan_cmd
 from . import track as track_cmd
-from .help import HelpCommand
+from .help import HelpCommand, HelpGroup
 
 app = typer.Typer(
     name="wciaudit",
+    cls=HelpGroup,
     help=(
         "Audit image classifiers for adversarially robust generalization: PGD robust gap, "
         "per-layer Hessian traces of the adversarial loss, the Weight-Curvature Index "

@@ -90,15 +90,15 @@ DistributedOpt = Annotated[
     bool,
     typer.Option(
         "--distributed",
-        help="Run as one process of a torchrun group (NCCL on GPUs, gloo on CPU): each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs.",
+        help="Run as one process of a torchrun group: each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs. --device picks the device (cuda: cuda:LOCAL_RANK, or cuda:0 where a process sees one device; cpu: gloo on the CPU even on a GPU host).",
     ),
 ]
 FailOnMaskingOpt = Annotated[
     bool,
     typer.Option(
         "--fail-on-masking",
-        help="Fail (exit 1) when a gradient-masking check fails.",
-        rich_help_panel="Gates (exit 1 when one fails)",
+        help="Fail when a gradient-masking check (random output among them) failed.",
+        rich_help_panel=GATE_PANEL,
     ),
 ]
 VerboseOpt = Annotated[
@@ -131,7 +131,7 @@ DataOpt = Annotated[
 ArchOpt = Annotated[
     str | None,
     typer.Option(
-        help="timm model name, or a custom class: models.py:ClassName, package.module:ClassName, or models.py (class from the metadata key 'arch')."
+        help="timm model name, torchvision:<builder> (e.g. torchvision:resnet18), or a custom class: models.py:ClassName, package.module:ClassName, or models.py (class from the metadata key 'arch')."
     ),
 ]
 ArchArgsOpt = Annotated[
@@ -183,7 +183,7 @@ MaskingSamplesOpt = Annotated[
     int,
     typer.Option(
         "--masking-samples",
-        help="Test examples the gradient-masking checks run on (0: no checks).",
+        help="Test examples the gradient-masking checks run on (0: only the random-output check, on 8).",
     ),
 ]
 AttackSpreadOpt = Annotated[
@@ -427,6 +427,7 @@ def gate_options(
     max_bound: MaxBoundOpt = None,
     baseline: BaselineOpt = None,
     max_wci_increase: MaxWciIncreaseOpt = None,
+    fail_on_masking: FailOnMaskingOpt = False,
     gate_sigmas: GateSigmasOpt = None,
     config_file: ConfigOpt = None,
     summary_md: SummaryMdOpt = None,
@@ -440,6 +441,7 @@ def gate_options(
     """
     check_output_folders(summary_md)
     flags = dict(locals())
+    flags["fail_on_masking"] = fail_on_masking or None  # absent: the config file decides
     return prepare_gates(flags.pop("config_file"), flags.pop("summary_md"), flags)
 
 

@@ -21,7 +21,6 @@ from .gating import GateSetup, report_gates
 from .options import (
     CsvOpt,
     DistributedOpt,
-    FailOnMaskingOpt,
     HtmlOpt,
     JsonOpt,
     PlotlyMode,
@@ -44,7 +43,7 @@ def scan(
     checkpoint: Annotated[
         Path,
         typer.Argument(
-            help="A .safetensors file, a timm checkpoint folder (config.json + model.safetensors), or a .pt/.pth/.bin state_dict.",
+            help="A .safetensors file, a timm or transformers checkpoint folder (config.json + model.safetensors), a .pt/.pth/.bin state_dict, or a Lightning .ckpt.",
             show_default=False,
         ),
     ],
@@ -57,7 +56,6 @@ def scan(
     csv_path: CsvOpt = None,
     gates: GateSetup,
     distributed: DistributedOpt = False,
-    fail_on_masking: FailOnMaskingOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     stop: StopSignals,
@@ -72,8 +70,9 @@ def scan(
 
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
     check_output_folders(target, html, csv_path)
-    shard = shard_from_env() if distributed else Shard()
+    shard = shard_from_env(settings.config.device) if distributed else Shard()
     kept: list[AuditResult] = []
+    failed = True
     try:
         with progress_bars(not quiet and shard.is_main) as progress:
             result = run_scan(
@@ -86,16 +85,15 @@ def scan(
                 on_stage=lambda _stage, partial: kept.append(policy.record(partial)),
                 shard=shard,
             )
+        failed = False
     except BaseException:
         if shard.is_main and kept:
             keep_finished_stages(kept[-1], target, stop.signum, skipped=html or csv_path)
         raise
     finally:
-        leave(shard)
+        leave(shard, failed=failed)
     policy.record(result)
     result.gate = gates.apply(result)
-    if fail_on_masking:
-        fail_if_masking(result)
     if not shard.is_main:
         # every process holds the same figures, so the same gate verdict and exit code
         if not result.gate.passed:
@@ -147,13 +145,3 @@ def write_outputs(
 
         written.append(write_csv([result], csv_path))
     return written
-
-
-def fail_if_masking(result: AuditResult) -> None:
-    """--fail-on-masking: a failed gradient-masking check fails the gate."""
-    masking = result.attacks.masking
-    if not masking or not masking.get("flagged"):
-        return
-    failed = [c["name"] for c in masking.get("checks", []) if not c.get("passed")]
-    result.gate.passed = False
-    result.gate.failures.append("gradient masking suspected: " + ", ".join(failed))

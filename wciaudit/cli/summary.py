@@ -15,6 +15,12 @@ from rich.text import Text
 
 from ..formatting import fmt_estimate, format_eps
 from ..result import AuditResult, LayerResult
+from ..sentences import (
+    most_layers_nonpositive,
+    normalisation_text,
+    se_covers_words,
+    wci_layers_sentence,
+)
 
 #: console width from which the layer table has one column per field
 WIDE = 120
@@ -60,6 +66,8 @@ def _print_header(result: AuditResult, console: Console) -> None:
         f"sha256 {ck.sha256[:12]})",
         highlight=False,
     )
+    if ck.mean is not None or cfg.get("preprocessing_source"):
+        console.print(f"normalisation: {normalisation(result)}", markup=False)
     if not has_data(result):
         reason = f" ({ds.reason})" if ds.reason else ""
         console.print(
@@ -207,6 +215,16 @@ def _print_figures(result: AuditResult, console: Console) -> None:
     pb, ti = result.pac_bayes, result.timings
     if has_data(result):
         console.print(f"WCI = {fmt(result.wci, result.wci_se)}  ({se_words(result)})", markup=False)
+        counted = wci_layers_sentence(result.wci_layers)
+        if counted:
+            see = (
+                " (docs/spec.md: Layers with Tr(H) <= 0)"
+                if most_layers_nonpositive(result.wci_layers)
+                else ""
+            )
+            console.print(f"{counted}{see}", markup=False)
+    if result.wci_target is not None:
+        console.print(target_words(result.wci_target), markup=False)
     if pb.bound is not None:
         console.print(
             f"PAC-Bayes (second order, c* chosen after seeing the data): bound {pb.bound:.4g} = "
@@ -245,4 +263,20 @@ def se_words(result: AuditResult) -> str:
         return "SE: delta method"
     if not covers:
         return "SE 0: exact routes on the whole split, attack spread not measured"
-    return "SE covers " + ", ".join(covers)
+    return "SE covers " + se_covers_words(covers)
+
+
+def normalisation(result: AuditResult) -> str:
+    """The input normalisation inside the audited model and where it came from."""
+    ck = result.checkpoint
+    return normalisation_text(ck.mean, ck.std, result.config.get("preprocessing_source"))
+
+
+def target_words(target: dict) -> str:
+    """One line on the WCI precision target (--tol): met or missed, and why."""
+    rel = target.get("relative_se")
+    got = "n/a" if rel is None else f"{rel:.1%}"
+    state = "met" if target.get("met") else "missed"
+    reason = str(target.get("reason", ""))
+    why = "" if reason == "met" else f": {reason}"
+    return f"--tol {target.get('tol'):g}: {state} (relative SE {got}){why}"

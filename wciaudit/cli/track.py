@@ -7,15 +7,15 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
-from ..formatting import fmt_estimate, fmt_fixed, fmt_signed
+from ..formatting import fmt_signed, one_line
 from ..report import write_track_page
 from ..report.track_page import threat_text
-from ..track import MEASURES, TARGETS, TrackResult
-from .common import check_output_folders, handle_errors, out, progress_bars
+from ..track import MEASURES, TARGETS, TrackResult, overfitting_sentence
+from .common import EXIT_GATE_FAILED, check_output_folders, err, handle_errors, out, progress_bars
 from .options import QuietOpt, ScanSettings, VerboseOpt, scan_options, with_options
 from .threads import apply_thread_policy
+from .track_table import checkpoint_table
 
 
 @handle_errors
@@ -24,7 +24,7 @@ def track(
     run: Annotated[
         list[str],
         typer.Argument(
-            help="A run folder (its *.safetensors/*.pt/*.pth/*.bin files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.",
+            help="A run folder (its *.safetensors/*.pt/*.pth/*.bin/*.ckpt files and timm sub-folders), a glob such as 'run/epoch_*.safetensors', or checkpoint files.",
             show_default=False,
         ),
     ],
@@ -70,10 +70,11 @@ def track(
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
     # before torch is imported: OpenMP reads its wait policy from the environment then
     config, _ = apply_thread_policy(settings.config, verbose=verbose and not quiet)
-    from ..track import track as run_track  # here: registering the command needs no torch
+    # here: registering the command needs no torch
+    from ..track import run_stem
+    from ..track import track as run_track
 
-    stem = Path(run[0].rstrip("/\\")).name.split("*")[0].rstrip("_-.") or "run"
-    stem = stem.removesuffix(Path(stem).suffix) if Path(run[0]).is_file() else stem
+    stem = run_stem(run)
     html_path = html or Path.cwd() / f"{stem}.track.html"
     json_target = json_path or Path.cwd() / f"{stem}.track.json"
     check_output_folders(html_path, json_target)
@@ -93,36 +94,16 @@ def track(
         _print_summary(result)
         for path in written:
             out.print(f"wrote {path}", markup=False)
+    if result.skipped:
+        for s in result.skipped:
+            err.print(
+                f"wciaudit: skipped {s.path}: {one_line(s.reason)}", markup=False, soft_wrap=True
+            )
+        raise typer.Exit(EXIT_GATE_FAILED)  # the run was written, but not every checkpoint is in it
 
 
 def _print_summary(result: TrackResult) -> None:
-    # at 80 columns (CI logs) the headers stay whole and a long file name wraps; whether a
-    # checkpoint came from the cache is said under its name rather than in a column
-    table = Table(
-        title=f"{len(result.entries)} checkpoint(s), epoch from {result.epoch_source}",
-        title_justify="left",
-        show_edge=False,
-    )
-    table.add_column("epoch", justify="right", no_wrap=True)
-    table.add_column("checkpoint", overflow="fold", min_width=10)
-    for name in ("WCI ± SE", "gap_loss", "gap_err", "rob.acc T", "rob.loss T"):
-        table.add_column(name, justify="right", no_wrap=True)
-    for e in result.entries:
-        m = e.result.metrics
-        wci = fmt_estimate(e.result.wci, e.result.wci_se or None)
-        name = Text(Path(e.path).name)
-        if e.cached:
-            name.append(" (cache)", style="dim")
-        table.add_row(
-            fmt_estimate(e.epoch, digits=6),
-            name,
-            wci,
-            fmt_fixed(m.gap_loss),
-            fmt_fixed(m.gap_err),
-            fmt_fixed(m.robust_acc_test),
-            fmt_fixed(m.robust_loss_test),
-        )
-    out.print(table)
+    out.print(checkpoint_table(result, out.width))
     corr = Table(
         title="Rank correlation with the robust gap (Kendall tau / Spearman rho)",
         title_justify="left",
@@ -142,12 +123,10 @@ def _print_summary(result: TrackResult) -> None:
             )
         corr.add_row(label, *cells)
     out.print(corr)
-    markers = result.markers()
-    best, peak = markers["best_robust_test_loss"], markers["wci_peak"]
-    if best is not None:
-        out.print(
-            f"lowest robust test loss at epoch {best['epoch']:g} ({best['robust_loss_test']:.4g}); robust overfitting after it"
-        )
+    peak = result.markers()["wci_peak"]
+    overfitting = overfitting_sentence(result)
+    if overfitting is not None:
+        out.print(overfitting, markup=False)
     if peak is not None:
         out.print(f"WCI peaks at epoch {peak['epoch']:g} ({peak['wci']:.4g})")
     out.print(f"threat model: {threat_text(result)}", markup=False)

@@ -11,8 +11,11 @@ BatchNorm; no GELU/SiLU/softmax attention/LayerNorm after W_k, and no path throu
 two uses of W_k in series), d^2 z / dW_k^2 = 0 almost everywhere, so R_kk = 0 and
 
     Tr(H_kk) = (1/N) sum_i [ sum_c p_ic ||J_ic||^2 - ||p_i^T J_i||^2 ]
+             = (1/N) sum_i sum_c p_ic ||J_i^T (e_c - p_i)||^2
 
-exactly (SPEC: exact route). The per-example Jacobians come from
+exactly (SPEC: exact route). The second form is what is computed: its terms are
+non-negative, where the first subtracts two sums that nearly cancel in float32 when
+p_i is nearly one-hot. The per-example Jacobians come from
 ``vmap(jacrev(...))`` over examples, in chunks sized to a memory budget.
 
 Whether R_kk vanishes is not guessed from module types (a custom forward may call
@@ -42,7 +45,8 @@ from torch.func import functional_call, jacrev, vmap
 from torch.overrides import TorchFunctionMode
 
 from .estimate import TraceEstimate
-from .groups import GROUPS, group_count, probe_groups
+from .groups import GROUPS, share_group_count, share_groups
+from .memory import chunk_examples
 from .objective import Objective
 
 Progress = Callable[[int], None]
@@ -106,8 +110,8 @@ def ggn_traces(
     """Exact Tr(GGN_kk) per layer; equal to Tr(H_kk) where :func:`residual_vanishes` holds.
 
     A weight used only by Linear and zero-padded Conv2d modules (one or several, each
-    called any number of times) takes the fast route: C + 1 batched backward passes
-    per batch (one per class, one for p^T z); every use's input and output gradient is
+    called any number of times) takes the fast route: C batched backward passes per
+    batch, one per class c with the cotangent e_c - p; every use's input and output gradient is
     recorded, and the uses are summed per example before squaring, so tied weights get
     ||sum_u dz/dW_u||^2, not sum_u ||dz/dW_u||^2 (:func:`per_example_sq_norms`). A weight
     used any other way (a functional call, a transpose, another module type) takes
@@ -118,8 +122,8 @@ def ggn_traces(
     gives the SE of drawing the n examples out of the split's N
     (``objective.n_population``): sqrt(1 - n/N) * sd(t) / sqrt(n), 0 when n = N.
     Each estimate also carries its ``group_shares``: sum_{i in g} t_i / n over the
-    groups of :func:`~wciaudit.curvature.hutchinson.probe_groups` (``groups``, ``seed``),
-    the unit two runs on the same examples are paired by.
+    fine groups of :func:`~wciaudit.curvature.groups.share_groups` (``groups``,
+    ``seed``), the unit two runs on the same examples are paired by.
 
     Returns:
         One :class:`TraceEstimate` per layer (``method="exact-ggn"``), in order.
@@ -127,11 +131,11 @@ def ggn_traces(
     names = list(objective.names if names is None else names)
     uses, why_not = _weight_uses(objective, names)
     fast = [n for n in names if n in uses]
-    assignment = probe_groups(objective.n, groups, seed)
+    assignment = share_groups(objective.n, seed, groups)
     offset = objective.offset()
     sums = _Sums(
         assignment[offset : offset + objective.n_local],
-        group_count(objective.n, groups),
+        share_group_count(objective.n, groups),
         objective.n,
     )
     if fast:
@@ -317,36 +321,36 @@ def _ggn_by_backward(
     handles = [m.register_forward_hook(forward_hook) for m in modules.values()]
     try:
         for xb, _ in objective.batches():
-            for n in names:
-                calls[n].clear()
-            stops.clear()
             xb = xb.detach().requires_grad_(True)
             z = objective.logits(weights, xb)
             p = torch.softmax(z.detach(), dim=1)
             per_example = {
                 n: torch.zeros(z.shape[0], dtype=torch.float64, device=z.device) for n in names
             }
-            for c in range(p.shape[1] + 1):
-                cot = (
-                    p
-                    if c == p.shape[1]
-                    else F.one_hot(torch.full((z.shape[0],), c, device=z.device), p.shape[1]).to(
-                        z.dtype
-                    )
-                )
+            for c in range(p.shape[1]):
+                # cotangent e_c - p: sum_c p_c ||J^T (e_c - p)||^2 equals
+                # sum_c p_c ||J_c||^2 - ||p^T J||^2 without the difference of two large
+                # sums, which cancels in float32 when p is nearly one-hot
+                cot = -p
+                cot[:, c] += 1
                 for n in names:
                     for call in calls[n]:
                         call["d"] = None
                 output_gradients(z, cot, stops, xb)
                 for n in names:
                     sq = _tied_sq_norms(calls[n])
-                    if sq is None:
-                        continue
-                    per_example[n] += (-sq if c == p.shape[1] else p[:, c] * sq).double()
+                    if sq is not None:
+                        per_example[n] += (p[:, c] * sq).double()
             for n in names:
                 sums.add(n, per_example[n])
             if progress is not None:
                 progress(xb.shape[0])
+            # free this batch's graph (held by the logits and the layers' inputs)
+            # before the next is built: one graph at a time
+            for n in names:
+                calls[n].clear()
+            stops.clear()
+            del z, cot, xb
     finally:
         for h in handles:
             h.remove()
@@ -444,20 +448,22 @@ def _ggn_by_jacobians(
         return functional_call(model, w, (xi.unsqueeze(0),)).squeeze(0)
 
     jac_fn = vmap(jacrev(logits_one), in_dims=(None, 0))
+    chunk: int | None = None
     for xb, _ in objective.batches():
         with torch.no_grad():
             p_all = torch.softmax(objective.logits(weights, xb), dim=1)
-        bytes_per_example = p_all.shape[1] * per_example_numbers * xb.element_size()
-        chunk = max(1, int(memory_bytes // max(bytes_per_example, 1)))
+        if chunk is None:  # sized once: C is known from the first batch's logits
+            chunk = chunk_examples(objective, p_all.shape[1], per_example_numbers, memory_bytes)
         for c in range(0, xb.shape[0], chunk):
             xc, p = xb[c : c + chunk], p_all[c : c + chunk]
             with torch.no_grad():  # jacrev differentiates inside; no outer graph needed
                 jac = jac_fn(weights, xc)
             for n in names:
                 j = jac[n].flatten(2)  # (n, C, numel)
-                sq = (p * j.pow(2).sum(-1)).sum(-1)
                 pj = torch.einsum("nc,ncp->np", p, j)
-                sums.add(n, sq - pj.pow(2).sum(-1))
+                # sum_c p_c ||J_c - p^T J||^2: non-negative terms, no float32 cancellation
+                # (in place: the Jacobian chunk is not used again)
+                sums.add(n, (p * j.sub_(pj.unsqueeze(1)).pow(2).sum(-1)).sum(-1))
             del jac
             if progress is not None:
                 progress(xc.shape[0])

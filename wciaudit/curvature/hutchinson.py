@@ -26,9 +26,11 @@ Engine:
 The examples are split into random groups and each probe is one independent vector
 per group; the estimate is the sum over groups of the mean probe value, and its SE
 is Cochran's two-stage estimator (:func:`grouped_mean_and_se`): probe noise within
-groups, the Hessian subset's draw between them. Probes are drawn from a CPU generator
-seeded by (seed, layer index, round, group), so results do not depend on the device,
-the batch size or the number of processes.
+groups, the Hessian subset's draw between them. Probes are drawn on the model's device
+from a generator seeded by (seed, layer index, round, group), so results do not depend
+on the batch size or the number of processes; a CUDA generator draws other probes than
+the CPU's from the same seed, so CPU and GPU figures agree within their SE, not bit for
+bit.
 
 Example:
     >>> import torch
@@ -50,6 +52,7 @@ from functools import partial
 
 import torch
 
+from ..retry import is_out_of_memory
 from .estimate import TraceEstimate
 from .ggn import weight_modules
 from .groups import GROUPS, group_count, probe_groups
@@ -68,14 +71,26 @@ ONE_PROBE = (
 
 
 def rademacher(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Entries +-1 with probability 1/2 each, drawn on the CPU."""
-    return torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).mul_(2).sub_(1)
+    """Entries +-1 with probability 1/2 each (int8), drawn on the generator's device."""
+    return (
+        torch.randint(0, 2, shape, generator=generator, dtype=torch.int8, device=generator.device)
+        .mul_(2)
+        .sub_(1)
+    )
 
 
 def _probes(
-    seed: int, layer: int, round_: int, group: int, count: int, shape: tuple[int, ...]
+    seed: int,
+    layer: int,
+    round_: int,
+    group: int,
+    count: int,
+    shape: tuple[int, ...],
+    device: torch.device = torch.device("cpu"),
 ) -> torch.Tensor:
-    g = torch.Generator(device="cpu")
+    """The probes of one (layer, round, group), drawn on ``device``, so that a GPU does
+    not wait for a CPU draw and a host-to-device copy of every chunk."""
+    g = torch.Generator(device=device)
     g.manual_seed(
         (seed * 7_919 + layer * 104_729 + round_ * 15_485_863 + group * 32_452_843 + 1)
         % (2**63 - 1)
@@ -130,7 +145,9 @@ class _BatchedHvp:
                 retain_graph=True,
                 allow_unused=True,
             )
-        except RuntimeError:
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                raise  # the batch-size retry's to handle, not a missing batching rule
             # an op without a vmap batching rule: one product per probe from now on
             self.batched_ok = False
             return None
@@ -263,7 +280,7 @@ def hutchinson_traces(
     per_group = _PerGroup(objective, untapped, members)
     round_ = 0
     while want:
-        draw = partial(_probes, seed, round_=round_)
+        draw = partial(_probes, seed, round_=round_, device=objective.device)
         sums = {n: torch.zeros(len(sizes), k, dtype=torch.float64) for n, k in want.items()}
         this = _Round(want, index, draw, sums, progress)
         if tapped is not None:
@@ -447,6 +464,8 @@ def _group_graphs(
             loss = objective.loss(weights, xb, yb)
             grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True)
             yield g, dict(zip(names, grads, strict=True))
+            # this batch's graph goes before the next is built: one graph at a time
+            del loss, grads
 
 
 @dataclass(frozen=True)
@@ -564,6 +583,7 @@ class _Tapped:
                         sums[n][:, c : c + p.shape[0]] += values.t()
                         if progress is not None:
                             progress(p.shape[0] * groups)
+                del grads  # free this batch's graph before the next is built
 
     def _graphs(self, chunk: list[str]) -> tuple[GroupTaps, Iterable[dict[str, torch.Tensor]]]:
         if self.cached is not None:

@@ -31,7 +31,9 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..model import no_tf32
 from .estimate import TraceEstimate, mean_and_se
 from .hutchinson import rademacher
 from .objective import Objective
@@ -61,6 +63,22 @@ def hutchpp_traces(
         One :class:`TraceEstimate` per layer (``method="hutch++"``, ``probes`` = the
         residual probes; 2 ``sketch`` more products were spent).
     """
+    # fused attention kernels (flash / memory-efficient SDPA) have no double backward;
+    # the math kernel computes the same attention and differentiates twice
+    # TF32 off: cuDNN's default convolutions round to ~1e-3 (:func:`..model.no_tf32`)
+    with sdpa_kernel([SDPBackend.MATH]), no_tf32():
+        return _hutchpp_traces(objective, names, sketch, tol, min_probes, max_probes, seed)
+
+
+def _hutchpp_traces(
+    objective: Objective,
+    names: list[str] | None,
+    sketch: int,
+    tol: float,
+    min_probes: int,
+    max_probes: int,
+    seed: int,
+) -> list[TraceEstimate]:
     names = list(objective.names if names is None else names)
     weights = objective.weights()
     out = []
@@ -71,7 +89,9 @@ def hutchpp_traces(
         shape = tuple(weights[n].shape)
         numel = weights[n].numel()
         s = min(sketch, numel)
-        hs = hvp(rademacher((s, *shape), g).to(objective.dtype)).reshape(s, numel)
+        hs = hvp(rademacher((s, *shape), g).double()).reshape(s, numel)
+        # Q, the projections and the probe values stay in float64 on the CPU, whatever
+        # the model's dtype: only the products run in it (``_block_hvp`` casts)
         q, _ = torch.linalg.qr(hs.T)  # (numel, s)
         hq = hvp(q.T.reshape(s, *shape)).reshape(s, numel)
         low_rank = float((hq * q.T).sum())
@@ -79,7 +99,7 @@ def hutchpp_traces(
         history: list[list[float]] = []
         want = min(min_probes, max_probes)
         while want > 0:
-            probes = rademacher((want, numel), g).to(objective.dtype)
+            probes = rademacher((want, numel), g).double()
             probes = probes - (probes @ q) @ q.T
             hv = hvp(probes.reshape(want, *shape)).reshape(want, numel)
             values.extend((hv * probes).sum(1).tolist())

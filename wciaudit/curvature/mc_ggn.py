@@ -12,7 +12,7 @@ the Hessian of the cross-entropy in the logits. So with g_ic = grad_{W_k} CE(f(x
 
 (Martens 2014, "New insights and perspectives on the natural gradient method"; the
 sampled-label Fisher of Kunstner, Hennig, Balles 2019). k labels per example cost k
-backward passes per batch whatever the number of classes C is, against C + 1 for the
+backward passes per batch whatever the number of classes C is, against C for the
 exact route (:mod:`.ggn`); the mean of the k squared norms is unbiased for Tr(GGN_kk),
 which is Tr(H_kk) where the residual vanishes (:func:`.ggn.residual_vanishes`).
 
@@ -53,7 +53,8 @@ from torch.func import functional_call, grad, vmap
 
 from .estimate import TraceEstimate
 from .ggn import hookable, output_gradients, per_example_sq_norms
-from .groups import GROUPS, group_count, probe_groups
+from .groups import share_group_count, share_groups
+from .memory import chunk_examples
 from .objective import Objective
 
 Progress = Callable[[int], None]
@@ -240,11 +241,8 @@ def _by_vmap(
 ) -> None:
     model = objective.model
     weights = {n: w for n, w in objective.weights(requires_grad=False).items() if n in names}
-    per_example_bytes = (
-        sum(w.numel() for w in weights.values())
-        * torch.empty((), dtype=objective.dtype).element_size()
-    )
-    chunk = max(1, int(memory_bytes // max(per_example_bytes, 1)))
+    numel = sum(w.numel() for w in weights.values())
+    chunk = chunk_examples(objective, 1, numel, memory_bytes)
 
     def ce_one(w: dict[str, torch.Tensor], xi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
         z = functional_call(model, w, (xi.unsqueeze(0),))
@@ -294,10 +292,10 @@ def _estimate(
     v = values.mean(1)
     within = values.var(1, correction=1) / k
     n = objective.n
-    # each group's share of the trace (groups of :mod:`.groups`), to pair two runs
-    groups = group_count(n)
+    # each fine group's share of the trace (:func:`.groups.share_groups`), to pair two runs
+    groups = share_group_count(n)
     offset = objective.offset()
-    group_of = probe_groups(n, GROUPS, seed)[offset : offset + v.shape[0]]
+    group_of = share_groups(n, seed)[offset : offset + v.shape[0]]
     shares = torch.zeros(groups, dtype=torch.float64).index_add_(0, group_of, v.double().cpu() / n)
     sums = objective.reduce(
         torch.cat([torch.stack([v.sum(), v.pow(2).sum(), within.sum()]).double().cpu(), shares])

@@ -1,7 +1,7 @@
 """Which estimator measures each layer's trace, by expected cost (SPEC: exact route).
 
 Three routes:
-- ``exact-ggn`` (:mod:`.ggn`): C + 1 backward passes per batch, shared by every
+- ``exact-ggn`` (:mod:`.ggn`): C backward passes per batch, shared by every
   Linear/Conv2d layer (other layers: C vector-Jacobian products per memory group);
   exact, so no probe noise. Valid where the residual vanishes.
 - ``mc-ggn`` (:mod:`.mc_ggn`): k sampled labels per example, k backward passes shared
@@ -14,9 +14,9 @@ count is the expected count for the tolerance, n = max(min_probes, (spread / tol
 with a per-probe relative spread of ``PROBE_SPREAD`` (block-restricted probes measured
 0.2-0.7 on the sample ResNet and ViT); the MC route's label count is
 max(k_labels, (LABEL_SPREAD / tol)^2 / n) for n examples, the labels its SE needs to
-reach the tolerance on its own. Exact beats MC when C + 1 <= ``EXACT_PREMIUM`` times
+reach the tolerance on its own. Exact beats MC when C <= ``EXACT_PREMIUM`` times
 that label count: an exact value has no label noise, which is worth a few passes
-(with the defaults, 2 labels: exact up to 15 classes).
+(with the defaults, 2 labels: exact up to 16 classes).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ LABEL_SPREAD = 1.0
 # backward passes per block-restricted Hessian-vector product
 HVP_PASSES = 2
 # the exact route is taken while it costs at most this many times the sampled-label
-# route: its value carries no label noise (with 2 labels: exact up to 15 classes)
+# route: its value carries no label noise (with 2 labels: exact up to 16 classes)
 EXACT_PREMIUM = 8
 _NOT_PIECEWISE_LINEAR = "residual does not vanish (output not piecewise linear in this weight)"
 
@@ -160,7 +160,7 @@ def _ggn_costs(
 ) -> tuple[set[str], float, float]:
     """The layers the exact GGN can take within ``memory_bytes``, its cost and the MC cost.
 
-    Costs are backward passes: Linear/Conv2d layers share C + 1, each Jacobian group of
+    Costs are backward passes: Linear/Conv2d layers share C, each Jacobian group of
     other layers costs C; the sampled-label route costs ``labels`` per kind of layer.
     """
     fast = set(hookable(objective, candidates))
@@ -169,7 +169,7 @@ def _ggn_costs(
         objective, slow, classes, memory_bytes
     )
     exact_layers = {n for g in groups for n in g}
-    exact_cost = float(sum(classes + 1 if g[0] in fast else classes for g in groups))
+    exact_cost = float(len(groups) * classes)
     mc_cost = float(labels * ((1 if fast else 0) + (1 if slow else 0)))
     return exact_layers, exact_cost, mc_cost
 

@@ -112,6 +112,8 @@ class GroupTaps:
                     n: (torch.zeros_like(self.taps[n]) if g is None else g)
                     for n, g in zip(names, grads, strict=True)
                 }
+                # this batch's graph goes before the next is built: one graph at a time
+                del loss, grads
         finally:
             for h in handles:
                 h.remove()

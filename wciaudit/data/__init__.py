@@ -24,7 +24,7 @@ Example:
     ([1, 8, 8], 100, 1000)
 """
 
-from .labels import class_count_note
+from .labels import check_labels_fit, class_count_note
 from .layout import to_channels_first
 from .load import ACCEPTED_FORMS, SAMPLE_NAMES, load_data
 from .splits import Splits, stratified_subset
@@ -34,6 +34,7 @@ __all__ = [
     "ACCEPTED_FORMS",
     "SAMPLE_NAMES",
     "Splits",
+    "check_labels_fit",
     "class_count_note",
     "fit_to_model",
     "load_data",

@@ -83,9 +83,10 @@ def load_data(
             ``classes``, as numpy arrays or torch tensors.
         data_config: timm data config of the model (``input_size`` (C, H, W),
             ``interpolation``, ``crop_pct``, ``crop_mode``). ImageFolder sources are
-            transformed to it; npz and in-memory (N, H, W) or (N, H, W, C) data is made
-            channels-first when ``input_size`` asks for it (with a note in
-            ``Splits.notes``). Without an ``input_size`` images are read at their own
+            transformed to it, with bilinear interpolation and ``crop_pct`` 1.0 (no
+            crop) where it does not say, as on the command line; npz and in-memory
+            (N, H, W) or (N, H, W, C) data is made channels-first when ``input_size``
+            asks for it (with a note in ``Splits.notes``). Without an ``input_size`` images are read at their own
             size, which must then be the same for all of them.
         lo: lower end of the data range.
         hi: upper end of the data range.

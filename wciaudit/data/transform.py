@@ -14,6 +14,10 @@ from .splits import Splits
 
 _RESIZE_CHUNK = 256  # examples per interpolate call: bounds the temporary memory
 
+#: what a data config without these keys gets: the scan's own defaults (a model without
+#: timm's config is fed images at its input size, not timm's resize-then-crop by 0.875)
+EVAL_TRANSFORM_DEFAULTS = {"interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
+
 
 def to_range(x: torch.Tensor, native: tuple[float, float], lo: float, hi: float) -> torch.Tensor:
     """Map values linearly from the ``native`` range to [lo, hi] (no copy when equal).
@@ -36,7 +40,13 @@ def range_words(native: tuple[float, float], lo: float, hi: float) -> str:
 
 def image_transform(data_config: dict[str, Any] | None) -> tuple[Callable[[Any], Any], int | None]:
     """The model's timm eval transform without normalisation, and the channel count it
-    wants; without an ``input_size``, PIL images become uint8 tensors at their own size."""
+    wants; without an ``input_size``, PIL images become uint8 tensors at their own size.
+
+    ``interpolation``, ``crop_pct`` and ``crop_mode`` missing from ``data_config`` take
+    :data:`EVAL_TRANSFORM_DEFAULTS` (``crop_pct`` 1.0: no crop), as the command line does,
+    rather than timm's own default crop of 0.875; images already at the input size come
+    through unchanged.
+    """
     input_size = None if data_config is None else data_config.get("input_size")
     if input_size is None:
         from torchvision.transforms import functional
@@ -47,9 +57,8 @@ def image_transform(data_config: dict[str, Any] | None) -> tuple[Callable[[Any],
     if len(input_size) != 3:
         raise DataError(f"the model's input_size must be (C, H, W), got {list(input_size)}")
     kwargs = {
-        key: data_config[key]
-        for key in ("interpolation", "crop_pct", "crop_mode")
-        if data_config.get(key) is not None
+        key: default if data_config.get(key) is None else data_config[key]
+        for key, default in EVAL_TRANSFORM_DEFAULTS.items()
     }
     transform = create_transform(
         input_size=tuple(int(s) for s in input_size),

@@ -15,6 +15,7 @@ from ..formatting import shorten, svg_text
 from ..result import AuditResult, LayerResult
 
 __all__ = [
+    "AXIS_NAME_CHARS",
     "FLAG_COLOUR",
     "PALETTE",
     "axis",
@@ -23,6 +24,8 @@ __all__ = [
     "comparison_terms_figure",
     "convergence_figure",
     "figure_dict",
+    "layer_axis",
+    "layer_rows_height",
     "layers_figure",
 ]
 
@@ -87,43 +90,81 @@ def _round(obj: Any) -> Any:
     return obj
 
 
+#: characters of a layer name shown on a chart's axis (the hover and the table keep it whole)
+AXIS_NAME_CHARS = 44
+
+
+def layer_rows_height(n: int) -> int:
+    """Height in px of a chart with one horizontal row per layer: every name readable
+    (plotly's 12 px font needs about 15 px a row), plus room for titles and the axis."""
+    return 150 + n * (22 if n <= 40 else 15)
+
+
+def layer_axis(names: list[str], **extra: Any) -> dict[str, Any]:
+    """A y axis that names every layer (model order from the top), so a printed page or a
+    screenshot says which bar is which; a long name keeps its end (``…blocks.3.fc2``)."""
+    return axis(
+        tickmode="array",
+        tickvals=list(range(len(names))),
+        ticktext=[svg_text(shorten(n, AXIS_NAME_CHARS, keep="end")) for n in names],
+        range=[len(names) - 0.5, -0.5],
+        zeroline=False,
+        showgrid=False,
+        **extra,
+    )
+
+
 def layers_figure(result: AuditResult) -> dict[str, Any]:
-    """Weight norm, trace ± SE and WCI term per layer, in model order, flags marked."""
+    """Weight norm, trace ± SE and WCI term per layer: three panels side by side, one
+    horizontal row per layer named on the shared y axis, model order from the top."""
     from plotly.subplots import make_subplots
 
     layers = result.layers
     flagged = any(la.flag for la in layers)
     fig = make_subplots(
-        rows=3,
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.06,
+        rows=1,
+        cols=3,
+        shared_yaxes=True,
+        horizontal_spacing=0.03,
         subplot_titles=("‖W‖<sub>F</sub>", "Tr(H) ± SE", "WCI term ‖W‖<sub>F</sub>·√max(Tr H, 0)"),
     )
-    for row, trace in _layer_traces(layers):
-        fig.add_trace(trace, row=row, col=1)
-    fig.update_layout(**base_layout(height=620, bargap=0.15, showlegend=flagged))
-    fig.update_layout(legend={"x": 1, "xanchor": "right", "y": 1.06})
-    for row in (1, 2, 3):
-        fig.update_yaxes(axis(), row=row, col=1)
-        fig.update_xaxes(axis(showticklabels=row == 3, zeroline=False), row=row, col=1)
-    fig.update_xaxes(title_text="layer index (model order; hover for the name)", row=3, col=1)
+    for col, trace in _layer_traces(layers):
+        fig.add_trace(trace, row=1, col=col)
+    fig.update_layout(
+        **base_layout(height=layer_rows_height(len(layers)), bargap=0.15, showlegend=flagged)
+    )
+    # the legend key sits above the panel titles, clear of them and of the toolbar
+    height, top, bottom = layer_rows_height(len(layers)), 90 if flagged else 50, 40
+    fig.update_layout(
+        legend={"x": 0, "xanchor": "left", "y": 1 + 30 / (height - top - bottom)},
+        margin={"l": 10, "r": 44, "t": top, "b": bottom},
+    )
+    for col in (1, 2, 3):
+        fig.update_xaxes(
+            axis(zeroline=col == 2, rangemode="tozero" if col != 2 else "normal"), row=1, col=col
+        )
+    fig.update_yaxes(layer_axis([la.name for la in layers]), row=1, col=1)
+    for col in (2, 3):  # no zero line: y = 0 is the first layer's row
+        fig.update_yaxes(
+            range=[len(layers) - 0.5, -0.5], showgrid=False, zeroline=False, row=1, col=col
+        )
     return figure_dict(fig, [svg_text(la.name) for la in layers])
 
 
 def _layer_traces(layers: list[LayerResult]) -> list[tuple[int, Any]]:
-    """(subplot row, trace) of :func:`layers_figure`; hover names come from ``customdata``."""
+    """(subplot column, trace) of :func:`layers_figure`; hover names come from ``customdata``."""
     from plotly import graph_objects as go
 
-    x = list(range(len(layers)))
+    y = list(range(len(layers)))
     colours = [FLAG_COLOUR if la.flag else PALETTE[0] for la in layers]
-    hover = "%{customdata}<br>%{y:.4g}<extra></extra>"
-    common = {"x": x, "meta": "names", "showlegend": False}
+    hover = "%{customdata}<br>%{x:.4g}<extra></extra>"
+    common = {"y": y, "meta": "names", "showlegend": False}
     traces = [
         (
             1,
             go.Bar(
-                y=[la.frob_norm for la in layers],
+                x=[la.frob_norm for la in layers],
+                orientation="h",
                 marker_color=PALETTE[5],
                 hovertemplate=hover,
                 name="‖W‖F",
@@ -133,21 +174,21 @@ def _layer_traces(layers: list[LayerResult]) -> list[tuple[int, Any]]:
         (
             2,
             go.Scatter(
-                y=[la.trace for la in layers],
+                x=[la.trace for la in layers],
                 mode="markers",
                 marker={
                     "color": colours,
                     "size": 6,
                     "symbol": ["x" if la.flag else "circle" for la in layers],
                 },
-                error_y={
+                error_x={
                     "type": "data",
                     "array": [la.trace_se or 0.0 for la in layers],
                     "visible": True,
                     "color": "#555",
                     "thickness": 1,
                 },
-                hovertemplate="%{customdata}<br>Tr(H) %{y:.4g}<extra></extra>",
+                hovertemplate="%{customdata}<br>Tr(H) %{x:.4g}<extra></extra>",
                 name="Tr(H)",
                 **common,
             ),
@@ -155,7 +196,8 @@ def _layer_traces(layers: list[LayerResult]) -> list[tuple[int, Any]]:
         (
             3,
             go.Bar(
-                y=[la.wci_term for la in layers],
+                x=[la.wci_term for la in layers],
+                orientation="h",
                 marker_color=colours,
                 hovertemplate=hover,
                 name="WCI term",
@@ -302,11 +344,12 @@ def convergence_figure(layers: list[LayerResult]) -> dict[str, Any]:
 def comparison_terms_figure(
     names: list[str], order: list[str], terms: list[dict[str, float | None]]
 ) -> dict[str, Any]:
-    """Per-layer WCI terms of several results as grouped bars, layers in ``order``.
+    """Per-layer WCI terms of several results as grouped horizontal bars, one row per
+    layer named on the y axis, layers in ``order`` from the top.
 
     Args:
         names: one display name per result.
-        order: layer names, the x axis.
+        order: layer names, the y axis.
         terms: per result, layer name -> WCI term (a missing layer leaves a gap).
     """
     from plotly import graph_objects as go
@@ -315,22 +358,20 @@ def comparison_terms_figure(
     for i, (name, by_layer) in enumerate(zip(names, terms, strict=True)):
         fig.add_trace(
             go.Bar(
-                x=list(range(len(order))),
-                y=[by_layer.get(n) for n in order],
+                y=list(range(len(order))),
+                x=[by_layer.get(n) for n in order],
+                orientation="h",
                 meta="names",
                 name=svg_text(f"{i + 1}: {name}"),
                 marker_color=PALETTE[i % len(PALETTE)],
                 opacity=0.85,
-                hovertemplate="%{customdata}<br>WCI term %{y:.4g}<extra>"
+                hovertemplate="%{customdata}<br>WCI term %{x:.4g}<extra>"
                 + svg_text(name[:40])
                 + "</extra>",
             )
         )
-    fig.update_layout(**base_layout(height=420, barmode="group", bargap=0.1))
-    fig.update_xaxes(
-        axis(
-            title_text="layer index (order of the first result; hover for the name)", zeroline=False
-        )
-    )
-    fig.update_yaxes(axis(title_text="WCI term"))
+    rows = len(order) * (len(names) + 1) // 2  # a row per layer and bar pair
+    fig.update_layout(**base_layout(height=layer_rows_height(rows), barmode="group", bargap=0.2))
+    fig.update_yaxes(layer_axis(order, title_text="layer (order of the first result)"))
+    fig.update_xaxes(axis(title_text="WCI term", rangemode="tozero"))
     return figure_dict(fig, [svg_text(n) for n in order])

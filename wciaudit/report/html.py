@@ -72,6 +72,13 @@ def breakable(text: Any) -> Markup:
     return Markup(re.sub(r"([._/:-])(?=.)", r"\1<wbr>", escaped))
 
 
+def capitalize_first(text: Any) -> str:
+    """``text`` with its first letter upper-case and the rest as it is (jinja2's
+    ``capitalize`` lower-cases the rest, layer names and ``Tr(H)`` included)."""
+    text = "" if text is None else str(text)
+    return text[:1].upper() + text[1:]
+
+
 def _defined(formatter: Callable[..., str]) -> Callable[..., str]:
     """A formatter that reads an undefined template variable as a missing figure."""
 
@@ -92,6 +99,7 @@ def template_environment() -> jinja2.Environment:
     )
     env.filters.update({name: _defined(f) for name, f in FILTERS.items()})
     env.filters["breakable"] = breakable
+    env.filters["capitalize_first"] = capitalize_first
     return env
 
 

@@ -23,6 +23,13 @@ from ..errors import ConfigError
 from ..formatting import format_eps, shorten
 from ..gate import GateCheck
 from ..result import AuditResult, LayerResult, PacBayes, write_atomic
+from ..sentences import (
+    most_layers_nonpositive,
+    normalisation_text,
+    se_covers_words,
+    se_sentence,
+    wci_layers_sentence,
+)
 from ..track.result import figure_of
 from .charts import (
     PALETTE,
@@ -187,6 +194,14 @@ def _section(index: int, result: AuditResult) -> dict[str, Any]:
             la.name for la in result.layers if not la.history and la.trace is not None
         ],
         "checks": [GateCheck.from_dict(c).row() for c in result.gate.checks],
+        "normalisation": normalisation_text(
+            result.checkpoint.mean, result.checkpoint.std, cfg.get("preprocessing_source")
+        ),
+        "wci_layers": wci_layers_sentence(result.wci_layers),
+        "wci_layers_most": most_layers_nonpositive(result.wci_layers),
+        "wci_se_covers": _wci_se_covers(result),
+        "wci_se_text": se_sentence(result.se_covers.get("wci")),
+        "trace_se_texts": trace_se_sentences(result.layers),
         # the notes state the approximation once; a result's own note only when it says more
         "pb_note": "" if result.pac_bayes.note == PacBayes().note else result.pac_bayes.note,
         "sqrt_term": _sqrt_term(result),
@@ -196,6 +211,38 @@ def _section(index: int, result: AuditResult) -> dict[str, Any]:
         "has_conv": f"{prefix}-conv" in figures,
         "figures": figures,
     }
+
+
+def _wci_se_covers(result: AuditResult) -> str | None:
+    """The WCI tile's line on its SE; None for a result that does not say."""
+    covers = result.se_covers.get("wci")
+    if covers is None:
+        return None
+    if not covers:
+        return "SE 0: exact routes on the whole split; attack starts not measured"
+    return "SE covers " + se_covers_words(covers)
+
+
+def trace_se_sentences(layers: Sequence[LayerResult]) -> list[str]:
+    """Per route (``hutchinson``, ``exact-ggn``, ...), in the order first met: how many
+    layers took it and what their trace SEs cover, from each layer's ``se_covers``."""
+    routes: dict[str, list[LayerResult]] = {}
+    for la in layers:
+        if la.trace is not None:
+            routes.setdefault(la.method, []).append(la)
+    out = []
+    for method, group in routes.items():
+        covers = list(dict.fromkeys(c for la in group for c in la.se_covers))
+        count = f"{len(group)} layer{'s' if len(group) != 1 else ''}"
+        exact = " (no probes: no probe noise)" if group[0].exact else ""
+        if not covers:
+            what = "SE 0, and the attack's random starts were not measured"
+        else:
+            what = "SE covers " + se_covers_words(covers)
+            if "attack-starts" not in covers:
+                what += "; not the attack's random starts (not measured)"
+        out.append(f"{method}, {count}{exact}: {what}")
+    return out
 
 
 def _sqrt_term(result: AuditResult) -> float | None:
@@ -234,6 +281,8 @@ def _comparison(results: list[AuditResult], sections: list[dict[str, Any]]) -> d
         "summary": [_summary_row(results, *compared) for compared in COMPARED],
         "diffs": diffs[:MAX_DIFF_ROWS],
         "n_layers": len(order),
+        "layer_counts": [len(r.layers) for r in results],
+        "matched": [n for n in order if all(n in t for t in terms)],
         "missing": [d["name"] for d in diffs if d["missing"]],
         "figures": {"cmp-terms": comparison_terms_figure(names, order, terms)},
     }

@@ -19,8 +19,9 @@ from typing import Any
 
 from ..formatting import fmt_num, fmt_signed, format_eps, svg_text
 from ..result import write_atomic
+from ..sentences import se_covers_words
 from ..stats import tau_null_sd
-from ..track.result import MEASURES, TARGETS, TrackResult, figure_of
+from ..track.result import MEASURES, TARGETS, TrackResult, figure_of, overfitting_sentence
 from .charts import PALETTE, axis, base_layout
 from .html import render_page
 
@@ -52,6 +53,8 @@ def render_track(result: TrackResult, title: str | None = None, *, plotly: str =
         markers=markers,
         correlations=_correlation_rows(result),
         verdicts=_verdicts(result),
+        overfitting=overfitting_sentence(result),
+        wci_se_text=_wci_se_text(result),
         tau_null_sd=tau_null_sd(len(result.entries)),
         settings=_settings_rows(result),
         tool_version=result.tool_version,
@@ -78,6 +81,16 @@ def _run_name(result: TrackResult) -> str:
     if len(parents) == 1 and "" not in parents:
         return parents.pop()
     return Path(result.entries[0].path).name
+
+
+def _wci_se_text(result: TrackResult) -> str:
+    """What the WCI error bars cover, from the scans' ``se_covers`` (SPEC: What an SE
+    covers): one list when every scan says the same, else per scan in its JSON."""
+    said = {tuple(e.result.se_covers.get("wci") or ()) for e in result.entries}
+    if len(said) != 1:
+        return "what each scan's se_covers lists (they differ between scans)"
+    (covers,) = said
+    return se_covers_words(covers) if covers else "nothing (SE 0: exact routes, no attack spread)"
 
 
 def _rows(result: TrackResult) -> list[dict[str, Any]]:

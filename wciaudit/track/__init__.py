@@ -16,11 +16,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
-from .result import MEASURES, TARGETS, Correlation, TrackEntry, TrackResult
+from .result import (
+    MEASURES,
+    TARGETS,
+    Correlation,
+    SkippedCheckpoint,
+    TrackEntry,
+    TrackResult,
+    is_track_dict,
+    overfitting_sentence,
+)
 
 if TYPE_CHECKING:
     from .cache import CACHE_ENV, cache_folder, cache_root
-    from .files import CHECKPOINT_SUFFIXES, RunCheckpoint, find_checkpoints, order_checkpoints
+    from .files import (
+        CHECKPOINT_SUFFIXES,
+        RunCheckpoint,
+        find_checkpoints,
+        order_checkpoints,
+        run_stem,
+    )
     from .run import TrackProgress, track
 
 __all__ = [
@@ -30,11 +45,15 @@ __all__ = [
     "TARGETS",
     "Correlation",
     "RunCheckpoint",
+    "SkippedCheckpoint",
     "TrackEntry",
     "TrackProgress",
     "TrackResult",
     "find_checkpoints",
     "order_checkpoints",
+    "overfitting_sentence",
+    "is_track_dict",
+    "run_stem",
     "cache_folder",
     "cache_root",
     "track",
@@ -44,7 +63,14 @@ __all__ = [
 _LAZY = {
     **dict.fromkeys(("CACHE_ENV", "cache_folder", "cache_root"), ".cache"),
     **dict.fromkeys(
-        ("CHECKPOINT_SUFFIXES", "RunCheckpoint", "find_checkpoints", "order_checkpoints"), ".files"
+        (
+            "CHECKPOINT_SUFFIXES",
+            "RunCheckpoint",
+            "find_checkpoints",
+            "order_checkpoints",
+            "run_stem",
+        ),
+        ".files",
     ),
     **dict.fromkeys(("TrackProgress", "track"), ".run"),
 }

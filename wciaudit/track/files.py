@@ -27,6 +27,7 @@ __all__ = [
     "natural_key",
     "order_checkpoints",
     "read_epoch",
+    "run_stem",
 ]
 
 
@@ -130,3 +131,23 @@ def order_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[RunCheckp
             for p, n in zip(by_name, numbers, strict=True)
         ]
     return [RunCheckpoint(p, float(i + 1), "position") for i, p in enumerate(by_name)]
+
+
+def run_stem(sources: Sequence[str | os.PathLike[str]]) -> str:
+    """The name a run's default outputs take (``<stem>.track.json``): the run folder's
+    name; for a glob, the last part of the pattern without wildcards (the folder of
+    ``run/epoch_[13].safetensors`` is ``run``); for checkpoint files, the first one's
+    name without its suffix. Never a wildcard, never empty."""
+    text = os.fspath(sources[0]).rstrip("/\\") if sources else ""
+    path = Path(text or ".").expanduser()
+    if glob.has_magic(text):
+        plain = [p for p in path.parts[:-1] if not glob.has_magic(p)]
+        name = plain[-1] if plain else ""
+        if name in ("", ".", "..") or name == path.anchor:
+            name = Path(os.path.join(*plain) if plain else ".").resolve().name
+    elif path.is_file():
+        name = path.name.removesuffix(path.suffix)
+    else:
+        name = path.name if path.name not in ("", ".", "..") else path.resolve().name
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return name or "run"

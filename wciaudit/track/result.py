@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..errors import ConfigError
 from ..result import SCHEMA_VERSION, AuditResult, json_safe, write_atomic
 from ..stats import kendall_tau, rank_p_values, spearman_rho, tau_null_sd
 
 #: version of the track JSON layout
 TRACK_SCHEMA_VERSION = 1
+#: the ``kind`` of a track JSON, which tells it from a scan's result
+TRACK_KIND = "wciaudit-track"
 #: the figures correlated against the gap: WCI and its two ablations
 MEASURES = {
     "wci": "WCI",
@@ -91,6 +94,16 @@ class TrackEntry:
 
 
 @dataclass
+class SkippedCheckpoint:
+    """A checkpoint of the run that could not be scanned (truncated, unreadable, a model
+    that does not fit it), and why; the run goes on without it."""
+
+    epoch: float
+    path: str
+    reason: str
+
+
+@dataclass
 class TrackResult:
     """A whole run: the scans in epoch order, the correlations and the markers."""
 
@@ -101,6 +114,7 @@ class TrackResult:
     correlations: list[Correlation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tool_version: str = __version__
+    skipped: list[SkippedCheckpoint] = field(default_factory=list)
 
     @property
     def epochs(self) -> list[float]:
@@ -160,7 +174,7 @@ class TrackResult:
         series["wci_terms"] = rows
         return json_safe(
             {
-                "kind": "wciaudit-track",
+                "kind": TRACK_KIND,
                 "track_schema_version": TRACK_SCHEMA_VERSION,
                 "result_schema_version": SCHEMA_VERSION,
                 "tool_version": self.tool_version,
@@ -172,6 +186,7 @@ class TrackResult:
                 "tau_null_sd": tau_null_sd(len(self.entries)),
                 "markers": self.markers(),
                 "notes": self.notes,
+                "skipped": [vars(s) for s in self.skipped],
                 "checkpoints": [
                     {
                         "epoch": e.epoch,
@@ -191,6 +206,119 @@ class TrackResult:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON atomically."""
         return write_atomic(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TrackResult:
+        """A track JSON (:meth:`to_dict`) read back; the series and markers are derived
+        again from the scans it holds.
+
+        Raises:
+            ConfigError: not a track result, another track schema, or a malformed one.
+        """
+        if not is_track_dict(d):
+            raise ConfigError('not a wciaudit track result (no "kind": "wciaudit-track")')
+        version = d.get("track_schema_version")
+        if version != TRACK_SCHEMA_VERSION:
+            raise ConfigError(
+                f"unsupported track_schema_version {version!r}; this wciaudit reads "
+                f"version {TRACK_SCHEMA_VERSION}"
+            )
+        try:
+            return cls(
+                entries=[
+                    TrackEntry(
+                        float(c["epoch"]),
+                        str(c["path"]),
+                        str(c.get("sha256", "")),
+                        bool(c.get("cached", False)),
+                        AuditResult.from_dict(c["result"]),
+                    )
+                    for c in d.get("checkpoints") or []
+                ],
+                epoch_source=str(d.get("epoch_source", "")),
+                settings=dict(d.get("settings") or {}),
+                cache_dir=d.get("cache_dir"),
+                correlations=[Correlation(**c) for c in d.get("correlations") or []],
+                notes=[str(n) for n in d.get("notes") or []],
+                tool_version=str(d.get("tool_version", "")),
+                skipped=[
+                    SkippedCheckpoint(float(s["epoch"]), str(s["path"]), str(s["reason"]))
+                    for s in d.get("skipped") or []
+                ],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed wciaudit track result: {exc!r}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TrackResult:
+        """Read a track JSON written by :meth:`save` (``wciaudit track --json``)."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read track result {p}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p}: not a JSON file: {exc.msg} at line {exc.lineno}") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+
+
+def read_track(path: str | os.PathLike[str]) -> TrackResult | None:
+    """The track result in ``path``; None when the file is not one (a scan's result, or
+    anything :meth:`AuditResult.load` will report on)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not is_track_dict(data):
+        return None
+    try:
+        return TrackResult.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def is_track_dict(d: Any) -> bool:
+    """True for the JSON object of a track result (``"kind": "wciaudit-track"``)."""
+    return isinstance(d, dict) and d.get("kind") == TRACK_KIND
+
+
+def overfitting_sentence(result: TrackResult, sigmas: float = 2.0) -> str | None:
+    """Where the robust test loss is lowest and whether it rises after that epoch by more
+    than ``sigmas`` standard errors (robust overfitting); None when it was not measured.
+
+    With one measured checkpoint, or the lowest loss at the last one, nothing rises
+    after it, and the sentence says so rather than announcing overfitting.
+    """
+    best = result.markers()["best_robust_test_loss"]
+    if best is None:
+        return None
+    measured = [
+        (e.epoch, e.result.metrics.robust_loss_test, e.result.metrics.robust_loss_test_se)
+        for e in result.entries
+        if e.result.metrics.robust_loss_test is not None
+    ]
+    epoch, loss = best["epoch"], best["robust_loss_test"]
+    head = f"lowest robust test loss at epoch {epoch:g} ({loss:.4g})"
+    if len(measured) < 2:
+        return f"{head}: one measured checkpoint, so no trend over training to read"
+    later = [m for m in measured if m[0] > epoch]
+    if not later:
+        return f"{head}, the last checkpoint: no robust overfitting within this run"
+    best_se = next(se for e, _, se in measured if e == epoch) or 0.0
+    top_epoch, top, top_se = max(later, key=lambda m: m[1])
+    rise, noise = top - loss, sigmas * math.hypot(best_se, top_se or 0.0)
+    if rise > noise:
+        return (
+            f"{head}; it rises to {top:.4g} by epoch {top_epoch:g} (+{rise:.3g}, more than "
+            f"{sigmas:g} SE): robust overfitting after epoch {epoch:g}"
+        )
+    return (
+        f"{head}; the later checkpoints stay within {sigmas:g} SE of it (highest "
+        f"{top:.4g} at epoch {top_epoch:g}): no clear robust overfitting"
+    )
 
 
 def figure_of(result: AuditResult, key: str) -> float | None:

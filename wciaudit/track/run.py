@@ -18,17 +18,19 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..checkpoints import file_sha256
 from ..config import LoadOptions, ScanConfig, config_from_settings
-from ..errors import ConfigError
-from ..result import write_atomic
+from ..errors import CheckpointError, ConfigError
+from ..formatting import one_line
+from ..result import AuditResult, write_atomic
 from ..scan import scan
 from .cache import cache_folder, key_settings, read_cache, settings_digest
-from .files import find_checkpoints, order_checkpoints
-from .result import MEASURES, TARGETS, TrackEntry, TrackResult, correlate
+from .files import RunCheckpoint, find_checkpoints, order_checkpoints
+from .result import MEASURES, TARGETS, SkippedCheckpoint, TrackEntry, TrackResult, correlate
 
 #: progress(stage, advance, total): stage "checkpoints" after each checkpoint (done or
 #: read from the cache), then the stages of :func:`wciaudit.scan` for the one running
@@ -70,8 +72,10 @@ def track(
         The :class:`TrackResult`, entries in epoch order.
 
     Raises:
-        ConfigError, CheckpointError, DataError: with a one-line message. Checkpoints
-        scanned before the failure stay in the cache.
+        ConfigError, DataError: one line (settings and data are shared: the run ends).
+        CheckpointError: when no checkpoint could be scanned; one that cannot be read
+        or built (a truncated file) is otherwise skipped, in ``skipped`` with its reason.
+        Checkpoints scanned before a failure stay in the cache.
     """
     config, unset = config_from_settings(config, settings)
     ordered = order_checkpoints(find_checkpoints(sources))
@@ -86,6 +90,9 @@ def track(
         settings=key,
         cache_dir=str(cache) if cache is not None else None,
     )
+    scan_checkpoint = partial(
+        scan, data=data, config=config, **dict.fromkeys(unset), options=options, progress=progress
+    )
     for item in ordered:
         sha = file_sha256(item.path)
         ident = _checkpoint_ident(item.path, sha)
@@ -93,23 +100,35 @@ def track(
         result = read_cache(cache_file) if use_cache and cache_file is not None else None
         cached = result is not None
         if result is None:
-            result = scan(
-                str(item.path),
-                data,
-                config=config,
-                **dict.fromkeys(unset),
-                options=options,
-                progress=progress,
-            )
-            if cache_file is not None:
+            result = _scan_or_skip(item, out, scan_checkpoint)
+            if result is not None and cache_file is not None:
                 write_atomic(cache_file, result.to_json())
-        result.checkpoint.path = str(item.path)
-        out.entries.append(TrackEntry(item.epoch, str(item.path), sha, cached, result))
+        if result is not None:
+            result.checkpoint.path = str(item.path)
+            out.entries.append(TrackEntry(item.epoch, str(item.path), sha, cached, result))
         if progress is not None:
             progress("checkpoints", 1, len(ordered))
+    if not out.entries and out.skipped:
+        first = out.skipped[0]
+        raise CheckpointError(
+            f"no checkpoint of the run could be scanned; {Path(first.path).name}: {first.reason}"
+        )
     _correlate_run(out)
     _note_threat_models(out)
     return out
+
+
+def _scan_or_skip(
+    item: RunCheckpoint, out: TrackResult, scan_checkpoint: Callable[[str], AuditResult]
+) -> AuditResult | None:
+    """The checkpoint's scan; None, with the file and the reason in ``out.skipped``, for
+    a checkpoint that cannot be read or built. One such file (a truncated last epoch
+    still being written) must not cost the run; the command's exit code tells CI."""
+    try:
+        return scan_checkpoint(str(item.path))
+    except CheckpointError as exc:
+        out.skipped.append(SkippedCheckpoint(item.epoch, str(item.path), one_line(str(exc))))
+        return None
 
 
 def _cache_key(key: dict[str, Any], unset: frozenset[str]) -> dict[str, Any]:
