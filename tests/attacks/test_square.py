@@ -191,7 +191,7 @@ def test_zero_eps_and_bad_settings() -> None:
     with pytest.raises(ConfigError, match="p_init"):
         square_attack(net, x, y, eps=0.1, norm="l2", p_init=0.0)
     with pytest.raises(ConfigError, match="images"):
-        square_attack(net, x.flatten(1), y, eps=0.1, norm="l2")
+        square_attack(net, x[:, :, None], y, eps=0.1, norm="l2")  # (N, C, 1, H, W)
 
 
 # --- signals (N, C, L) and vectors (N, F): one-dimensional windows, L-inf -----------------
@@ -262,9 +262,34 @@ def test_skip_reason_names_the_shapes_square_takes() -> None:
     assert square.square_skip_reason((4, 1, 8, 8), "l2") is None
     assert square.square_skip_reason((4, 1, 40), "linf") is None
     assert square.square_skip_reason((4, 12), "linf") is None
-    assert "l2 needs images" in square.square_skip_reason((4, 12), "l2")
+    assert square.square_skip_reason((4, 12), "l2") is None
     assert "(N, F)" in square.square_skip_reason((4, 2, 3, 4, 5), "linf")
     with pytest.raises(ConfigError, match="got shape \\(4, 2, 3, 4, 5\\)"):
         square_attack(
             nn.Flatten(), torch.rand(4, 2, 3, 4, 5), torch.zeros(4).long(), eps=0.1, norm="linf"
         )
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 5), (1, 40)], ids=["vector", "signal", "long"])
+def test_one_dimensional_l2_search_stays_in_the_ball_and_breaks_the_easy_examples(shape) -> None:
+    eps = 0.1
+    net, x, y, margin, _ = _linear_case(shape)
+    reach = eps * (net[1].weight[0] - net[1].weight[1]).norm().detach()  # the worst point's
+    x_adv = square_attack(net, x, y, eps=eps, norm="l2", n_queries=300, seed=1)
+    assert float((x_adv - x).flatten(1).norm(dim=1).max()) <= eps * (1 + 1e-5)
+    broken = ~_correct(net, x_adv, y)
+    assert not (broken & (margin > reach)).any()  # the ball allows no more
+    # a random search need not reach the worst point, but one with half its reach to
+    # spare must be found: measured, 300 queries break all of them on the three shapes
+    easy = margin < 0.5 * reach
+    assert int(easy.sum()) >= 10 and bool(broken[easy].all())
+
+
+def test_segment_pattern_has_unit_norm_and_opposite_halves() -> None:
+    for s in (1, 3, 4, 9):
+        p = square.segment_pattern(s)
+        assert p.shape == (1, s) and float(p.norm()) == pytest.approx(1.0, abs=1e-6)
+        assert bool((p[0, : s // 2] > 0).all()) and bool((p[0, s // 2 :] < 0).all())
+    # each half peaks at its centre, as the rings of the image pattern do
+    p = square.segment_pattern(9)[0]
+    assert int(p[:4].argmax()) == 2 and int(p[4:].argmin()) == 2

@@ -6,7 +6,7 @@ iterations, 9 target classes (at most C - 1), one restart each. Robust accuracy 
 fraction never broken. Under every attack, PGD and FGSM included, an example the model
 misclassifies as it is counts as broken by "clean", not by the attack (the field's rule:
 robust accuracy is at most clean accuracy). A stage that cannot run on the inputs'
-shape (Square under L2 on signals and vectors) is left out and named, with its reason,
+shape (Square on volumes or videos, inputs of rank 5 or more) is left out and named, with its reason,
 in :attr:`AttackOutcome.skipped`.
 
 :func:`run_attack` runs the attack chosen for robust accuracy and, from the same or a
@@ -76,7 +76,7 @@ class AttackOutcome:
         loss_attack: the attack the robust loss and the Hessian points come from.
         stages: the stages ``attack`` ran, in order.
         skipped: the stages of ``attack`` that could not run on these inputs, each with
-            its reason (Square under L2 on inputs that are not images).
+            its reason (Square on inputs that are not images, signals or vectors).
     """
 
     x_loss: torch.Tensor

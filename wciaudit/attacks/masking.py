@@ -9,8 +9,8 @@ On a stratified seeded subset (64 examples by default), with the scan's eps and 
     run) leaves robust more often than the reverse.
 (c) ``square-vs-whitebox``: the black-box Square attack likewise (skipped, with the
     reason, where Square cannot attack the inputs' shape: see
-    :func:`~wciaudit.attacks.square.square_skip_reason`; signals and vectors under
-    L-inf are attacked with one-dimensional windows).
+    :func:`~wciaudit.attacks.square.square_skip_reason`; signals and vectors are
+    attacked with one-dimensional windows).
 (d) ``large-eps``: PGD from x (no random start, which alone could break a masked model
     by chance) at eps = half the data range (L-inf; L2: half the range times sqrt(d))
     must bring accuracy down to chance, 1/C, or below.

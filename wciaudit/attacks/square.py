@@ -21,11 +21,15 @@ to ``n_queries`` (iteration i counts as i * 10000 / n_queries).
   moves the perturbation's mass from a second random window into the first, adds the
   pattern with random signs per channel, and rescales the whole perturbation to
   norm eps.
-- Signals (N, C, L) and vectors (N, F; one channel), L-inf only: the same search on a
-  one-row image, whose window is a segment of length round(p L) (at least 1),
-  so that p keeps its meaning, the fraction of the input a window covers; the start
-  draws one sign per channel and position. The paper has no one-dimensional L2
-  pattern, so L2 takes images alone (:func:`square_skip_reason`).
+- Signals (N, C, L) and vectors (N, F; one channel): the same search on a one-row
+  image, whose window is a segment covering the same fraction p of the input, of
+  length round(p L) (L-inf, at least 1; L2: odd, at least 3). L-inf starts with one
+  sign per channel and position. L2 uses the paper's pattern in one dimension
+  (:func:`segment_pattern`: + on the first half of the segment, - on the second, each
+  half weighted by the rings around its centre), reversed where the image pattern is
+  transposed, and starts from five such segments with random signs. A vector's window
+  is a block of neighbouring features, which suits features whose order means
+  something (spectra, time series) and is an arbitrary grouping otherwise.
 
 Only examples not yet broken are queried; at most ``n_queries`` queries per example,
 the starting point included. Every random draw of example i (a window's place, the
@@ -114,6 +118,19 @@ def window_pattern(s: int) -> torch.Tensor:
     return (pattern / pattern.norm()).float()
 
 
+@lru_cache(maxsize=64)
+def segment_pattern(s: int) -> torch.Tensor:
+    """The L2 proposal on a segment of length s, shape (1, s), unit L2 norm: the paper's
+    window pattern in one dimension, + on the first half, - on the second, each half's
+    positions weighted by the rings around its centre (1/(k+1)^2 summed inwards)."""
+    half = s // 2
+    pattern = torch.zeros(1, s, dtype=torch.float64)
+    if half > 0:
+        pattern[:, :half] = _rectangles(1, half)
+    pattern[:, half:] = -_rectangles(1, s - half)
+    return (pattern / pattern.norm()).float()
+
+
 def _window_mask(
     vh: torch.Tensor, vw: torch.Tensor, s: int, h: int, w: int, sw: int | None = None
 ) -> torch.Tensor:
@@ -164,6 +181,55 @@ def _l2_blocks(h: int, w: int) -> int:
     s = max(h // 5, 1)
     first = (h - 5 * s) // 2
     return len(range(first, h - s + 1, s)) * len(range(first, w - s + 1, s))
+
+
+def _line_blocks(w: int) -> range:
+    """Where the L2 start's segments begin on a signal of length w: five of length w // 5
+    (at least 1) in the middle, as the image start lays a 5 x 5 grid."""
+    s = max(w // 5, 1)
+    return range(max((w - 5 * s) // 2, 0), w - s + 1, s)
+
+
+def _l2_line_start(x, u, eps, lo, hi):
+    n, c, _, w = x.shape
+    blocks = _line_blocks(w)
+    s = max(w // 5, 1)
+    pattern = segment_pattern(s).to(x.device, x.dtype)[0]
+    delta = torch.zeros_like(x)
+    signs = torch.where(u < 0.5, -1.0, 1.0).to(x.device, x.dtype)  # (n, blocks, c)
+    for block, v in enumerate(blocks):
+        delta[:, :, 0, v : v + s] = pattern * signs[:, block, :, None]
+    return (x + eps * unit(delta, Norm.l2)).clamp(lo, hi)
+
+
+def _l2_line_proposal(x, x_best, u, sw, eps, lo, hi, pattern):
+    """The L2 proposal on signals (N, C, 1, L): as :func:`_l2_proposal` with segments of
+    length ``sw`` for windows and the pattern reversed where the image one is transposed."""
+    n, c, _, w = x.shape
+    delta = x_best - x
+    v1, v2 = _positions(u[:, 0], w - sw + 1), _positions(u[:, 2], w - sw + 1)
+    rows, ar = torch.arange(n, device=x.device)[:, None], torch.arange(sw, device=x.device)
+    first = (rows, slice(None), 0, v1[:, None] + ar)  # delta[first]: (n, sw, c)
+    second = (rows, slice(None), 0, v2[:, None] + ar)
+    top = torch.zeros_like(v1)
+    both = _window_mask(top, v1, 1, 1, w, sw) | _window_mask(top, v2, 1, 1, w, sw)
+
+    old = delta[first].permute(0, 2, 1)  # (n, c, sw)
+    old_norm = old.norm(dim=2, keepdim=True)
+    image_norm = delta.flatten(1).norm(dim=1).view(n, 1, 1)
+    windows_norm = (delta * both).flatten(1).norm(dim=1).view(n, 1, 1)
+
+    flip = (u[:, 4] < 0.5).view(n, 1, 1)
+    shape = torch.where(flip, pattern.flip(-1), pattern)  # (n, 1, sw)
+    signs = torch.where(u[:, 5 : 5 + c] < 0.5, -1.0, 1.0).to(x.dtype)[:, :, None]
+    new = shape * signs + old / (old_norm + 1e-12)
+    budget = ((eps**2 - image_norm**2).clamp_min(0) / c + windows_norm**2).sqrt()
+    new = new / (new.norm(dim=2, keepdim=True) + 1e-12) * budget
+
+    delta = delta.clone()
+    delta[second] = 0.0
+    delta[first] = new.permute(0, 2, 1)
+    return (x + eps * unit(delta, Norm.l2)).clamp(lo, hi)
 
 
 def _linf_proposal(x, x_best, u, s, eps, lo, hi, sw=None):
@@ -243,7 +309,7 @@ def _search(
 ) -> torch.Tensor:
     """The random search from ``x_best`` (margin ``margin``): the best point of each
     example. ``line``: the inputs are signals laid out as (N, C, 1, L), whose windows are
-    segments covering a fraction p of the length (L-inf only)."""
+    segments covering a fraction p of the length."""
     noise = torch.zeros(len(xs), _CHUNK, draws, device=xs.device)
     h, w = xs.shape[-2:]
     side = min(h, w)
@@ -256,9 +322,14 @@ def _search(
             noise[active] = chunk.to(xs.device)
         u = noise[active, i % _CHUNK]
         p = _p_schedule(i, n_queries, p_init)
-        if line:
+        if line and norm is Norm.linf:
             sw = min(max(round(p * w), 1), w)
             x_new = _linf_proposal(xs[active], x_best[active], u, 1, eps, lo, hi, sw)
+        elif line:
+            sw = max(round(p * w), 3)
+            sw = min(sw + 1 if sw % 2 == 0 else sw, w)
+            pattern = segment_pattern(sw).to(xs.device, xs.dtype)
+            x_new = _l2_line_proposal(xs[active], x_best[active], u, sw, eps, lo, hi, pattern)
         elif norm is Norm.linf:
             s = min(max(round(math.sqrt(p * h * w)), 1), side)
             x_new = _linf_proposal(xs[active], x_best[active], u, s, eps, lo, hi)
@@ -293,8 +364,8 @@ def square_attack(
 
     Args:
         model: classifier in eval mode taking inputs in [lo, hi], returning logits.
-        x: images (N, C, H, W), or under L-inf signals (N, C, L) or vectors (N, F), on
-            the model's device (see :func:`square_skip_reason`).
+        x: images (N, C, H, W), signals (N, C, L) or vectors (N, F), on the model's
+            device (see :func:`square_skip_reason`).
         y: integer labels, shape (N,).
         eps: radius of the L-inf or L2 ball, in input units.
         norm: ``"linf"`` or ``"l2"``.
@@ -333,7 +404,7 @@ def square_attack(
         if todo.numel() == 0:
             return x_adv
         xs, ys, idx = x[todo], y[todo], index[todo.cpu()]
-        x_best, draws = _start(xs, idx, norm, eps, lo, hi, seed)
+        x_best, draws = _start(xs, idx, norm, eps, lo, hi, seed, line)
         margin = _margin(model(x_best), ys)
 
         search = (draws, norm, eps, lo, hi, n_queries, p_init, seed, line)
@@ -354,36 +425,35 @@ def _as_image(model: nn.Module, x: torch.Tensor):
     return query, x.reshape(x.shape[0], shape[0] if x.dim() == 3 else 1, 1, shape[-1])
 
 
-def _start(xs, idx, norm, eps, lo, hi, seed):
+def _start(xs, idx, norm, eps, lo, hi, seed, line):
     """The search's starting points (see the module docstring) and the uniforms each
     iteration draws per example."""
     _, c, h, w = xs.shape
     if norm is Norm.linf:
         u0 = _uniform(seed, idx, (0,), (c * w,)).to(xs.device)
         return _linf_start(xs, u0, eps, lo, hi), c + 3
+    if line:
+        u0 = _uniform(seed, idx, (0,), (len(_line_blocks(w)), c))
+        return _l2_line_start(xs, u0, eps, lo, hi), c + 5
     u0 = _uniform(seed, idx, (0,), (_l2_blocks(h, w), c))
     return _l2_start(xs, u0, eps, lo, hi), c + 5
 
 
 def square_skip_reason(shape: tuple[int, ...], norm: str) -> str | None:
-    """Why Square cannot attack inputs of ``shape`` (N first) under ``norm``; None when it can.
+    """Why Square cannot attack inputs of ``shape`` (N first); None when it can.
 
-    Images (N, C, H, W) take both norms. Signals (N, C, L) and vectors (N, F) take L-inf,
-    with windows that are segments of the length (a vector is one channel, so a window
-    is a block of neighbouring features); the paper's L2 window pattern is
-    two-dimensional and has no one-dimensional version here.
+    Images (N, C, H, W), signals (N, C, L) and vectors (N, F) take both norms (signals
+    and vectors with windows that are segments of the length, see the module
+    docstring); other ranks (volumes, videos) have no window here. ``norm`` is kept for
+    callers that ask per threat model.
 
     Example:
-        >>> square_skip_reason((8, 1, 40), "linf") is None, square_skip_reason((8, 5, 4, 4, 4), "linf")
+        >>> square_skip_reason((8, 1, 40), "l2") is None, square_skip_reason((8, 5, 4, 4, 4), "linf")
         (True, 'Square Attack takes images (N, C, H, W), signals (N, C, L) or vectors (N, F), got shape (8, 5, 4, 4, 4)')
     """
-    if len(shape) == 4:
+    if len(shape) in (2, 3, 4):
         return None
-    if len(shape) not in (2, 3):
-        return (
-            "Square Attack takes images (N, C, H, W), signals (N, C, L) or vectors (N, F), "
-            f"got shape {tuple(shape)}"
-        )
-    if str(norm) != Norm.linf.value:
-        return f"Square Attack under l2 needs images (N, C, H, W), got shape {tuple(shape)}"
-    return None
+    return (
+        "Square Attack takes images (N, C, H, W), signals (N, C, L) or vectors (N, F), "
+        f"got shape {tuple(shape)}"
+    )

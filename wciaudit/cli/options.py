@@ -106,7 +106,7 @@ VerboseOpt = Annotated[
     typer.Option(
         "--verbose",
         "-v",
-        help="Also print the CPU threads chosen and why, and each stage's share of the time.",
+        help="Also print the CPU threads chosen and why; scan also prints each part's share of the time (attack, masking checks, traces, attack-spread re-attack and re-measure).",
     ),
 ]
 
