@@ -387,8 +387,8 @@ def _finish(result: AuditResult, run: _Run) -> None:
     flagged = [la.name for la in result.layers if la.flag]
     if flagged:
         result.notes.append(
-            f"{len(flagged)} layer(s) flagged (non-positive trace or not converged): "
-            + ", ".join(flagged[:5])
+            f"{len(flagged)} layer(s) flagged (a trace at or below 0 or within 2 SE of it, "
+            "or not converged; each layer's flag says which): " + ", ".join(flagged[:5])
         )
     result.config["batch_size_used"] = run.batches.size
 

@@ -63,3 +63,13 @@ def test_mixed_suffixes_are_kept():
     text, cells = _cells(_run(["a.safetensors", "b.pt"]))
     assert "names without" not in text
     assert "a.safetensors" in cells and "b.pt" in cells
+
+
+def test_a_short_name_beside_wide_figures_still_fits_80_columns():
+    """Room for the name is below 10 with an epoch column here: the epoch moves under
+    the name rather than the last column being cut (``rob.loss T`` / ``2.240``)."""
+    run = _run(["epoch_1.safetensors"])
+    run.entries[0].result.wci, run.entries[0].result.wci_se = 8.274, 0.057
+    text, cells = _cells(run)
+    assert "rob.loss T" in text and "0.680" in text
+    assert cells[:2] == ["epoch_1", "epoch 1"]

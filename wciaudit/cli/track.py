@@ -67,7 +67,7 @@ def track(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable."""
+    """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable. A checkpoint that cannot be read is skipped with its reason, and the command exits 1 after writing the rest."""
     # before torch is imported: OpenMP reads its wait policy from the environment then
     config, _ = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     # here: registering the command needs no torch

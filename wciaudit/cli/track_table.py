@@ -36,7 +36,9 @@ def checkpoint_table(result: TrackResult, width: int) -> Table:
     room = width - sum(widths) - 3 * (len(FIGURES) + 1) + 1
     epoch_width = max([len("epoch")] + [len(e) for e in epochs]) + 3
     longest = max((len(p) for n in short for p in break_lines(n, 1)), default=0)
-    epoch_column = room - epoch_width >= min(longest, 20)
+    # the epoch keeps its own column only where the names keep room for their longest
+    # part (up to 20 characters), and never less than 10
+    epoch_column = room - epoch_width >= max(10, min(longest, 20))
     if epoch_column:
         room -= epoch_width
     room = max(room, 10)

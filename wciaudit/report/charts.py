@@ -126,7 +126,7 @@ def layers_figure(result: AuditResult) -> dict[str, Any]:
         cols=3,
         shared_yaxes=True,
         horizontal_spacing=0.03,
-        subplot_titles=("‖W‖<sub>F</sub>", "Tr(H) ± SE", "WCI term ‖W‖<sub>F</sub>·√max(Tr H, 0)"),
+        subplot_titles=("‖W‖<sub>F</sub>", "Tr(H) ± SE", "WCI term"),
     )
     for col, trace in _layer_traces(layers):
         fig.add_trace(trace, row=1, col=col)

@@ -273,6 +273,12 @@ class _Curves:
                     "line": {"color": colour, "dash": "dot", "width": 2},
                 }
             )
+            same = next((n for n in self.notes if n["x"] == m["epoch"]), None)
+            if same is not None:  # both markers at one epoch: one label, not two on top
+                same["text"] += f", {label}"
+                if len(set(self.x)) > 1 and m["epoch"] == max(self.x):
+                    same["xanchor"] = "right"  # the longer label stays inside the chart
+                continue
             self.notes.append(
                 {
                     "xref": "x",
