@@ -15,6 +15,7 @@ from wciaudit.attacks.masking import (
 )
 from wciaudit.config import ScanConfig
 from wciaudit.gate import GateConfig, apply_gates
+from wciaudit.report import render_report
 
 
 class Quantised(nn.Module):
@@ -141,6 +142,10 @@ def test_a_scan_flags_random_output_and_the_masking_gate_fails_on_it(masking_sam
     gate = apply_gates(result, GateConfig(fail_on_masking=True))
     assert not gate.passed
     assert gate.failures[0].startswith("gradient masking suspected: deterministic-output")
+    # the report's masking table carries the check, its verdict and what it means
+    html = render_report([result], plotly="cdn")
+    row = html[html.index("<code>deterministic-output</code>") :].split("</tr>")[0]
+    assert "FAILED" in row and "every figure is one random draw" in row
 
 
 def test_a_deterministic_scan_passes_the_masking_gate() -> None:
