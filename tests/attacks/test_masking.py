@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 from wciaudit import Splits, scan
@@ -13,8 +16,10 @@ from wciaudit.attacks.masking import (
     sign_test_p,
     stochastic_output_check,
 )
+from wciaudit.cli.summary import print_summary
 from wciaudit.config import ScanConfig
 from wciaudit.gate import GateConfig, apply_gates
+from wciaudit.report import render_report
 
 
 class Quantised(nn.Module):
@@ -141,6 +146,14 @@ def test_a_scan_flags_random_output_and_the_masking_gate_fails_on_it(masking_sam
     gate = apply_gates(result, GateConfig(fail_on_masking=True))
     assert not gate.passed
     assert gate.failures[0].startswith("gradient masking suspected: deterministic-output")
+    # the terminal summary says it, with what it means
+    console = Console(width=80, record=True, file=io.StringIO())
+    print_summary(result, console)
+    assert "random output: two identical forward passes" in " ".join(console.export_text().split())
+    # the report's masking table carries the check, its verdict and what it means
+    html = render_report([result], plotly="cdn")
+    row = html[html.index("<code>deterministic-output</code>") :].split("</tr>")[0]
+    assert "FAILED" in row and "every figure is one random draw" in row
 
 
 def test_a_deterministic_scan_passes_the_masking_gate() -> None:
