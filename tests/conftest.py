@@ -28,8 +28,11 @@ torch.backends.cudnn.allow_tf32 = False
 # saves little; but float sums then split the same way whatever else runs (with two
 # threads, APGD's x_loss moved by more than 1e-9 between batch sizes 96 and 17), and
 # threads that spin while another process holds the cores slowed single tests a
-# hundredfold. Child processes keep the environment they are given.
+# hundredfold. Child processes keep the environment they are given. The command line's
+# thread policy keeps OMP_NUM_THREADS when it is set, so commands run in this process
+# stay on one thread too (on an idle machine it would choose more).
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
