@@ -82,6 +82,21 @@ def test_smooth_layers_are_not_given_the_gauss_newton_route() -> None:
     assert methods == ["hutchinson", "hutchinson", "exact-ggn"]
 
 
+def test_a_model_linear_in_its_weights_takes_the_exact_route() -> None:
+    """A softmax regression (no nonlinearity): the gradient J^T r does not depend on W at
+    all, so autograd gives it no graph; the residual is exactly 0 and the trace exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 3)).double()
+    x, y = _data((12,))
+    names = ["0.weight"]
+    assert residual_vanishes(Objective(model, x, y, names, 16, torch.device("cpu"))) == {
+        "0.weight": True
+    }
+    (est,) = layer_traces(model, x, y, names, method="auto")
+    assert est.method == "exact-ggn"
+    assert est.trace == pytest.approx(dense_traces(model, x, y, names)["0.weight"], rel=1e-9)
+
+
 def test_standard_error_matches_the_rademacher_variance() -> None:
     """The probe SE must estimate sqrt(sum_g Var(v_g^T H_g v_g) / p): one independent
     probe per group g, H_g the group's share of the mean-loss Hessian (m_g / n times

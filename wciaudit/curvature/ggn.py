@@ -86,6 +86,9 @@ def residual_vanishes(
     out = {}
     for n, gr in zip(names, grads_r, strict=True):
         u = torch.randn(tuple(weights[n].shape), generator=g).to(objective.device, objective.dtype)
+        if not gr.requires_grad:  # the gradient does not depend on W_k at all (a linear model)
+            out[n] = True
+            continue
         (ru,) = torch.autograd.grad(
             gr, weights[n], grad_outputs=u, retain_graph=True, allow_unused=True
         )
