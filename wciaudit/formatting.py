@@ -169,22 +169,21 @@ def shorten(text: str, limit: int, *, keep: str = "start") -> str:
     return text[: limit - 1] + "…"
 
 
-_PIECES = re.compile(r"[^._/:-]+[._/:-]*|[._/:-]+")
-
-
-def break_lines(text: str, width: int) -> list[str]:
-    """``text`` in lines of at most ``width`` characters, broken only after a ``.``,
-    ``_``, ``-``, ``/`` or ``:`` (``epoch_10.`` / ``safetensors``), so that a terminal
-    never splits a file or layer name inside a word; a piece longer than ``width`` stays
-    whole on its own line.
+def break_lines(text: str, width: int, separators: str = "._-/:") -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken only after one of
+    ``separators`` (``epoch_10.`` / ``safetensors``), so that a terminal never splits a
+    file or layer name inside a word; a piece longer than ``width`` stays whole on its
+    own line. ``separators="/"`` keeps a path's file name whole.
 
     Example:
         >>> break_lines("robust_overfitting_epoch_001.safetensors", 20)
         ['robust_overfitting_', 'epoch_001.', 'safetensors']
     """
+    sep = re.escape(separators)
+    pieces = re.findall(rf"[^{sep}]+[{sep}]*|[{sep}]+", text)
     lines: list[str] = []
     current = ""
-    for piece in _PIECES.findall(text):
+    for piece in pieces:
         if current and len(current) + len(piece) > width:
             lines.append(current)
             current = piece

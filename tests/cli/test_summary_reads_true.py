@@ -84,3 +84,15 @@ def test_report_header_says_no_normalisation():
         in page
     )
     assert "normalisation: none (from default)" in " ".join(_render(r).split())
+
+
+def test_a_long_checkpoint_path_breaks_between_folders_not_inside_the_file_name():
+    """At 80 columns a path that does not fit beside the version goes on its own lines,
+    broken after a ``/``: the file name stays whole (rich alone folds it mid-word)."""
+    r = _smooth(0, 1)
+    folder = "/tmp/pytest-of-root/pytest-1666/test_scan_subprocess_at_80_columns0/"
+    r.checkpoint.path = folder + "[red]m.safetensors"
+    lines = _render(r).splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[1] == folder
+    assert lines[2].startswith("[red]m.safetensors (")

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..formatting import fmt_estimate, format_eps
+from ..formatting import break_lines, fmt_estimate, format_eps
 from ..result import AuditResult, LayerResult
 from ..sentences import (
     most_layers_nonpositive,
@@ -60,8 +60,12 @@ def print_summary(result: AuditResult, console: Console) -> None:
 
 def _print_header(result: AuditResult, console: Console) -> None:
     ck, ds, cfg = result.checkpoint, result.dataset, result.config
+    # a path longer than the console breaks between its parts, never inside a name
+    path = ck.path
+    if len("wciaudit ") + len(result.tool_version) + len(path) >= console.width:
+        path = "\n" + "\n".join(break_lines(path, console.width, separators="/\\"))
     console.print(
-        f"[bold]wciaudit {escape(result.tool_version)}[/] {escape(ck.path)} "
+        f"[bold]wciaudit {escape(result.tool_version)}[/] {escape(path)} "
         f"({escape(ck.format)}, {escape(ck.arch)}, {ck.num_params:,} parameters, "
         f"sha256 {ck.sha256[:12]})",
         highlight=False,
