@@ -266,7 +266,10 @@ class AuditResult:
         """How many layers WCI counts (SPEC: Weight-Curvature Index): ``total`` layers with
         a measured trace, ``nonpositive`` of them with Tr(H) <= 0 (they add 0), ``counted``
         the rest; None when no trace was measured (weights only, a stopped scan)."""
-        traces = [layer.trace for layer in self.layers if layer.trace is not None]
+        # a trace that is not finite was not measured (the JSON writes it as null)
+        traces = [
+            t for t in (layer.trace for layer in self.layers) if t is not None and math.isfinite(t)
+        ]
         if not traces:
             return None
         nonpositive = sum(1 for t in traces if t <= 0)
