@@ -76,8 +76,16 @@ def test_lines_end_in_ok_or_fail_and_a_failure_exits_1(
     assert "exact-ggn vs dense: raised RuntimeError: the device fell over FAIL" in out
 
 
-@pytest.mark.slow
 def test_the_scans_agree_on_the_cpu() -> None:
     results = dict(smoke.check_scans(CPU))
     assert all(o.ok for o in results.values()), {k: o.detail for k, o in results.items()}
     assert results["scan twice on device"].detail == "identical"
+
+
+@pytest.mark.slow
+def test_the_whole_cpu_run_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    # what CI runs: every check on the CPU, the resnet18 timing line included
+    assert smoke.main(["--device", "cpu"]) == 0
+    checks = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert len(checks) == len(smoke.CHECKS) + 2
+    assert all(line.endswith(" ok") for line in checks)
