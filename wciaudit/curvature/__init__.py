@@ -395,7 +395,7 @@ def _wci_target(
         everything = {**fixed, **current}
         if wci_relative_se(norms, cautious(everything)) <= tol:
             break
-        if not _reachable(norms, fixed, current, tol, max_probes):
+        if not _reachable(norms, fixed, cautious(current), tol, max_probes):
             break  # not even every layer at the cap meets the target: say so, stop
         extra = _allocate(norms, fixed, cautious(current), tol, max_probes)
         if not extra:
