@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -141,6 +142,9 @@ def main() -> None:
         "--warmup", type=float, default=3.0, help="seconds the competitors run first"
     )
     args = parser.parse_args()
+    # SIGTERM (a timeout) unwinds like Ctrl-C, so that the competitors and the running
+    # scan are stopped rather than left running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     every = settings(cores or 1)
     wanted = [s for s in args.settings.split(",") if s]
