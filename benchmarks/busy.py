@@ -8,12 +8,11 @@ same machine state. The settings:
 
 - ``default``: wciaudit's thread policy (:mod:`wciaudit.threads`), nothing set;
 - ``--threads 1``;
-- ``--threads C`` (C: the CPUs this process may use), OMP_WAIT_POLICY=PASSIVE, as the
-  policy sets it with more than one thread;
+- ``--threads C`` (C: the CPUs this process may use), OMP_WAIT_POLICY=PASSIVE (the
+  policy once set it with more than one thread; these rows are why it no longer does);
 - ``--threads C``, OMP_WAIT_POLICY=ACTIVE (spinning threads);
 - ``--threads C``, OpenMP's own wait policy: torch's default before the policy existed
-  (OMP_WAIT_POLICY is set empty, which the policy leaves alone and OpenMP ignores with a
-  warning on stderr).
+  (OMP_WAIT_POLICY is set empty, which OpenMP ignores with a warning on stderr).
 
 OMP_NUM_THREADS and OMP_WAIT_POLICY of this shell are removed from the children's
 environment, so that the policy sees the machine. The target (issue "fast on a busy

@@ -102,8 +102,8 @@ def test_the_users_choice_wins() -> None:
             choose_threads(busy, requested=bad)
 
 
-def test_wait_policy_passive_with_threads_unless_set() -> None:
-    assert choose_wait_policy(4, {}) == ("PASSIVE", True)
+def test_wait_policy_is_left_as_the_user_set_it() -> None:
+    assert choose_wait_policy(4, {}) == (None, False)
     assert choose_wait_policy(1, {}) == (None, False)
     assert choose_wait_policy(4, {"OMP_WAIT_POLICY": "ACTIVE"}) == ("ACTIVE", False)
 

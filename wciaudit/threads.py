@@ -24,8 +24,11 @@ The policy, from readings of the machine (:func:`read_cpus`):
    the machine; the threads are the CPUs left free, rounded, between 1 and the usable CPUs.
    Under torchrun (``LOCAL_WORLD_SIZE`` processes on the machine) each process gets its
    part;
-4. with more than one thread, ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once)
-   unless the user set it: it must be in the environment before torch is imported.
+4. OpenMP's wait policy is left as the user set it (or OpenMP's default). Measured with
+   ``benchmarks/busy.py`` on 2 cores: ``OMP_WAIT_POLICY=PASSIVE`` with 2 threads took
+   64 s on an idle machine against 17 s with OpenMP's default wait; it helps 2 threads
+   beside another job (36 s against 75 s), but there step 3 gives one thread, which
+   took 24 s. So the thread count, not the wait policy, is what holds on a busy machine.
 
 ``--threads N`` or ``OMP_NUM_THREADS`` set by the user override steps 1-3. The Python API
 (:func:`wciaudit.scan`) changes no global thread setting unless asked: with
@@ -195,12 +198,11 @@ def choose_threads(r: CpuReadings, requested: int | None = None) -> ThreadChoice
 
 
 def choose_wait_policy(threads: int, environ: MutableMapping[str, str]) -> tuple[str | None, bool]:
-    """The OpenMP wait policy (step 4): (the value in force, whether wciaudit sets it)."""
-    if WAIT_POLICY in environ:
-        return environ[WAIT_POLICY], False
-    if threads > 1:
-        return "PASSIVE", True
-    return None, False
+    """The OpenMP wait policy (step 4): (the value in force, whether wciaudit sets it).
+
+    wciaudit sets none (see step 4 for the measurements): the user's value stands."""
+    del threads  # the policy is the same whatever the count (step 4)
+    return environ.get(WAIT_POLICY), False
 
 
 def cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:

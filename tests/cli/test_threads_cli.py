@@ -77,10 +77,11 @@ def test_track_takes_threads(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_wait_policy_reaches_openmp_in_a_real_process(tmp_path: Path) -> None:
+def test_wait_policy_is_reported_as_set_in_a_real_process(tmp_path: Path) -> None:
     env = {k: v for k, v in child_env().items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     args = [sys.executable, "-m", "wciaudit", "scan", str(CNN), *TINY_CNN_SCAN, "--threads", "2"]
     done = subprocess.run([*args, "-v"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    # set before torch was imported, so OpenMP read it (after, it would say "unset")
-    assert "threads: 2 (--threads 2); OMP_WAIT_POLICY PASSIVE (set by wciaudit)" in done.stdout
+    # the user's wait policy is kept and reported, never replaced
+    assert "threads: 2 (--threads 2); OMP_WAIT_POLICY PASSIVE (as set)" in done.stdout

@@ -116,7 +116,7 @@ ThreadsOpt = Annotated[
     int | None,
     typer.Option(
         "--threads",
-        help="CPU threads for torch. Default: chosen per run from the CPUs this process may use (affinity, cgroup quota) less the load of other processes, with OMP_WAIT_POLICY=PASSIVE when more than one (unless set); OMP_NUM_THREADS, when set, is kept.",
+        help="CPU threads for torch. Default: chosen per run from the CPUs this process may use (affinity, cgroup quota) less the load of other processes; OMP_NUM_THREADS, when set, is kept.",
         show_default=False,
     ),
 ]
