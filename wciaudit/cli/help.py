@@ -29,14 +29,18 @@ TABLE_COLUMNS = 140
 _HELP_INDENT = 4
 
 
-class HelpCommand(TyperCommand):
-    """A typer command whose parameters read as described above."""
+class _TidyParams:
+    """Shared by the command and the group: every parameter tidied as described above."""
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)
+        params = super().get_params(ctx)  # type: ignore[misc]
         for param in params:
             _tidy(param)
         return params
+
+
+class HelpCommand(_TidyParams, TyperCommand):
+    """A typer command whose parameters read as described above."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         console = help_console()
@@ -46,15 +50,9 @@ class HelpCommand(TyperCommand):
         print_stacked_help(self, ctx, console)
 
 
-class HelpGroup(TyperGroup):
+class HelpGroup(_TidyParams, TyperGroup):
     """The top-level group: its flags (``--version``, ``--help``) show no value type,
     and on a narrow terminal its help is laid out as the commands' is."""
-
-    def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)
-        for param in params:
-            _tidy(param)
-        return params
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         console = help_console()
