@@ -14,7 +14,6 @@ from wciaudit.threads import (
     CpuReadings,
     cgroup_quota,
     choose_threads,
-    choose_wait_policy,
     other_load,
     own_load,
     parse_cfs_quota,
@@ -103,14 +102,17 @@ def test_the_users_choice_wins() -> None:
 
 
 def test_wait_policy_is_left_as_the_user_set_it() -> None:
-    assert choose_wait_policy(4, {}) == (None, False)
-    assert choose_wait_policy(1, {}) == (None, False)
-    assert choose_wait_policy(4, {"OMP_WAIT_POLICY": "ACTIVE"}) == ("ACTIVE", False)
+    for threads in (1, 4):
+        env: dict[str, str] = {}
+        assert prepare_threads(threads, env).wait_policy is None and env == {}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert prepare_threads(4, env).wait_policy == "ACTIVE (as set)"
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
-def test_prepare_threads_leaves_the_environment_once_torch_is_loaded() -> None:
+def test_prepare_threads_reports_the_policy_the_user_set() -> None:
     env: dict[str, str] = {}
-    choice = prepare_threads(3, env)  # torch is imported in this process
+    choice = prepare_threads(3, env)
     assert (choice.threads, choice.wait_policy) == (3, None) and env == {}
     choice = prepare_threads(3, {"OMP_WAIT_POLICY": "PASSIVE"})
     assert choice.wait_policy == "PASSIVE (as set)"

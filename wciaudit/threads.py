@@ -1,5 +1,5 @@
 """The CPU thread policy of the command line: how many threads torch gets, and whether
-OpenMP's idle threads spin, chosen from the machine before torch is imported.
+OpenMP's idle threads spin, chosen from the machine when a command starts.
 
 torch's default is one thread per core of the machine, and OpenMP's threads spin while
 they wait for work. On a machine that runs other jobs (a CI runner, a laptop, a shared
@@ -48,7 +48,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -197,14 +196,6 @@ def choose_threads(r: CpuReadings, requested: int | None = None) -> ThreadChoice
     )
 
 
-def choose_wait_policy(threads: int, environ: MutableMapping[str, str]) -> tuple[str | None, bool]:
-    """The OpenMP wait policy (step 4): (the value in force, whether wciaudit sets it).
-
-    wciaudit sets none (see step 4 for the measurements): the user's value stands."""
-    del threads  # the policy is the same whatever the count (step 4)
-    return environ.get(WAIT_POLICY), False
-
-
 def cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The CPU quota of this process's cgroup, v2 or v1, in CPUs; None: none or unreadable."""
     try:
@@ -272,8 +263,9 @@ def _own_load() -> float:
 def prepare_threads(
     requested: int | None, environ: MutableMapping[str, str] | None = None
 ) -> ThreadChoice:
-    """The command line's policy: choose the threads and, where torch is not imported yet,
-    put the OpenMP wait policy into ``environ`` (default: this process's environment).
+    """The command line's policy: choose the threads, and report the OpenMP wait policy
+    the user set in ``environ`` (default: this process's environment), which step 4 leaves
+    as it is.
 
     Raises:
         ConfigError: ``requested`` below 1.
@@ -283,12 +275,8 @@ def prepare_threads(
         choice = choose_threads(CpuReadings(cores=os.cpu_count() or 1), requested)
     else:
         choice = choose_threads(read_cpus(environ))
-    policy, ours = choose_wait_policy(choice.threads, environ)
-    if ours and "torch" in sys.modules:
-        policy, ours = None, False  # too late: OpenMP read its environment when torch loaded
-    if ours and policy is not None:
-        environ[WAIT_POLICY] = policy
-    words = None if policy is None else f"{policy} ({'set by wciaudit' if ours else 'as set'})"
+    policy = environ.get(WAIT_POLICY)
+    words = None if policy is None else f"{policy} (as set)"
     return ThreadChoice(choice.threads, choice.reason, words)
 
 

@@ -61,7 +61,7 @@ def scan(
     stop: StopSignals,
 ) -> None:
     """Audit a checkpoint: PGD robust gap, per-layer Hessian traces, WCI and PAC-Bayes terms."""
-    # before torch is imported: OpenMP reads its wait policy from the environment then
+    # first: the load the policy reads is not yet this process's own work
     config, policy = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     # here, not at the top: registering the command (``wciaudit gate``, ``--help``) needs no torch
     from ..distributed import Shard, leave, shard_from_env

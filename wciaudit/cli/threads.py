@@ -1,4 +1,4 @@
-"""The thread policy as the commands apply it: chosen before torch is imported, said in
+"""The thread policy as the commands apply it: chosen when a command starts, said in
 ``--verbose`` and recorded in each result's ``config.thread_policy``."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class AppliedPolicy:
 
 def apply_thread_policy(config: ScanConfig, *, verbose: bool) -> tuple[ScanConfig, AppliedPolicy]:
     """The config with the threads the policy chose (``--threads`` when given), the
-    OpenMP wait policy put into the environment, and a line saying so when ``verbose``.
+    OpenMP wait policy as the user set it, and a line saying so when ``verbose``.
 
     Raises:
         ConfigError: ``--threads`` below 1.

@@ -68,7 +68,7 @@ def track(
     verbose: VerboseOpt = False,
 ) -> None:
     """Scan every checkpoint of a training run; curves, WCI-gap rank correlations, resumable. A checkpoint that cannot be read is skipped with its reason, and the command exits 1 after writing the rest."""
-    # before torch is imported: OpenMP reads its wait policy from the environment then
+    # first: the load the policy reads is not yet this process's own work
     config, _ = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     # here: registering the command needs no torch
     from ..track import run_stem
