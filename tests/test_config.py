@@ -49,7 +49,7 @@ def test_parse_eps_never_raises_anything_but_config_error(text: str) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(eps=2.0),
+        dict(eps=2.0, norm="linf"),
         dict(steps=0),
         dict(tol=0),
         dict(tol=1.5),
@@ -144,3 +144,12 @@ def test_load_options_refuse_malformed_values(kwargs: dict, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         LoadOptions(**kwargs)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_unset_norm_is_checked_when_the_threat_model_is_resolved() -> None:
+    cfg = ScanConfig(eps=2.0)  # L2 from a checkpoint's metadata would allow it
+    assert cfg.norm is None and not cfg.threat_model_set
+    with pytest.raises(ConfigError, match="larger than the data range"):
+        cfg.with_default_threat_model()
+    assert ScanConfig().with_default_threat_model().to_dict()["eps_text"] == "8/255"
+    assert ScanConfig().to_dict()["eps"] is None and ScanConfig().to_dict()["norm"] is None

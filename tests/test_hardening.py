@@ -269,7 +269,8 @@ def test_scan_config_gives_a_valid_config_or_a_config_error(values: dict) -> Non
     except ConfigError as exc:
         assert str(exc)
     else:
-        assert 0 <= cfg.eps <= cfg.hi - cfg.lo and 0 < cfg.tol < 1 and cfg.steps >= 1
+        assert cfg.eps is None or 0 <= cfg.eps <= cfg.hi - cfg.lo
+        assert 0 < cfg.tol < 1 and cfg.steps >= 1
         # the block written to the JSON reads back as the same settings
         assert ScanConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
 

@@ -20,6 +20,8 @@ from .errors import ConfigError
 
 #: the threat model when neither a flag nor the checkpoint's metadata gives one
 DEFAULT_EPS = 8 / 255
+#: the threat-model norm when neither a flag nor the checkpoint's metadata gives one
+DEFAULT_NORM = "linf"
 #: budget for one chunk of per-example Jacobians in the exact curvature route (bytes)
 DEFAULT_MEMORY_BYTES = 512 * 2**20
 
@@ -158,14 +160,15 @@ class ScanConfig:
             of :mod:`wciaudit.threads`). Not part of a result's identity: the track
             cache ignores it.
 
-    ``eps`` and ``norm`` here are always set: :func:`wciaudit.scan` resolves an unset
-    threat model (``eps=None`` / ``norm=None``) from the checkpoint's metadata before it
-    builds this config.
+    ``eps`` and ``norm`` left None are the threat model "unset": :func:`wciaudit.scan`
+    takes each from the checkpoint's metadata (keys ``eps``, ``norm``), else the default
+    (:data:`DEFAULT_EPS`, linf), and scans with a config where both are set
+    (:meth:`with_threat_model`); ``config["threat_model_source"]`` says which.
     """
 
-    eps: float = DEFAULT_EPS
+    eps: float | None = None
     attack: Attack = Attack.pgd
-    norm: Norm = Norm.linf
+    norm: Norm | None = None
     steps: int = 10
     step_size: float | None = None
     restarts: int = 1
@@ -191,9 +194,12 @@ class ScanConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "eps", parse_eps(self.eps))
+        if self.eps is not None:
+            object.__setattr__(self, "eps", parse_eps(self.eps))
         for name, enum in (("attack", Attack), ("norm", Norm), ("curvature", CurvatureMethod)):
             value = getattr(self, name)
+            if value is None and name == "norm":
+                continue
             try:
                 object.__setattr__(self, name, enum(value))
             except ValueError:
@@ -201,7 +207,7 @@ class ScanConfig:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}") from None
         if not self.lo < self.hi:
             raise ConfigError(f"the data range needs lo < hi, got [{self.lo}, {self.hi}]")
-        if self.norm is Norm.linf and self.eps > (self.hi - self.lo):
+        if self.norm is Norm.linf and self.eps is not None and self.eps > (self.hi - self.lo):
             raise ConfigError(
                 f"eps {self.eps:g} is larger than the data range [{self.lo:g}, {self.hi:g}]; "
                 "use a fraction of it, e.g. --eps 8/255"
@@ -226,7 +232,7 @@ class ScanConfig:
         if self.step_size is not None and (
             not math.isfinite(self.step_size)
             or self.step_size < 0
-            or (self.step_size == 0 and self.eps > 0)
+            or (self.step_size == 0 and (self.eps is None or self.eps > 0))
         ):
             raise ConfigError(f"step_size must be > 0, got {self.step_size!r}")
         if not (0 < self.tol < 1):
@@ -241,8 +247,32 @@ class ScanConfig:
             object.__setattr__(self, "min_probes", self.max_probes)
 
     @property
+    def threat_model_set(self) -> bool:
+        """Are both eps and norm given (False: the checkpoint's metadata decides one)?"""
+        return self.eps is not None and self.norm is not None
+
+    def with_threat_model(self, eps: float, norm: Norm) -> ScanConfig:
+        """This config with eps and norm set (the values the scan resolved)."""
+        return replace(self, eps=eps, norm=norm)
+
+    def with_default_threat_model(self) -> ScanConfig:
+        """Unset eps / norm at their defaults (:data:`DEFAULT_EPS`, linf): for callers
+        with no checkpoint to take them from (an attack called on its own, the monitor).
+        A scan resolves them from the checkpoint first (:func:`wciaudit.scan`)."""
+        if self.threat_model_set:
+            return self
+        eps = DEFAULT_EPS if self.eps is None else self.eps
+        return self.with_threat_model(eps, self.norm or Norm(DEFAULT_NORM))
+
+    @property
     def alpha(self) -> float:
-        """PGD step size actually used (SPEC: default 2.5 * eps / K; FGSM: eps)."""
+        """PGD step size actually used (SPEC: default 2.5 * eps / K; FGSM: eps).
+
+        Raises:
+            ConfigError: eps is unset (the scan resolves it first).
+        """
+        if self.eps is None:
+            raise ConfigError("eps is unset: the scan takes it from the checkpoint first")
         if self.attack is Attack.fgsm:
             return self.eps
         if self.step_size is not None:
@@ -264,11 +294,11 @@ class ScanConfig:
         """The JSON ``config`` block (SPEC keys first, extras after)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("attack", "norm", "curvature"):
-            d[key] = d[key].value
+            d[key] = None if d[key] is None else d[key].value
         d["steps"] = self.effective_steps
         d["restarts"] = self.effective_restarts
-        d["step_size"] = self.alpha
-        d["eps_text"] = format_eps(self.eps)
+        d["step_size"] = self.alpha if self.eps is not None else self.step_size
+        d["eps_text"] = None if self.eps is None else format_eps(self.eps)
         return d
 
     @classmethod
@@ -359,35 +389,22 @@ def _parse_arch_args(arch_args: Mapping[str, Any] | str | None) -> dict[str, Any
     )
 
 
-#: the settings that, left unset, come from the checkpoint's metadata (SPEC: threat model)
-THREAT_MODEL = ("eps", "norm")
-
-
-def config_from_settings(
-    config: ScanConfig | None, settings: dict[str, Any]
-) -> tuple[ScanConfig, frozenset[str]]:
+def config_from_settings(config: ScanConfig | None, settings: dict[str, Any]) -> ScanConfig:
     """The config of :func:`wciaudit.scan` or ``track``: ``config`` with the keyword
-    ``settings`` on top, or a ScanConfig made of them; and which of ``eps`` / ``norm``
-    are unset, so that each checkpoint's metadata decides them.
-
-    A threat-model setting is unset when passed as None, or, without ``config``, when
-    not passed at all; a ``config`` given sets both (its eps and norm count as flags).
+    ``settings`` on top, or a ScanConfig made of them (eps / norm None: unset).
 
     Raises:
-        ConfigError: an unknown setting (without ``config``) or an invalid value.
+        ConfigError: an unknown setting or an invalid value.
     """
-    unset = {k for k in THREAT_MODEL if k in settings and settings[k] is None}
-    settings = {k: v for k, v in settings.items() if k not in unset}
-    if config is not None:
-        return (config.with_(**settings) if settings else config), frozenset(unset)
     known = {f.name for f in fields(ScanConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ConfigError(
             f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    unset |= {k for k in THREAT_MODEL if k not in settings}
-    return ScanConfig(**settings), frozenset(unset)
+    if config is None:
+        return ScanConfig(**settings)
+    return config.with_(**settings) if settings else config
 
 
 def _check_stats(values: Any, name: str) -> tuple[float, ...]:
@@ -425,7 +442,7 @@ __all__ = [
     "LoadOptions",
     "DEFAULT_EPS",
     "DEFAULT_MEMORY_BYTES",
-    "THREAT_MODEL",
+    "DEFAULT_NORM",
     "config_from_settings",
     "parse_eps",
     "parse_norm",

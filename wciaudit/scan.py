@@ -31,7 +31,6 @@ from .attacks import AttackOutcome, MaskingReport, masking_checks, run_attack
 from .attacks.autoattack import broken_counts
 from .attacks.masking import stochastic_output_check
 from .checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
-from .checkpoints.precedence import FLAG
 from .config import (
     DEFAULT_EPS,
     LoadOptions,
@@ -127,19 +126,18 @@ def scan(
     Raises:
         CheckpointError, DataError, ConfigError: with a one-line message.
     """
-    cfg, unset = config_from_settings(config, settings)
+    cfg = config_from_settings(config, settings)
     options = _load_options(
         options, arch, arch_args, num_classes, mean, std, input_size, weights_only
     )
     with torch_threads(cfg.threads):
-        return _scan(checkpoint, data, cfg, unset, options, progress, on_stage, shard)
+        return _scan(checkpoint, data, cfg, options, progress, on_stage, shard)
 
 
 def _scan(
     checkpoint: Any,
     data: Any,
     cfg: ScanConfig,
-    unset: frozenset[str],
     options: LoadOptions,
     progress: ProgressCallback | None,
     on_stage: StageCallback | None,
@@ -149,7 +147,7 @@ def _scan(
     stages = Stages(on_stage)
     with stages.stage("load"):
         loaded = _load(checkpoint, options)
-    cfg, threat_sources = _threat_model(cfg, unset, loaded)
+    cfg, threat_sources = _threat_model(cfg, loaded)
     run = _Run.create(cfg, shard or Shard(), progress)
     run.part = stages.part
     run.notes.extend(loaded.notes)
@@ -511,22 +509,18 @@ def _load_options(options: LoadOptions | None, *keywords: Any) -> LoadOptions:
     return options
 
 
-def _threat_model(
-    cfg: ScanConfig, unset: frozenset[str], loaded: LoadedCheckpoint
-) -> tuple[ScanConfig, dict[str, str]]:
+def _threat_model(cfg: ScanConfig, loaded: LoadedCheckpoint) -> tuple[ScanConfig, dict[str, str]]:
     """eps and norm: the flag > the checkpoint's metadata > the default (8/255, linf)."""
     record = loaded.record
     where = loaded.info.path
     meta_eps = meta_norm = None
-    if record is not None and "eps" in unset and record.eps is not None:
+    if record is not None and cfg.eps is None and record.eps is not None:
         meta_eps = _from_metadata(parse_eps, record.eps, "eps", where)
-    if record is not None and "norm" in unset and record.norm is not None:
+    if record is not None and cfg.norm is None and record.norm is not None:
         meta_norm = _from_metadata(parse_norm, record.norm, "norm", where)
-    eps = resolve("eps", None if "eps" in unset else cfg.eps, meta_eps, None, DEFAULT_EPS)
-    norm = resolve("norm", None if "norm" in unset else cfg.norm, meta_norm, None, Norm.linf)
-    if eps.source != FLAG or norm.source != FLAG:
-        cfg = cfg.with_(eps=eps.value, norm=norm.value)
-    return cfg, {"eps": eps.source, "norm": norm.source}
+    eps = resolve("eps", cfg.eps, meta_eps, None, DEFAULT_EPS)
+    norm = resolve("norm", cfg.norm, meta_norm, None, Norm.linf)
+    return cfg.with_threat_model(eps.value, norm.value), {"eps": eps.source, "norm": norm.source}
 
 
 def _from_metadata(parse: Callable[[str], Any], text: str, key: str, where: str) -> Any:

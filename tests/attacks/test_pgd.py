@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from wciaudit.attacks.pgd import (
-    _descend,
     _start,
     attack_split,
+    descend,
     perturb,
     pgd_attack,
     random_start_noise,
@@ -98,11 +98,11 @@ def test_an_example_broken_by_any_restart_counts_as_broken() -> None:
     net, (x, _) = _net(), _data(256)
     with torch.no_grad():
         y = net(x).argmax(1)  # clean accuracy 1, so every break is the attack's
-    cfg = ScanConfig(eps=0.1, steps=2, restarts=4, seed=5)
+    cfg = ScanConfig(eps=0.1, norm="linf", steps=2, restarts=4, seed=5)
     out = pgd_attack(net, x, y, cfg)
     finals = []  # each restart alone: its start depends on (seed, stream, restart, index)
     for r in range(4):
-        x_r = _descend(net, x, y, _start(x, cfg, 0, 0, r), cfg)
+        x_r = descend(net, x, y, _start(x, cfg, 0, 0, r), cfg)
         with torch.no_grad():
             finals.append(net(x_r).argmax(1) == y)
     assert torch.equal(out.correct, torch.stack(finals).all(0))

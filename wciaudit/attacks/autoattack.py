@@ -390,6 +390,7 @@ def run_attack(
     Raises:
         ConfigError: an unknown attack name.
     """
+    cfg = cfg.with_default_threat_model()  # unset: the defaults (no checkpoint here)
     attack = cfg.attack.value if attack is None else str(attack)
     loss_attack = _default_loss_attack(attack) if loss_attack is None else str(loss_attack)
     _check_names(attack, loss_attack)

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..config import Attack, Norm, ScanConfig
 from ..data import stratified_subset
-from .pgd import _descend, pgd_attack
+from .pgd import descend, pgd_attack
 from .seeding import mix
 from .square import square_attack, square_skip_reason
 
@@ -156,6 +156,7 @@ def masking_checks(
     Cost on n examples: 9K + 21 forward-backward passes (K = cfg.steps, at least 20 for
     (d)), plus Square's queries.
     """
+    cfg = cfg.with_default_threat_model()  # unset: the defaults (no checkpoint here)
     device = torch.device(device)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     idx = stratified_subset(y, n, cfg.seed) if y.shape[0] > n else torch.arange(y.shape[0])
@@ -205,7 +206,7 @@ def _large_eps_check(
         big *= math.sqrt(xs[0].numel())
     steps = max(20, cfg.steps)
     big_cfg = base.with_(eps=big, steps=steps)
-    x_big = _descend(model, xs, ys, xs.clone(), big_cfg)
+    x_big = descend(model, xs, ys, xs.clone(), big_cfg)
     with torch.no_grad():
         k = int((model(x_big).argmax(1) == ys).sum())
     p = binomial_tail(k, xs.shape[0], 1 / n_classes)

@@ -87,9 +87,12 @@ class PGDBatch:
     x_adv: torch.Tensor
 
 
-def _descend(
+def descend(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, cfg: ScanConfig
 ) -> torch.Tensor:
+    """``cfg.effective_steps`` steps of size ``cfg.alpha`` from ``x_adv``, each projected
+    onto the ball of radius ``cfg.eps`` around ``x`` and into [lo, hi]; no restart, no
+    random start (the caller gives the start). ``cfg``'s threat model must be set."""
     alpha = cfg.alpha
     for _ in range(cfg.effective_steps):
         x_adv.requires_grad_(True)
@@ -129,6 +132,7 @@ def pgd_attack(
         stream: which split (0 train, 1 test), so the two splits get different starts.
         evaluate: compute loss and correctness at the returned points.
     """
+    cfg = cfg.with_default_threat_model()  # unset: the defaults (no checkpoint here)
     x = x.detach()
     restarts = cfg.effective_restarts
     if cfg.eps == 0:
@@ -140,11 +144,11 @@ def pgd_attack(
         loss, correct = F.cross_entropy(logits, y, reduction="none"), logits.argmax(1) == y
         return PGDBatch(x_adv, loss, correct, x_adv)
     if restarts == 1 and not evaluate:
-        x_adv = _descend(model, x, y, _start(x, cfg, start, stream, 0), cfg).detach()
+        x_adv = descend(model, x, y, _start(x, cfg, start, stream, 0), cfg).detach()
         return PGDBatch(x_adv, None, None, x_adv)
 
     def final_point(restart: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x_r = _descend(model, x, y, _start(x, cfg, start, stream, restart), cfg)
+        x_r = descend(model, x, y, _start(x, cfg, start, stream, restart), cfg)
         with torch.no_grad():
             logits = model(x_r)
         return x_r.detach(), F.cross_entropy(logits, y, reduction="none"), logits.argmax(1) == y
@@ -182,6 +186,7 @@ def perturb(
     Returns:
         x_adv with ||x_adv - x|| <= eps and lo <= x_adv <= hi, detached.
     """
+    cfg = cfg.with_default_threat_model()  # unset: the defaults (no checkpoint here)
     return pgd_attack(model, x, y, cfg, start=start, stream=stream, evaluate=False).x_loss
 
 
@@ -203,6 +208,7 @@ def attack_split(
         index_offset: global index of x[0] (a shard's first example under torchrun).
         progress: called with the number of examples done after each batch.
     """
+    cfg = cfg.with_default_threat_model()  # unset: the defaults (no checkpoint here)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     out = torch.empty_like(x, dtype=dtype)
     for i in range(0, x.shape[0], cfg.batch_size):

@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..config import Attack, CurvatureMethod, LoadOptions, Norm, ScanConfig, parse_eps
+from ..config import Attack, CurvatureMethod, LoadOptions, Norm, ScanConfig
 from ..errors import ConfigError
 from .common import check_output_folders
 from .gating import GateSetup, prepare_gates
@@ -345,18 +345,12 @@ SummaryMdOpt = Annotated[
 
 @dataclass(frozen=True)
 class ScanSettings:
-    """The scan options, parsed: the data spec, the checkpoint-loading options, the config."""
+    """The scan options, parsed: the data spec, the checkpoint-loading options, the config
+    (its eps / norm None where the flag was not given: the checkpoint's metadata decides)."""
 
     data: str | None
     config: ScanConfig
     options: LoadOptions
-    eps: float | None = None
-    norm: Norm | None = None
-
-    @property
-    def threat_model(self) -> dict[str, Any]:
-        """eps and norm as given; None (unset) lets the checkpoint's metadata decide."""
-        return {"eps": self.eps, "norm": self.norm}
 
 
 def scan_options(
@@ -409,14 +403,7 @@ def scan_options(
         std=_floats(flags.pop("std"), "--std"),
         input_size=_input_size(flags.pop("input_size")),
     )
-    threat = {"eps": flags.pop("eps"), "norm": flags.pop("norm")}
-    return ScanSettings(
-        data=data,
-        config=ScanConfig(**flags, **{k: v for k, v in threat.items() if v is not None}),
-        options=options,
-        eps=None if threat["eps"] is None else parse_eps(threat["eps"]),
-        norm=threat["norm"],
-    )
+    return ScanSettings(data=data, config=ScanConfig(**flags), options=options)
 
 
 def gate_options(

@@ -80,7 +80,6 @@ def scan(
                 settings.data,
                 config=config,
                 options=replace(settings.options, weights_only=weights_only),
-                **settings.threat_model,
                 progress=progress,
                 on_stage=lambda _stage, partial: kept.append(policy.record(partial)),
                 shard=shard,

@@ -84,7 +84,6 @@ def track(
             settings.data,
             config=config,
             options=settings.options,
-            **settings.threat_model,
             cache_dir=cache,
             use_cache=not no_cache,
             progress=progress,

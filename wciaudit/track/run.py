@@ -56,9 +56,9 @@ def track(
         config: the scan settings, or pass them as keyword ``settings`` (``eps="0.1"``).
             The threat model is resolved per checkpoint as :func:`wciaudit.scan` does it
             (flag > the checkpoint's metadata ``eps`` / ``norm`` > default): ``eps`` or
-            ``norm`` passed as None, or given neither in ``config`` nor as a keyword, is
-            taken from each checkpoint; every result's ``config["threat_model_source"]``
-            says where it came from.
+            ``norm`` left None is taken from each checkpoint (and is None in the cache
+            key, so a later run that gives the value does not read these results); every
+            result's ``config["threat_model_source"]`` says where it came from.
         options: how to read every checkpoint (arch, arch_args, num_classes, mean,
             std, input_size), as for :func:`wciaudit.scan`.
         cache_dir: where the per-checkpoint results live (default: a folder for this
@@ -77,11 +77,11 @@ def track(
         or built (a truncated file) is otherwise skipped, in ``skipped`` with its reason.
         Checkpoints scanned before a failure stay in the cache.
     """
-    config, unset = config_from_settings(config, settings)
+    config = config_from_settings(config, settings)
     ordered = order_checkpoints(find_checkpoints(sources))
     cache = cache_folder(sources, ordered, cache_dir)
     options = options or LoadOptions()
-    key = _cache_key(key_settings(config, data, options), unset)
+    key = key_settings(config, data, options)
     digest = settings_digest(key)
     if cache is not None:
         _make_folder(cache)
@@ -90,9 +90,7 @@ def track(
         settings=key,
         cache_dir=str(cache) if cache is not None else None,
     )
-    scan_checkpoint = partial(
-        scan, data=data, config=config, **dict.fromkeys(unset), options=options, progress=progress
-    )
+    scan_checkpoint = partial(scan, data=data, config=config, options=options, progress=progress)
     for item in ordered:
         sha = file_sha256(item.path)
         ident = _checkpoint_ident(item.path, sha)
@@ -129,17 +127,6 @@ def _scan_or_skip(
     except CheckpointError as exc:
         out.skipped.append(SkippedCheckpoint(item.epoch, str(item.path), one_line(str(exc))))
         return None
-
-
-def _cache_key(key: dict[str, Any], unset: frozenset[str]) -> dict[str, Any]:
-    """The settings key with the threat model left to each checkpoint marked None ("from
-    each checkpoint") in place of the config's placeholder value: a later run given that
-    value as a flag must not read these results from the cache."""
-    for name in unset:
-        key["config"][name] = None
-        if name == "eps":
-            key["config"]["eps_text"] = None
-    return key
 
 
 def _checkpoint_ident(path: str | os.PathLike[str], sha: str) -> str:
