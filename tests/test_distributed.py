@@ -73,7 +73,7 @@ def _small_autoattack() -> None:
     """Every run_attack of a scan (the attack and the attack-spread re-attack) at the
     test's size; in this process only."""
     small = partial(run_attack, **SMALL_AUTOATTACK)
-    for module in ("wciaudit.scan", "wciaudit.scan_curvature"):
+    for module in ("wciaudit.pipeline.attack", "wciaudit.pipeline.measure"):
         importlib.import_module(module).run_attack = small
 
 
@@ -156,7 +156,7 @@ def test_autoattack_in_two_gloo_processes_matches_one(
     give the one process's figures: robust accuracy, what broke each example, APGD-CE's
     own figure and the traces at its points."""
     small = partial(run_attack, **SMALL_AUTOATTACK)
-    for module in ("wciaudit.scan", "wciaudit.scan_curvature"):
+    for module in ("wciaudit.pipeline.attack", "wciaudit.pipeline.measure"):
         monkeypatch.setattr(importlib.import_module(module), "run_attack", small)
     single = json.loads(scan(CNN, "sample", **AUTOATTACK_SETTINGS).to_json())
     double = two_processes["autoattack"]

@@ -33,7 +33,7 @@ from wciaudit.result import AuditResult, LayerResult, Metrics, PacBayes
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = ROOT / "sample_models" / "digits_resnet_pgd.safetensors"
 # the module, not the function of the same name that wciaudit exports
-scan_module = importlib.import_module("wciaudit.scan")
+scan_module = importlib.import_module("wciaudit.pipeline")
 runner = CliRunner()
 
 
@@ -512,8 +512,9 @@ def test_scan_retries_with_half_the_batch_after_an_injected_oom(
 ) -> None:
     """The first attack batch of 128 fails as a GPU would; the scan goes on with 64 and
     says so in the notes, and every later stage uses 64."""
-    stage = importlib.import_module("wciaudit.scan_curvature")
-    real_attack, real_traces = scan_module.run_attack, stage.layer_traces
+    attack_module = importlib.import_module("wciaudit.pipeline.attack")
+    stage = importlib.import_module("wciaudit.pipeline.measure")
+    real_attack, real_traces = attack_module.run_attack, stage.layer_traces
     sizes: dict[str, list[int]] = {"attack": [], "traces": []}
 
     def attack(net, x, y, cfg, device, **kw):
@@ -526,7 +527,7 @@ def test_scan_retries_with_half_the_batch_after_an_injected_oom(
         sizes["traces"].append(kw["batch_size"])
         return real_traces(*args, **kw)
 
-    monkeypatch.setattr(scan_module, "run_attack", attack)
+    monkeypatch.setattr(attack_module, "run_attack", attack)
     monkeypatch.setattr(stage, "layer_traces", traces)
     result = scan_module.scan(
         str(CNN),

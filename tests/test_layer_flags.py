@@ -4,8 +4,8 @@ it had: under the WCI target a layer may stop at one probe while the cap is 200.
 from __future__ import annotations
 
 from wciaudit.curvature.estimate import TraceEstimate
+from wciaudit.pipeline.measure import fill_layer
 from wciaudit.result import LayerResult
-from wciaudit.scan_curvature import fill_layer
 
 
 def _estimate(probes: int, method: str = "hutchinson", converged: bool = False) -> TraceEstimate:

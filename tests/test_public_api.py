@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,12 @@ def test_every_public_name_is_there(name: str) -> None:
     assert getattr(wciaudit, name) is not None
 
 
-def test_scan_stays_the_function_once_its_module_is_imported() -> None:
-    # the names are imported on first use; importing the submodule wciaudit.scan sets the
-    # package's attribute of that name, which must stay the function it always was
-    module = importlib.import_module("wciaudit.scan")
+def test_scan_is_the_function_and_no_module_shadows_it() -> None:
+    # the function lives in wciaudit.pipeline; no submodule is named scan, so importing
+    # the package's modules never replaces the attribute
+    module = importlib.import_module("wciaudit.pipeline")
     assert wciaudit.scan is module.scan and callable(wciaudit.scan)
-    assert module.__name__ == "wciaudit.scan"
+    assert importlib.util.find_spec("wciaudit.scan") is None
 
 
 def test_an_unknown_name_is_an_attribute_error_and_submodules_still_import() -> None:

@@ -282,7 +282,7 @@ def test_load_options_as_one_object_or_keywords_not_both() -> None:
 def test_curvature_gets_the_population_and_the_memory_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    scan_module = importlib.import_module("wciaudit.scan_curvature")  # the curvature stage
+    scan_module = importlib.import_module("wciaudit.pipeline.measure")  # the curvature stage
 
     seen: dict = {}
     real = scan_module.layer_traces
@@ -298,8 +298,7 @@ def test_curvature_gets_the_population_and_the_memory_budget(
 
 
 def test_scan_has_no_default_argument_lambdas() -> None:
-    scan_module = importlib.import_module("wciaudit.scan")  # the package exports the function
-
-    tree = ast.parse(Path(scan_module.__file__).read_text())
-    lambdas = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+    folder = Path(importlib.import_module("wciaudit.pipeline").__file__).parent
+    trees = [ast.parse(path.read_text()) for path in sorted(folder.glob("*.py"))]
+    lambdas = [n for tree in trees for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
     assert all(not (n.args.defaults or n.args.kw_defaults) for n in lambdas)

@@ -10,9 +10,9 @@ from torch import nn
 
 from wciaudit import ScanConfig, Splits
 from wciaudit.distributed import Shard
+from wciaudit.pipeline.run import ScanRun
 
-# the module (``wciaudit.scan`` the attribute is the function)
-scan_module = importlib.import_module("wciaudit.scan")
+scan_module = importlib.import_module("wciaudit.pipeline.attack")  # the attack stage
 
 
 def _splits() -> Splits:
@@ -44,8 +44,8 @@ def test_masking_checks_retry_on_fewer_examples(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(scan_module, "masking_checks", masking)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
-    run = scan_module._Run.create(ScanConfig(eps=0.1, steps=2, masking_samples=20), Shard(), None)
-    report = scan_module._masking(run, net, _splits())
+    run = ScanRun.create(ScanConfig(eps=0.1, steps=2, masking_samples=20), Shard(), None)
+    report = scan_module.masking(run, net, _splits())
     assert sizes == [20, 10, 5]
     assert report["n"] == 5
     assert run.notes[:2] == [

@@ -32,8 +32,13 @@ TESTED_WITH = {
     "errors.py": "test_scan.py",  # the typed errors a scan raises
     "gate_config.py": "test_gate.py",  # discovery, precedence, malformed files
     "retry.py": "test_hardening.py",  # the out-of-memory retry
-    "scan_stages.py": "test_incomplete_result.py",  # the stages, partial results
-    "scan_curvature.py": "test_scan.py",  # the Hessian subset and WCI of a whole scan
+    "pipeline/__init__.py": "test_scan.py",  # scan(): the stages composed
+    "pipeline/run.py": "test_scan_retry.py",  # what the stages share, the batch retry
+    "pipeline/load.py": "test_scan.py",  # the threat model, the inventory, the data
+    "pipeline/attack.py": "test_scan_retry.py",  # the attack stage, the masking retry
+    "pipeline/evaluate.py": "test_scan.py",  # robust figures of a whole scan
+    "pipeline/measure.py": "test_layer_flags.py",  # the Hessian subset, the traces, flags
+    "pipeline/stages.py": "test_incomplete_result.py",  # the stages, partial results
     "checkpoints/_text.py": "checkpoints/test_loader.py",
     "checkpoints/arch.py": "checkpoints/test_loader.py",
     "checkpoints/build.py": "checkpoints/test_loader.py",

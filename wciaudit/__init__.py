@@ -13,9 +13,7 @@ never loads a model (``wciaudit gate``, ``wciaudit report``, ``--help``) starts 
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._lazy import lazy_getattr
 from ._version import __version__
@@ -26,8 +24,8 @@ if TYPE_CHECKING:
     from .config import ScanConfig, parse_eps
     from .data import Splits, load_data
     from .monitor import WCIMonitor
+    from .pipeline import scan
     from .result import AuditResult
-    from .scan import scan
 
 __all__ = [
     "__version__",
@@ -48,7 +46,7 @@ __all__ = [
 
 #: public name -> the module that defines it, imported when the name is first read
 _LAZY = {
-    "scan": ".scan",
+    "scan": ".pipeline",
     "ScanConfig": ".config",
     "parse_eps": ".config",
     "AuditResult": ".result",
@@ -64,16 +62,3 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Keeps ``wciaudit.scan`` the function: importing the submodule ``wciaudit.scan``
-    would otherwise set the package's attribute of that name to the module."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "scan" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -54,11 +54,10 @@ from . import bounds
 from .attacks.pgd import perturb
 from .config import ScanConfig
 from .curvature import TraceEstimate, layer_traces
-from .curvature.groups import common_groups, fold_shares
 from .errors import ConfigError
 from .model import eval_mode, no_tf32, weight_layers
+from .pipeline.bound import wci_figures
 from .result import write_atomic
-from .uncertainty import wci_error
 
 __all__ = ["WCIMonitor", "WCIRecord", "WCILRAdjuster", "batch_wci_se"]
 
@@ -105,27 +104,15 @@ def batch_wci_se(frobs: list[float], estimates: list[TraceEstimate], n: int, see
     """SE of WCI measured on a batch of n examples, as an estimate of the WCI of the
     data the batch was drawn from (a population far larger than the batch, f = 0).
 
-    The scan's estimator (:func:`wciaudit.uncertainty.wci_error`) over the layers'
-    group shares: at f = 0 Cochran's two-stage variance is the spread between the
-    groups alone, which holds every source drawn per group or per example: the probes,
-    the batch as a sample, and the attack's random starts. Layers without group shares
-    (none in practice) fall back to per-layer SEs in quadrature, which then cover the
-    probes only.
+    The scan's WCI figures (:func:`wciaudit.pipeline.bound.wci_figures`) with the
+    batch as the Hessian subset of an infinite population: at f = 0 Cochran's
+    two-stage variance is the spread between the groups alone, which holds every source
+    drawn per group or per example: the probes, the batch as a sample, and the attack's
+    random starts. Layers without group shares (none in practice) fall back to
+    per-layer SEs in quadrature, which then cover the probes only.
     """
-    groups, assignment = common_groups({len(e.group_shares) for e in estimates}, n, seed)
-    traces = [e.trace for e in estimates]
-    if assignment is None:
-        return bounds.weight_curvature_index(frobs, traces, [e.se for e in estimates])[1]
-    sizes = torch.bincount(assignment, minlength=groups).tolist()
-    return wci_error(
-        frobs,
-        traces,
-        [e.probe_se for e in estimates],
-        [fold_shares(e.group_shares, groups) for e in estimates],
-        sizes,
-        math.inf,
-        trace_ses=[e.se for e in estimates],
-    ).se
+    ses = [e.se for e in estimates]
+    return wci_figures(frobs, estimates, ses, n=n, n_population=math.inf, seed=seed).se
 
 
 @contextmanager

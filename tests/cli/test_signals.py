@@ -38,8 +38,7 @@ def pause(*args, **kwargs):
 if where == "write":
     os.fsync = pause
 else:
-    # the module (the package's attribute wciaudit.scan is the function)
-    setattr(importlib.import_module("wciaudit.scan"), "scan", pause)
+    setattr(importlib.import_module("wciaudit.pipeline"), "scan", pause)
 from wciaudit.cli.app import main
 sys.argv = ["wciaudit", *sys.argv[3:]]
 main()

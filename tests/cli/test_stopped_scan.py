@@ -20,7 +20,7 @@ from cli_runner import TINY_CNN_SCAN, child_env, invoke_in
 ROOT = Path(__file__).resolve().parents[2]
 CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
 
-# The child replaces one stage function of wciaudit.scan with a pause that says so
+# The child replaces one stage function of wciaudit.pipeline with a pause that says so
 # through a marker file and waits there for the signal.
 CHILD = r"""
 import importlib, sys, time
@@ -32,15 +32,14 @@ def pause(*args, **kwargs):
     marker.write_text("ready")
     time.sleep(120)
 
-# the module (the package's attribute wciaudit.scan is the function)
-setattr(importlib.import_module("wciaudit.scan"), where, pause)
+setattr(importlib.import_module("wciaudit.pipeline"), where, pause)
 from wciaudit.cli.app import main
 sys.argv = ["wciaudit", *sys.argv[3:]]
 main()
 """
 
 #: the curvature stage (after attack and evaluate) and the attack stage
-IN_CURVATURE, IN_ATTACK = "measure_curvature", "_attack"
+IN_CURVATURE, IN_ATTACK = "measure_curvature", "attack_stage"
 
 
 def scan_args(out_dir: Path) -> list[str]:

@@ -65,8 +65,8 @@ def scan(
     config, policy = apply_thread_policy(settings.config, verbose=verbose and not quiet)
     # here, not at the top: registering the command (``wciaudit gate``, ``--help``) needs no torch
     from ..distributed import Shard, leave, shard_from_env
-    from ..scan import checkpoint_stem
-    from ..scan import scan as run_scan
+    from ..pipeline import checkpoint_stem
+    from ..pipeline import scan as run_scan
 
     target = json_path or Path.cwd() / f"{checkpoint_stem(checkpoint)}.wciaudit.json"
     check_output_folders(target, html, csv_path)

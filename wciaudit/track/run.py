@@ -26,8 +26,8 @@ from ..checkpoints import file_sha256
 from ..config import LoadOptions, ScanConfig, config_from_settings
 from ..errors import CheckpointError, ConfigError
 from ..formatting import one_line
+from ..pipeline import scan
 from ..result import AuditResult, write_atomic
-from ..scan import scan
 from .cache import cache_folder, key_settings, read_cache, settings_digest
 from .files import RunCheckpoint, find_checkpoints, order_checkpoints
 from .result import MEASURES, TARGETS, SkippedCheckpoint, TrackEntry, TrackResult, correlate

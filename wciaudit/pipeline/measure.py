@@ -1,37 +1,43 @@
-"""The scan's curvature stage: Hessian subset -> per-layer traces -> WCI with an honest SE.
+"""The scan's curvature stage: Hessian subset -> per-layer traces, each with an SE.
 
 The traces are measured on a seeded stratified subset of the adversarial train examples.
 Their SEs cover the probes and the subset's draw (:mod:`wciaudit.curvature`); with
 ``attack_spread`` on, the subset is attacked again from other random starts and the
 traces measured again with the same groups and probes, so the pair also measures how
-much the traces move with the attack's starts (:mod:`wciaudit.uncertainty`).
+much the traces move with the attack's starts (:mod:`wciaudit.uncertainty`). WCI and
+its SE are the bound stage's (:mod:`wciaudit.pipeline.bound`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from . import bounds
-from .attacks import run_attack
-from .config import Attack
-from .curvature import TraceEstimate, layer_traces
-from .curvature.groups import common_groups, fold_shares
-from .data import Splits, stratified_subset
-from .errors import ConfigError
-from .metrics import per_example
-from .result import AuditResult, LayerResult
-from .uncertainty import attack_tail_factor, attack_variance, sensitivities, wci_error
+from .. import bounds
+from ..attacks import run_attack
+from ..config import Attack, ScanConfig
+from ..curvature import TraceEstimate, layer_traces
+from ..data import Splits, stratified_subset
+from ..errors import ConfigError
+from ..metrics import per_example
+from ..result import LayerResult
+from ..uncertainty import attack_variance
+from .attack import split_of
+from .run import ScanRun
 
-if TYPE_CHECKING:
-    from .scan import _Run
-
-__all__ = ["measure_curvature"]
+__all__ = [
+    "Curvature",
+    "Subset",
+    "fill_layer",
+    "hessian_subset",
+    "measure_curvature",
+    "paired",
+]
 
 #: the attack stream of the second attack on the Hessian subset (0: train, 1: test)
 _SPREAD_STREAM = 2
@@ -51,71 +57,83 @@ class Subset:
     offset: int
 
 
+@dataclass(frozen=True)
+class Curvature:
+    """What the curvature stage measured: the subset, the Hessian loss on it, each
+    layer's trace (``layers``: the inventory's layers with their traces, SEs and flags
+    filled in; ``estimates``: the estimators' own records) and, with the attack-spread
+    re-attack, the second run's estimates (``again``)."""
+
+    subset: Subset
+    hessian_loss: float
+    layers: list[LayerResult]
+    estimates: list[TraceEstimate]
+    again: list[TraceEstimate] | None
+
+
 def measure_curvature(
-    run: _Run,
+    run: ScanRun,
     net: nn.Module,
-    splits: Splits,
-    adv: dict[str, torch.Tensor],
-    result: AuditResult,
+    subset: Subset,
     loss_attack: str,
-) -> None:
-    """Fill the layers' traces and SEs, the Hessian loss, WCI and its SE in ``result``."""
-    subset = hessian_subset(run, splits, adv)
-    result.dataset.hessian_samples = subset.n
-    result.metrics.hessian_loss = _hessian_loss(run, net, subset)
-    if not result.layers:
-        return
-    names = [f"model.{layer.name}" for layer in result.layers]
-    norms = [layer.frob_norm for layer in result.layers]
+    layers: list[LayerResult],
+) -> Curvature:
+    """The Hessian loss on the subset and every layer's trace there with an SE
+    (``loss_attack``: the attack whose points the subset holds, attacked again with
+    other starts for the attack-start part of the SEs)."""
+    hessian_loss = _hessian_loss(run, net, subset)
+    if not layers:
+        return Curvature(subset, hessian_loss, [], [], None)
+    names = [f"model.{layer.name}" for layer in layers]
+    norms = [layer.frob_norm for layer in layers]
     with run.part("traces"):
         estimates = _curvature(run, net, names, norms, subset.x, subset)
     again = None
-    if run.cfg.attack_spread and _random_starts(run.cfg, loss_attack):
+    if run.config.attack_spread and _random_starts(run.config, loss_attack):
         with run.part("attack_spread"):
             x_again = _attack_again(run, net, subset, loss_attack)
         with run.part("spread_remeasure"):
             again = _curvature(run, net, names, norms, x_again, subset)
-    for layer, est, est2 in zip(result.layers, estimates, again or estimates, strict=True):
+    filled = [copy.deepcopy(layer) for layer in layers]
+    for layer, est, est2 in zip(filled, estimates, again or estimates, strict=True):
         fill_layer(
             layer,
             est,
             est2 if again is not None else None,
             subset.n / subset.n_population,
-            max_probes=run.cfg.max_probes,
+            max_probes=run.config.max_probes,
         )
-    _wci(result, estimates, again, subset, run)
-    result.wci_target = wci_target(result, estimates, run.cfg.tol, run.cfg.max_probes)
     if again is None:
         why = (
             "off (--no-attack-spread)"
-            if not run.cfg.attack_spread
+            if not run.config.attack_spread
             else f"{loss_attack} has no random start"
         )
         run.notes.append(f"SEs do not include the attack's random starts: {why}")
+    return Curvature(subset, hessian_loss, filled, estimates, again)
 
 
-def _random_starts(cfg: Any, loss_attack: str) -> bool:
-    return cfg.eps > 0 and not (loss_attack == "fgsm" or cfg.attack is Attack.fgsm)
+def _random_starts(config: ScanConfig, loss_attack: str) -> bool:
+    return bool(config.eps) and not (loss_attack == "fgsm" or config.attack is Attack.fgsm)
 
 
-def hessian_subset(run: _Run, splits: Splits, adv: dict[str, torch.Tensor]) -> Subset:
+def hessian_subset(run: ScanRun, splits: Splits, adv: dict[str, torch.Tensor]) -> Subset:
     """A stratified subset of the adversarial train examples (test without a train split)."""
-    cfg, shard = run.cfg, run.shard
+    config, shard = run.config, run.shard
     split = "train" if "train" in adv else "test"
     if split == "test":
         run.notes.append(
             "no train split: curvature is measured on the test split, the gap and the bound are null"
         )
-    x_split, y_full = (
-        (splits.x_train, splits.y_train) if split == "train" else (splits.x_test, splits.y_test)
-    )
+    x_split, y_full = split_of(splits, split)
     n_population = int(y_full.shape[0])
     idx = torch.arange(n_population)
-    if n_population > cfg.hessian_samples:
-        idx = stratified_subset(y_full, cfg.hessian_samples, cfg.seed)
+    if n_population > config.hessian_samples:
+        idx = stratified_subset(y_full, config.hessian_samples, config.seed)
     if idx.shape[0] < shard.world:
         raise ConfigError(
-            f"--hessian-samples {idx.shape[0]} is smaller than the {shard.world} processes"
+            f"the Hessian subset has {idx.shape[0]} examples (hessian_samples), fewer than "
+            f"the {shard.world} processes"
         )
     # the subset's rows that this process attacked, gathered so that every process
     # holds the subset in index order, then sharded again for the products
@@ -129,7 +147,7 @@ def hessian_subset(run: _Run, splits: Splits, adv: dict[str, torch.Tensor]) -> S
     )
 
 
-def _hessian_loss(run: _Run, net: nn.Module, subset: Subset) -> float:
+def _hessian_loss(run: ScanRun, net: nn.Module, subset: Subset) -> float:
     losses = run.batches.run(partial(_losses, net=net, x=subset.x, y=subset.y, device=run.device))
     return float(run.shard.all_reduce_sum(losses.sum().reshape(1))[0]) / subset.n
 
@@ -140,12 +158,12 @@ def _losses(
     return per_example(net, x, y, batch_size, device)[0]
 
 
-def _attack_again(run: _Run, net: nn.Module, subset: Subset, loss_attack: str) -> torch.Tensor:
+def _attack_again(run: ScanRun, net: nn.Module, subset: Subset, loss_attack: str) -> torch.Tensor:
     """The subset's points from the loss-maximising attack with other random starts."""
     progress = run.ticker("attack-spread", subset.x_clean.shape[0])
 
     def job(batch_size: int) -> torch.Tensor:
-        cfg = run.cfg.with_(batch_size=batch_size)
+        cfg = run.config.with_(batch_size=batch_size)
         outcome = run_attack(
             net,
             subset.x_clean,
@@ -171,9 +189,9 @@ def _traces(
     norms: list[float],
     x: torch.Tensor,
     subset: Subset,
-    run: _Run,
+    run: ScanRun,
 ) -> list[TraceEstimate]:
-    cfg, shard = run.cfg, run.shard
+    cfg, shard = run.config, run.shard
     return layer_traces(
         net,
         x,
@@ -198,7 +216,7 @@ def _traces(
 
 
 def _curvature(
-    run: _Run,
+    run: ScanRun,
     net: nn.Module,
     names: list[str],
     norms: list[float],
@@ -212,7 +230,7 @@ def _curvature(
     return run.batches.run(job, retry=not run.shard.active)
 
 
-def _paired(est: TraceEstimate, again: TraceEstimate | None) -> bool:
+def paired(est: TraceEstimate, again: TraceEstimate | None) -> bool:
     return (
         again is not None
         and len(est.group_shares) > 0
@@ -234,7 +252,7 @@ def fill_layer(
     ``max_probes`` the probe cap, named in the flag of a layer that did not converge."""
     attack_var = (
         attack_variance([1.0], [est.group_shares], [again.group_shares])
-        if _paired(est, again)
+        if paired(est, again)
         else None
     )
     # the estimator's SE is (1 - f) B + f W; the starts are a second-stage source, so
@@ -276,104 +294,3 @@ def _stop_words(est: TraceEstimate, max_probes: int | None) -> str:
         return f"WCI's relative SE above tol with this layer at the cap of {max_probes} {unit}"
     cap = f", cap {max_probes}" if max_probes is not None else ""
     return f"WCI's relative SE above tol when probing stopped ({est.probes} {unit} here{cap})"
-
-
-def _wci(
-    result: AuditResult,
-    estimates: list[TraceEstimate],
-    again: list[TraceEstimate] | None,
-    subset: Subset,
-    run: _Run,
-) -> None:
-    """WCI and its SE over every source the scan varies (:mod:`wciaudit.uncertainty`)."""
-    frob = [la.frob_norm for la in result.layers]
-    traces = [e.trace for e in estimates]
-    result.wci = math.fsum(bounds.wci_terms(frob, traces))
-    groups, assignment = common_groups(
-        {len(e.group_shares) for e in estimates}, subset.n, run.cfg.seed
-    )
-    if assignment is None:
-        # an estimate without group shares: per-layer SEs in quadrature (independent)
-        result.wci_se = bounds.weight_curvature_index(
-            frob, traces, [la.trace_se for la in result.layers]
-        )[1]
-        result.wci_se_method = "delta method from per-layer standard errors (layers independent)"
-        result.se_covers["wci"] = sorted({c for la in result.layers for c in la.se_covers})
-        return
-    shares = [fold_shares(e.group_shares, groups) for e in estimates]
-    sizes = torch.bincount(assignment, minlength=groups).tolist()
-    ses = [la.trace_se for la in result.layers]
-    attack_var, attack_tail = None, 1.0
-    if again is not None and all(_paired(e, e2) for e, e2 in zip(estimates, again, strict=True)):
-        slopes = sensitivities(frob, traces, ses)
-        shares_again = [fold_shares(e.group_shares, groups) for e in again]
-        attack_var = attack_variance(slopes, shares, shares_again)
-        attack_tail = attack_tail_factor(slopes, shares, shares_again)
-    err = wci_error(
-        frob,
-        traces,
-        [e.probe_se for e in estimates],
-        shares,
-        sizes,
-        subset.n_population,
-        attack_var=attack_var,
-        trace_ses=ses,
-        attack_tail=attack_tail,
-    )
-    result.wci_se = err.se
-    parts = {
-        "probes": "probes (independent per layer)",
-        "sampled-labels": "sampled labels (independent per layer)",
-        "hessian-subset": "Hessian subset (two-stage, finite-population factor)",
-        "attack-starts": "attack starts (paired second attack)",
-    }
-    # the sources this SE covers, and only those (the report quotes this beside them)
-    result.wci_se_method = "delta method on group shares: " + (
-        ", ".join(parts.get(c, c) for c in err.covers) or "no source varies"
-    )
-    result.se_covers["wci"] = list(err.covers)
-    result.wci_se_parts = {
-        "probes": err.probe_se,
-        "hessian-subset": err.sample_se,
-        "attack-starts": err.attack_se,
-    }
-
-
-#: what only more Hessian samples reduce (the words of :func:`wci_target`)
-_SUBSET_WORDS = (
-    "the Hessian subset and the attack's random starts, which only more --hessian-samples reduce"
-)
-
-
-def wci_target(
-    result: AuditResult, estimates: list[TraceEstimate], tol: float, max_probes: int
-) -> dict[str, Any] | None:
-    """What the WCI precision target ``tol`` did: met or missed, and why.
-
-    ``met`` compares the reported relative SE, wci_se / wci, with ``tol``. Probes and
-    sampled labels are the only part the target can act on: where every layer is exact
-    there is nothing to act on, and where the probes' part is within ``tol`` the rest
-    is the Hessian subset and the attack's starts.
-    """
-    if result.wci is None or result.wci_se is None:
-        return None
-    rel = result.wci_se / result.wci if result.wci > 0 else math.inf
-    met = rel <= tol
-    noisy = [e for e in estimates if e.stop_reason != "exact"]
-    probe_part = result.wci_se_parts.get("probes")
-    if not noisy:
-        reason = f"nothing to act on: every layer is exact, the SE is {_SUBSET_WORDS}"
-    elif met:
-        reason = "met"
-    elif probe_part is not None and probe_part <= tol * result.wci:
-        reason = f"the probes' part is within tol, the rest is {_SUBSET_WORDS}"
-    elif any(isinstance(e.probes, int) and e.probes >= max_probes for e in noisy):
-        reason = f"at the probe cap (--max-probes {max_probes})"
-    else:
-        reason = "the rounds stopped where more probes could not reach tol"
-    return {
-        "tol": tol,
-        "met": met,
-        "relative_se": rel if math.isfinite(rel) else None,
-        "reason": reason,
-    }

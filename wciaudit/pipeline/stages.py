@@ -1,8 +1,9 @@
 """A scan's stages: their wall times, which finished, and the result as it stands after each.
 
 :func:`wciaudit.scan` runs its stages (:data:`~wciaudit.result.STAGES`) inside
-:meth:`Stages.stage`. After each stage but the last, the ``on_stage`` callback gets a
-copy of the result as it would stand if the scan stopped then: ``complete`` False, the
+:meth:`Stages.stage`. After each stage but the last, the ``on_stage`` callback gets the
+result as it would stand if the scan stopped then, assembled from the stages' values so
+far (:func:`wciaudit.pipeline.assemble.assemble`): ``complete`` False, the
 finished stages in ``stages``, the stage that runs next in ``stopped_at``, that stage's
 figures and those of the stages after it null (never estimated), and a failed gate
 block, so that nothing reading the file takes it for a scan that passed. The library
@@ -20,13 +21,12 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .result import STAGES, AuditResult, Gate, Timings
+from ..result import STAGES, AuditResult, Gate, Timings
 
 __all__ = ["StageCallback", "Stages"]
 
@@ -54,9 +54,8 @@ class Stages:
     Attributes:
         done: the stages that finished, in order.
         plan: the stages this scan runs (a scan without data stops after ``data``).
-        result: the result the stages fill in, once it exists (the callback needs it).
-        finish: what the scan does to a result before returning it (notes that sum up
-            the layers, the batch size used), applied to every copy as well.
+        build: assembles the result from the stages' values so far, once there is one
+            to write (after the data stage; the callback needs it).
     """
 
     def __init__(self, on_stage: StageCallback | None) -> None:
@@ -66,8 +65,7 @@ class Stages:
         self.parts: dict[str, float] = {}
         self.done: list[str] = []
         self.plan: tuple[str, ...] = STAGES
-        self.result: AuditResult | None = None
-        self.finish: Callable[[AuditResult], None] | None = None
+        self.build: Callable[[], AuditResult] | None = None
         self._on_stage = on_stage
 
     @contextmanager
@@ -79,7 +77,7 @@ class Stages:
         self.seconds[name] = time.perf_counter() - t0
         self.done.append(name)
         upcoming = [s for s in self.plan if s not in self.done]
-        if self._on_stage is not None and self.result is not None and upcoming:
+        if self._on_stage is not None and self.build is not None and upcoming:
             self._on_stage(name, self.incomplete(upcoming[0]))
 
     @contextmanager
@@ -105,11 +103,9 @@ class Stages:
         )
 
     def incomplete(self, stopped_at: str) -> AuditResult:
-        """A copy of the result as it stands, marked as stopped during ``stopped_at``."""
-        assert self.result is not None
-        partial = copy.deepcopy(self.result)
-        if self.finish is not None:
-            self.finish(partial)
+        """The result as it stands, marked as stopped during ``stopped_at``."""
+        assert self.build is not None
+        partial = self.build()
         partial.complete, partial.stopped_at, partial.stages = False, stopped_at, list(self.done)
         partial.timings = self.timings(incomplete=True)
         reason = partial.incomplete_reason or ""
