@@ -191,7 +191,7 @@ class Timings:
     # with the same seed differ in this block alone
     started_at: str = ""
     # seconds of the parts of the stages a default scan spends its time on (attack,
-    # masking, traces, attack_spread, spread_remeasure; wciaudit.scan_stages.PARTS), and
+    # masking, traces, attack_spread, spread_remeasure; wciaudit.pipeline.stages.PARTS), and
     # each part's fraction of total_s, with "other" for the rest (load, data, evaluate)
     parts_s: dict[str, float] = field(default_factory=dict)
     shares: dict[str, float] = field(default_factory=dict)
