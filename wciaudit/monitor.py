@@ -52,17 +52,38 @@ from torch import nn
 
 from . import bounds
 from .attacks.pgd import perturb
-from .config import ScanConfig
+from .config import ScanConfig, config_from_settings
 from .curvature import TraceEstimate, layer_traces
 from .errors import ConfigError
 from .model import eval_mode, no_tf32, weight_layers
 from .pipeline.bound import wci_figures
 from .result import write_atomic
 
-__all__ = ["WCIMonitor", "WCIRecord", "WCILRAdjuster", "batch_wci_se"]
+__all__ = [
+    "MONITOR_CONFIG",
+    "WCIMonitor",
+    "WCIRecord",
+    "WCILRAdjuster",
+    "batch_wci_se",
+    "monitor_config",
+]
 
-#: the monitor's defaults where they differ from a scan's: cheaper, looser
-MONITOR_DEFAULTS: dict[str, Any] = {"steps": 5, "tol": 0.1, "max_probes": 50, "min_probes": 10}
+#: the monitor's settings where none are given: a scan's, cheaper and looser (PGD-5,
+#: WCI to 10 % relative SE, at most 50 probes per layer)
+MONITOR_CONFIG = ScanConfig(steps=5, tol=0.1, max_probes=50)
+
+
+def monitor_config(config: ScanConfig | None, settings: dict[str, Any]) -> ScanConfig:
+    """The monitor's config: ``config`` (default :data:`MONITOR_CONFIG`) with the keyword
+    ``settings`` on top; eps / norm left unset take the defaults (no checkpoint here).
+
+    Raises:
+        ConfigError: an unknown setting or an invalid value.
+    """
+    config = config_from_settings(MONITOR_CONFIG if config is None else config, settings)
+    return config.with_default_threat_model()
+
+
 #: attack stream of the monitor (scans use 0 for train and 1 for test)
 _STREAM = 2
 
@@ -143,7 +164,7 @@ class WCIMonitor:
         every: measure on calls ``every - 1, 2 * every - 1, ...`` of :meth:`step`.
         config: attack and curvature settings (eps, steps, seed, tol, max_probes,
             curvature, batch_size, lo, hi); or pass them as keyword ``settings``.
-            Defaults: a scan's, with :data:`MONITOR_DEFAULTS` (PGD-5, tol 0.1, 50 probes).
+            Default :data:`MONITOR_CONFIG` (PGD-5, tol 0.1, 50 probes).
         csv_path: rewrite this CSV (atomically) after each measurement.
         tensorboard: a log folder (needs the ``tensorboard`` package) or any object
             with ``add_scalar(tag, value, step)`` such as a ``SummaryWriter``.
@@ -182,10 +203,7 @@ class WCIMonitor:
             raise ConfigError(
                 f"y must hold integer class labels of shape (N,), got {y.dtype} {list(y.shape)}"
             )
-        if config is None:
-            config = ScanConfig(**{**MONITOR_DEFAULTS, **settings})
-        elif settings:
-            config = config.with_(**settings)
+        config = monitor_config(config, settings)
         self.model = model
         self.x = x.detach().cpu()
         self.y = y.detach().cpu()

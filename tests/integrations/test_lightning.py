@@ -193,6 +193,12 @@ def test_bad_arguments_and_missing_lightning(monkeypatch):
         WCICallback(x, y, module="backbone").setup(_Trainer(), Lit(), "fit")
     with pytest.raises(ConfigError, match="y must hold integer class labels"):
         WCICallback(x, y.float()).setup(_Trainer(), Lit(), "fit")
+    # the settings are the monitor's one config, checked when the callback is made
+    with pytest.raises(ConfigError, match="tol must be in"):
+        WCICallback(x, y, tol=2.0)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        WCICallback(x, y, tolerance=0.1)
+    assert WCICallback(x, y, steps=3).config.steps == 3
     monkeypatch.setattr(integration, "Callback", None)
     with pytest.raises(ConfigError, match=r"wciaudit\[lightning\]"):
         WCICallback(x, y)

@@ -33,7 +33,7 @@ import torch
 
 from ..config import ScanConfig
 from ..errors import ConfigError
-from ..monitor import WCIMonitor, WCIRecord
+from ..monitor import WCIMonitor, WCIRecord, monitor_config
 
 try:
     from lightning.pytorch import Callback
@@ -66,8 +66,8 @@ class WCICallback(Callback if Callback is not None else object):  # type: ignore
 
     Raises:
         ConfigError: Lightning is not installed (the message names the extra), a
-            malformed batch or setting (checked when the fit starts, against the
-            module), or ``every_n_epochs`` not a positive integer.
+            malformed setting (checked here) or batch (checked when the fit starts,
+            against the module), or ``every_n_epochs`` not a positive integer.
     """
 
     def __init__(
@@ -93,8 +93,8 @@ class WCICallback(Callback if Callback is not None else object):  # type: ignore
         self.module = module
         self.prefix = prefix
         self.log_layers = log_layers
-        self.config = config
-        self.settings = settings
+        # checked now, not when the fit starts
+        self.config = monitor_config(config, settings)
         self.records: list[WCIRecord] = []
         self._monitor: WCIMonitor | None = None
 
@@ -108,7 +108,7 @@ class WCICallback(Callback if Callback is not None else object):  # type: ignore
                 f"the LightningModule has no sub-module {self.module!r} to measure; pass "
                 "module=None to measure the LightningModule itself"
             )
-        self._monitor = WCIMonitor(target, self.x, self.y, config=self.config, **self.settings)
+        self._monitor = WCIMonitor(target, self.x, self.y, config=self.config)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._monitor is None or (trainer.current_epoch + 1) % self.every_n_epochs:
