@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..config import LoadOptions
 from ..result import AuditResult
 from .common import (
     StopSignals,
@@ -20,15 +21,12 @@ from .common import (
 from .gating import GateSetup, report_gates
 from .options import (
     CsvOpt,
-    DistributedOpt,
-    HtmlOpt,
-    JsonOpt,
     PlotlyMode,
     PlotlyOpt,
     QuietOpt,
     ScanSettings,
     VerboseOpt,
-    WeightsOnlyOpt,
+    field_group,
     gate_options,
     scan_options,
     with_options,
@@ -38,7 +36,11 @@ from .threads import apply_thread_policy
 
 
 @handle_errors
-@with_options(settings=scan_options, gates=gate_options)
+@with_options(
+    settings=scan_options,
+    weights_only=field_group(LoadOptions, "weights_only"),
+    gates=gate_options,
+)
 def scan(
     checkpoint: Annotated[
         Path,
@@ -49,13 +51,31 @@ def scan(
     ],
     *,
     settings: ScanSettings,
-    weights_only: WeightsOnlyOpt = False,
-    json_path: JsonOpt = None,
-    html: HtmlOpt = None,
+    weights_only: bool,
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Where to write the JSON result (default: <checkpoint name>.wciaudit.json in the current folder). A scan stopped by SIGTERM or Ctrl-C after its attack stage writes the stages that finished here, marked incomplete.",
+            dir_okay=False,
+        ),
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", help="Also write the self-contained HTML report here.", dir_okay=False
+        ),
+    ] = None,
     plotly: PlotlyOpt = PlotlyMode.inline,
     csv_path: CsvOpt = None,
     gates: GateSetup,
-    distributed: DistributedOpt = False,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="Run as one process of a torchrun group: each process attacks and measures its shard, figures are all-reduced, rank 0 writes the outputs. --device picks the device (cuda: cuda:LOCAL_RANK, or cuda:0 where a process sees one device; cpu: gloo on the CPU even on a GPU host).",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     stop: StopSignals,
