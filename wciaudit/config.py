@@ -185,8 +185,7 @@ class ScanConfig:
     )
     tol: float = setting(
         0.05,
-        help="Target relative standard error of WCI (probes go where they cut its variance "
-        "most).",
+        help="Target relative standard error of WCI (probes go where they cut its variance most).",
         check=OpenInterval(0, 1),
     )
     max_probes: int = setting(
@@ -216,9 +215,7 @@ class ScanConfig:
         help="float32 | float64 (small models).",
         check=Matches("float32|float64", "float32 or float64"),
     )
-    batch_size: int = setting(
-        128, help="Examples per forward pass.", check=IntRange(1, 1_000_000)
-    )
+    batch_size: int = setting(128, help="Examples per forward pass.", check=IntRange(1, 1_000_000))
     train_samples: int | None = setting(
         None,
         help="Seeded stratified subset of the train split.",

@@ -119,7 +119,9 @@ class IntRange(Check):
         return f"an integer in [{self.lo}, {self.hi}]"
 
     def accepts(self, value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and self.lo <= value <= self.hi
+        return (
+            isinstance(value, int) and not isinstance(value, bool) and self.lo <= value <= self.hi
+        )
 
 
 @dataclass(frozen=True)
