@@ -187,120 +187,65 @@ def field_group(cls: type, name: str) -> Callable[..., Any]:
 
 
 # -- the gate options (scan, gate) ----------------------------------------------------------
-def gate_options(
-    max_wci: Annotated[
-        float | None,
-        typer.Option(
-            "--max-wci",
-            help="Fail when WCI exceeds this by more than --gate-sigmas SE.",
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-    max_gap_loss: Annotated[
-        float | None,
-        typer.Option(
-            "--max-gap-loss",
-            help="Fail when the robust loss gap L_adv(T) - L_adv(S) exceeds this.",
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-    max_gap_err: Annotated[
-        float | None,
-        typer.Option(
-            "--max-gap-err",
-            help="Fail when the robust error gap robust_acc(S) - robust_acc(T) exceeds this.",
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-    min_robust_acc: Annotated[
-        float | None,
-        typer.Option(
-            "--min-robust-acc",
-            help="Fail when the robust accuracy on the test split is below this fraction (0-1).",
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-    max_bound: Annotated[
-        float | None,
-        typer.Option(
-            "--max-bound",
-            help="Fail when the PAC-Bayes bound exceeds this (no SE: any excess fails).",
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-    baseline: Annotated[
-        Path | None,
-        typer.Option(
-            "--baseline",
-            help="A baseline JSON result for --max-wci-increase.",
-            dir_okay=False,
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-    max_wci_increase: Annotated[
-        str | None,
-        typer.Option(
-            "--max-wci-increase",
-            help="Fail when WCI exceeds the baseline's by more than this: '10%' (relative) or 0.5 (absolute). Needs --baseline.",
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-    fail_on_masking: Annotated[
-        bool,
-        typer.Option(
-            "--fail-on-masking",
-            help="Fail when a gradient-masking check (random output among them) failed.",
-            rich_help_panel=GATE_PANEL,
-        ),
-    ] = False,
-    gate_sigmas: Annotated[
-        float | None,
-        typer.Option(
-            "--gate-sigmas",
-            help="A gate fails only when the figure is beyond its threshold by more than this many standard errors (default 2).",
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-    config_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="Read thresholds from this wciaudit.toml or pyproject.toml (default: the first one found from the current folder upward).",
-            dir_okay=False,
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-    summary_md: Annotated[
-        Path | None,
-        typer.Option(
-            "--summary-md",
-            help='Write a Markdown summary (figures and gates) here, e.g. "$GITHUB_STEP_SUMMARY".',
-            dir_okay=False,
-            rich_help_panel=GATE_PANEL,
-            show_default=False,
-        ),
-    ] = None,
-) -> GateSetup:
-    """The gate options, resolved before any work: the config file (given or found) with
-    the flags on top, the baseline loaded, the summary's folder checked.
+def _gate(name: str, kind: Any, flag: str, text: str, **extra: Any) -> inspect.Parameter:
+    """A gate option: in the gates' panel, None by default (absent: the config file decides)."""
+    extra.setdefault("show_default", False)
+    option = typer.Option(flag, help=text, rich_help_panel=GATE_PANEL, **extra)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option]
+    )
+
+
+#: the gate options' parameters (``wciaudit.gate_config`` reads the same names from a file)
+GATE_OPTIONS = inspect.Signature(
+    [
+        _gate("max_wci", float | None, "--max-wci",
+              "Fail when WCI exceeds this by more than --gate-sigmas SE."),
+        _gate("max_gap_loss", float | None, "--max-gap-loss",
+              "Fail when the robust loss gap L_adv(T) - L_adv(S) exceeds this."),
+        _gate("max_gap_err", float | None, "--max-gap-err",
+              "Fail when the robust error gap robust_acc(S) - robust_acc(T) exceeds this."),
+        _gate("min_robust_acc", float | None, "--min-robust-acc",
+              "Fail when the robust accuracy on the test split is below this fraction (0-1)."),
+        _gate("max_bound", float | None, "--max-bound",
+              "Fail when the PAC-Bayes bound exceeds this (no SE: any excess fails)."),
+        _gate("baseline", Path | None, "--baseline",
+              "A baseline JSON result for --max-wci-increase.", dir_okay=False),
+        _gate("max_wci_increase", str | None, "--max-wci-increase",
+              "Fail when WCI exceeds the baseline's by more than this: '10%' (relative) or 0.5 "
+              "(absolute). Needs --baseline."),
+        _gate("fail_on_masking", bool, "--fail-on-masking",
+              "Fail when a gradient-masking check (random output among them) failed.",
+              show_default=True).replace(default=False),
+        _gate("gate_sigmas", float | None, "--gate-sigmas",
+              "A gate fails only when the figure is beyond its threshold by more than this many "
+              "standard errors (default 2)."),
+        _gate("config_file", Path | None, "--config",
+              "Read thresholds from this wciaudit.toml or pyproject.toml (default: the first one "
+              "found from the current folder upward).", dir_okay=False),
+        _gate("summary_md", Path | None, "--summary-md",
+              'Write a Markdown summary (figures and gates) here, e.g. "$GITHUB_STEP_SUMMARY".',
+              dir_okay=False),
+    ],
+    return_annotation=GateSetup,
+)  # fmt: skip
+
+
+def gate_options(**flags: Any) -> GateSetup:
+    """The gate options (:data:`GATE_OPTIONS`), resolved before any work: the config file
+    (given or found) with the flags on top, the baseline loaded, the summary's folder
+    checked.
 
     Raises:
         ConfigError: for a malformed config file, a bad flag, an unreadable baseline or a
             summary folder that does not exist.
     """
-    check_output_folders(summary_md)
-    flags = dict(locals())
-    flags["fail_on_masking"] = fail_on_masking or None  # absent: the config file decides
+    check_output_folders(flags["summary_md"])
+    flags["fail_on_masking"] = flags["fail_on_masking"] or None  # absent: the file decides
     return prepare_gates(flags.pop("config_file"), flags.pop("summary_md"), flags)
+
+
+gate_options.__signature__ = GATE_OPTIONS  # type: ignore[attr-defined]
 
 
 def with_options(**groups: Callable[..., Any]) -> Callable[[F], F]:
