@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import re
 import textwrap
 from collections.abc import Callable, Mapping
@@ -224,7 +225,7 @@ def document(cls: type, width: int = 88) -> type:
             extra.append("no command-line option")
         text = f"{f.name}: {help_of(f)} ({'; '.join(extra)})"
         lines += textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="        ")
-    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n"
+    cls.__doc__ = inspect.cleandoc(cls.__doc__ or "") + "\n" + "\n".join(lines) + "\n"
     return cls
 
 
