@@ -153,3 +153,21 @@ def test_an_unset_norm_is_checked_when_the_threat_model_is_resolved() -> None:
         cfg.with_default_threat_model()
     assert ScanConfig().with_default_threat_model().to_dict()["eps_text"] == "8/255"
     assert ScanConfig().to_dict()["eps"] is None and ScanConfig().to_dict()["norm"] is None
+
+
+def test_help_of_each_settings_class_lists_every_field_with_its_text() -> None:
+    """The docstring's Attributes section is made from the fields: help(ScanConfig) and the
+    API docs show each field's help text, default and range, the text --help shows."""
+    from dataclasses import fields
+
+    from wciaudit.config import LoadOptions
+    from wciaudit.setting import help_of
+
+    for cls in (ScanConfig, LoadOptions):
+        doc = " ".join(cls.__doc__.split())
+        for f in fields(cls):
+            assert f" {f.name}: {' '.join(help_of(f).split())} (default " in doc, f.name
+    doc = " ".join(ScanConfig.__doc__.split())
+    assert "hessian_samples: Train examples the Hessian" in doc
+    assert "(default 1000; an integer in [1, 100000000])" in doc
+    assert "sampled-label Gauss-Newton (mc-ggn;" in doc  # every route, as --help lists them

@@ -17,6 +17,18 @@ from enum import Enum
 from typing import Any
 
 from .errors import ConfigError
+from .setting import (
+    Cli,
+    IntRange,
+    IsBool,
+    Matches,
+    OneOf,
+    OpenInterval,
+    Parsed,
+    apply_checks,
+    document,
+    setting,
+)
 
 #: the threat model when neither a flag nor the checkpoint's metadata gives one
 DEFAULT_EPS = 8 / 255
@@ -118,93 +130,147 @@ def format_eps(eps: float) -> str:
     return short
 
 
+_THREADS_HELP = (
+    "CPU threads for torch during the scan, put back afterwards. Default: the command line "
+    "chooses per run from the CPUs this process may use (affinity, cgroup quota) less the load "
+    "of other processes, keeping OMP_NUM_THREADS when set; the library (None) leaves torch's "
+    "setting as it is."
+)
+
+
+@document
 @dataclass(frozen=True)
 class ScanConfig:
     """Every setting of a scan; all of it is written to the JSON ``config`` block.
 
-    Attributes:
-        eps: radius of the threat ball in raw input units (data range [lo, hi]).
-        attack: ``pgd``, ``fgsm``, ``apgd-ce``, ``apgd-t`` or ``autoattack``: where robust
-            accuracy comes from. The robust loss and the Hessian points come from the
-            loss-maximising attack: the attack itself for PGD / FGSM, else APGD-CE.
-        norm: ``linf`` (default, SPEC) or ``l2``.
-        steps: PGD iterations K (FGSM forces 1).
-        step_size: PGD step alpha; ``None`` means 2.5 * eps / K (FGSM: eps).
-        restarts: PGD restarts R; the per-example worst loss is kept.
-        seed: seeds attack starts, subsets and probes; same seed, same numbers.
-        tol: target relative standard error of WCI; probes go where they cut WCI's
-            variance most.
-        layer_tol: also hold every per-layer trace to this relative SE (None: only WCI).
-        k_labels: labels sampled per example in the first round of the sampled-label
-            Gauss-Newton route (>= 2); more are drawn where a layer's tolerance asks.
-        max_probes: probe cap per layer for Hutchinson.
-        min_probes: Hutchinson's SE has min_probes - 1 degrees of freedom before the
-            stop rule may fire (a probe is one vector per group of the Hessian subset:
-            with 16 groups the first round is 2 probes, under the WCI target too).
-        hessian_samples: number of train examples the Hessian is taken over.
-        delta: confidence of the PAC-Bayes confidence term.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        dtype: ``float32`` or ``float64`` for attack and curvature.
-        batch_size: examples per forward pass.
-        train_samples / test_samples: seeded stratified subsets (None = all).
-        lo / hi: valid input range.
-        curvature: ``auto``, ``hutchinson`` or ``ggn``.
-        memory_bytes: budget for one chunk of per-example Jacobians; it decides which
-            layers take the exact Gauss-Newton route (bytes).
-        masking_samples: test examples the gradient-masking checks run on (0: off; the
-            random-output check runs on every scan all the same).
-        attack_spread: re-attack the Hessian subset with a second seed and add the
-            traces' spread over the attack's random starts to their SE.
-        threads: torch's CPU threads during the scan, put back afterwards; None leaves
-            torch's setting as it is (the command line chooses a number by the policy
-            of :mod:`wciaudit.threads`). Not part of a result's identity: the track
-            cache ignores it.
-
+    Each field carries its default, help text (``--help`` shows the same) and check
+    (:func:`wciaudit.setting.setting`); the rules between fields are checked here.
     ``eps`` and ``norm`` left None are the threat model "unset": :func:`wciaudit.scan`
     takes each from the checkpoint's metadata (keys ``eps``, ``norm``), else the default
     (:data:`DEFAULT_EPS`, linf), and scans with a config where both are set
     (:meth:`with_threat_model`); ``config["threat_model_source"]`` says which.
+    ``threads`` is not part of a result's identity: the track cache ignores it.
     """
 
-    eps: float | None = None
-    attack: Attack = Attack.pgd
-    norm: Norm | None = None
-    steps: int = 10
-    step_size: float | None = None
-    restarts: int = 1
-    seed: int = 0
-    tol: float = 0.05
-    max_probes: int = 200
-    min_probes: int = 10
-    hessian_samples: int = 1000
-    delta: float = 0.05
-    device: str = "auto"
-    dtype: str = "float32"
-    batch_size: int = 128
-    train_samples: int | None = None
-    test_samples: int | None = None
-    lo: float = 0.0
-    hi: float = 1.0
-    curvature: CurvatureMethod = CurvatureMethod.auto
-    memory_bytes: int = DEFAULT_MEMORY_BYTES
-    masking_samples: int = 64
-    layer_tol: float | None = None
-    k_labels: int = 2
-    attack_spread: bool = True
-    threads: int | None = None
+    eps: float | None = setting(
+        None,
+        help="Attack radius in input units: 8/255, 0.03, ... (default: the checkpoint's "
+        "metadata 'eps', else 8/255).",
+        check=Parsed(parse_eps, "a number >= 0 or a fraction like 8/255"),
+        cli=Cli(text=True, show_default=False),
+    )
+    attack: Attack = setting(
+        Attack.pgd,
+        help="Where robust accuracy comes from. pgd: random start + K steps; fgsm: one step of "
+        "size eps; apgd-ce, apgd-t: APGD (100 steps); autoattack: standard AutoAttack "
+        "(APGD-CE, APGD-T, FAB-T, Square 5000). The robust loss and the Hessian points come "
+        "from PGD/FGSM, or APGD-CE for the others.",
+        check=OneOf(Attack),
+    )
+    norm: Norm | None = setting(
+        None,
+        help="Threat-model norm (default: the checkpoint's metadata 'norm', else linf).",
+        check=OneOf(Norm),
+        cli=Cli(show_default=False),
+    )
+    steps: int = setting(10, help="PGD steps K.", check=IntRange(1, 10_000))
+    step_size: float | None = setting(
+        None, help="PGD step alpha (default: 2.5*eps/K).", cli=Cli(show_default=False)
+    )
+    restarts: int = setting(
+        1, help="PGD restarts; each example keeps its worst loss.", check=IntRange(1, 1_000)
+    )
+    seed: int = setting(
+        0, help="Seed for attack starts, subsets and probes.", check=IntRange(0, 2**63 - 1)
+    )
+    tol: float = setting(
+        0.05,
+        help="Target relative standard error of WCI (probes go where they cut its variance most).",
+        check=OpenInterval(0, 1),
+    )
+    max_probes: int = setting(
+        200, help="Hutchinson probe cap per layer.", check=IntRange(2, 1_000_000)
+    )
+    min_probes: int = setting(
+        10,
+        help="Hutchinson's SE has min_probes - 1 degrees of freedom before the stop rule may "
+        "fire (a probe is one vector per group of the Hessian subset: with 16 groups the first "
+        "round is 2 probes, under the WCI target too); at most max_probes.",
+        check=IntRange(2, 1_000_000),
+        cli=None,
+    )
+    hessian_samples: int = setting(
+        1000,
+        help="Train examples the Hessian is taken over (a seeded stratified subset).",
+        check=IntRange(1, 100_000_000),
+    )
+    delta: float = setting(0.05, help="PAC-Bayes confidence delta.", check=OpenInterval(0, 1))
+    device: str = setting(
+        "auto",
+        help="auto | cpu | cuda | cuda:N",
+        check=Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
+    )
+    dtype: str = setting(
+        "float32",
+        help="float32 | float64 (small models).",
+        check=Matches("float32|float64", "float32 or float64"),
+    )
+    batch_size: int = setting(128, help="Examples per forward pass.", check=IntRange(1, 1_000_000))
+    train_samples: int | None = setting(
+        None,
+        help="Seeded stratified subset of the train split.",
+        check=IntRange(1, 1_000_000_000),
+    )
+    test_samples: int | None = setting(
+        None,
+        help="Seeded stratified subset of the test split.",
+        check=IntRange(1, 1_000_000_000),
+    )
+    lo: float = setting(0.0, help="Lowest valid input value (data range).")
+    hi: float = setting(1.0, help="Highest valid input value (data range).")
+    curvature: CurvatureMethod = setting(
+        CurvatureMethod.auto,
+        help="auto: per layer the cheapest of exact Gauss-Newton (ggn), sampled-label "
+        "Gauss-Newton (mc-ggn; both where the network is piecewise linear in the layer) and "
+        "Hutchinson; the others force one route.",
+        check=OneOf(CurvatureMethod),
+    )
+    memory_bytes: int = setting(
+        DEFAULT_MEMORY_BYTES,
+        help="Budget for one chunk of per-example Jacobians, in bytes; it decides which layers "
+        "take the exact Gauss-Newton route.",
+        check=IntRange(1, 2**60),
+        cli=None,
+    )
+    masking_samples: int = setting(
+        64,
+        help="Test examples the gradient-masking checks run on (0: only the random-output "
+        "check, on 8).",
+        check=IntRange(0, 1_000_000_000),
+    )
+    layer_tol: float | None = setting(
+        None,
+        help="Also hold every layer's trace to this relative standard error.",
+        check=OpenInterval(0, 1),
+        cli=Cli(show_default=False),
+    )
+    k_labels: int = setting(
+        2,
+        help="Labels sampled per example in the first round of the mc-ggn route (more where "
+        "the tolerance asks).",
+        check=IntRange(2, 1_000_000),
+    )
+    attack_spread: bool = setting(
+        True,
+        help="Attack the Hessian subset again from other random starts, so that SEs cover the "
+        "attack's starts (about doubles the curvature time).",
+    )
+    threads: int | None = setting(
+        None, help=_THREADS_HELP, check=IntRange(1, 4096), cli=Cli(show_default=False)
+    )
 
     def __post_init__(self) -> None:
-        if self.eps is not None:
-            object.__setattr__(self, "eps", parse_eps(self.eps))
-        for name, enum in (("attack", Attack), ("norm", Norm), ("curvature", CurvatureMethod)):
-            value = getattr(self, name)
-            if value is None and name == "norm":
-                continue
-            try:
-                object.__setattr__(self, name, enum(value))
-            except ValueError:
-                allowed = ", ".join(e.value for e in enum)
-                raise ConfigError(f"{name} must be one of {allowed}, got {value!r}") from None
+        apply_checks(self)
         if not self.lo < self.hi:
             raise ConfigError(f"the data range needs lo < hi, got [{self.lo}, {self.hi}]")
         if self.norm is Norm.linf and self.eps is not None and self.eps > (self.hi - self.lo):
@@ -212,37 +278,12 @@ class ScanConfig:
                 f"eps {self.eps:g} is larger than the data range [{self.lo:g}, {self.hi:g}]; "
                 "use a fraction of it, e.g. --eps 8/255"
             )
-        _check_int("steps", self.steps, 1, 10_000)
-        _check_int("restarts", self.restarts, 1, 1_000)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_int("max_probes", self.max_probes, 2, 1_000_000)
-        _check_int("min_probes", self.min_probes, 2, 1_000_000)
-        _check_int("hessian_samples", self.hessian_samples, 1, 100_000_000)
-        _check_int("batch_size", self.batch_size, 1, 1_000_000)
-        _check_int("memory_bytes", self.memory_bytes, 1, 2**60)
-        _check_int("masking_samples", self.masking_samples, 0, 1_000_000_000)
-        _check_int("k_labels", self.k_labels, 2, 1_000_000)
-        if self.threads is not None:
-            _check_int("threads", self.threads, 1, 4096)
-        if self.layer_tol is not None and not (0 < self.layer_tol < 1):
-            raise ConfigError(f"layer_tol must be in (0, 1), got {self.layer_tol!r}")
-        for name in ("train_samples", "test_samples"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1, 1_000_000_000)
         if self.step_size is not None and (
             not math.isfinite(self.step_size)
             or self.step_size < 0
             or (self.step_size == 0 and (self.eps is None or self.eps > 0))
         ):
             raise ConfigError(f"step_size must be > 0, got {self.step_size!r}")
-        if not (0 < self.tol < 1):
-            raise ConfigError(f"tol must be in (0, 1), got {self.tol!r}")
-        if not (0 < self.delta < 1):
-            raise ConfigError(f"delta must be in (0, 1), got {self.delta!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.min_probes > self.max_probes:
             object.__setattr__(self, "min_probes", self.max_probes)
 
@@ -308,61 +349,108 @@ class ScanConfig:
         return cls(**kwargs)
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
+@document
 @dataclass(frozen=True)
 class LoadOptions:
     """How to read a checkpoint; every field ``None`` means "from the checkpoint".
 
     Precedence for each value: this option > the checkpoint's metadata > timm's config
-    > the default (:func:`wciaudit.checkpoints.resolve`).
-
-    Attributes:
-        arch: a timm model name, ``models.py:ClassName``, ``package.module:ClassName``
-            or ``models.py``.
-        arch_args: constructor keyword arguments, a dict or a JSON object string
-            (stored as a dict).
-        num_classes: the number of classes.
-        mean, std: per-channel input normalisation in raw input units (tuples).
-        input_size: the shape of one input, ``(C, H, W)`` for images, ``(C, L)`` for
-            signals, ``(F,)`` for vectors; overrides timm's config.
-        weights_only: report weight norms and the parameter inventory alone.
+    > the default (:func:`wciaudit.checkpoints.resolve`). ``mean`` and ``std`` come
+    together, one value per channel each.
 
     Raises:
         ConfigError: a malformed option, with what is allowed.
     """
 
-    arch: str | None = None
-    arch_args: Mapping[str, Any] | str | None = None
-    num_classes: int | None = None
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    input_size: Sequence[int] | None = None
-    weights_only: bool = False
+    arch: str | None = setting(
+        None,
+        help="timm model name, torchvision:<builder> (e.g. torchvision:resnet18), or a custom "
+        "class: models.py:ClassName, package.module:ClassName, or models.py (class from the "
+        "metadata key 'arch').",
+    )
+    arch_args: Mapping[str, Any] | str | None = setting(
+        None,
+        help="""Constructor arguments as JSON, e.g. '{"width": 16}'.""",
+        check=Parsed(lambda value: _parse_arch_args(value), "a dict or a JSON object"),
+        cli=Cli(text=True),
+    )
+    num_classes: int | None = setting(
+        None, help="Number of classes (default: from the checkpoint).", check=IntRange(1, 10**9)
+    )
+    mean: Sequence[float] | None = setting(
+        None,
+        help="Input normalisation mean, comma-separated (default: from the checkpoint's config).",
+        check=Parsed(lambda value: _check_stats(value, "mean"), "numbers, one per channel"),
+        cli=Cli(parse=lambda text, flag: parse_numbers(text, flag)),
+    )
+    std: Sequence[float] | None = setting(
+        None,
+        help="Input normalisation std, comma-separated.",
+        check=Parsed(lambda value: _check_stats(value, "std"), "positive numbers, one per channel"),
+        cli=Cli(parse=lambda text, flag: parse_numbers(text, flag)),
+    )
+    input_size: Sequence[int] | None = setting(
+        None,
+        help="The shape of one input: C,H,W for images (3,32,32), C,L for signals (1,40), F for "
+        "vectors (64) (default: from the checkpoint or timm's config).",
+        check=Parsed(lambda value: _check_input_size(value), "positive integers"),
+        cli=Cli(parse=lambda text, flag: parse_shape(text, flag), show_default=False),
+    )
+    weights_only: bool = setting(
+        False,
+        help="Weight norms and parameter inventory only; no data, no attack.",
+        check=IsBool(),
+        cli=Cli(flags=("--weights-only",), shared=False),
+    )
 
     def __post_init__(self) -> None:
         if self.arch is not None and (not isinstance(self.arch, str) or not self.arch.strip()):
             raise ConfigError("arch must be a timm model name or models.py:ClassName")
-        object.__setattr__(self, "arch_args", _parse_arch_args(self.arch_args))
-        if self.num_classes is not None:
-            _check_int("num_classes", self.num_classes, 1, 10**9)
-        mean = None if self.mean is None else _check_stats(self.mean, "mean")
-        std = None if self.std is None else _check_stats(self.std, "std")
-        if (mean is None) != (std is None):
+        apply_checks(self)
+        if (self.mean is None) != (self.std is None):
             raise ConfigError("give both mean and std, or neither")
-        if mean is not None and std is not None and len(mean) != len(std):
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ConfigError(
-                f"mean has {len(mean)} values but std has {len(std)}; give one per channel"
+                f"mean has {len(self.mean)} values but std has {len(self.std)}; "
+                "give one per channel"
             )
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
-        if self.input_size is not None:
-            object.__setattr__(self, "input_size", _check_input_size(self.input_size))
-        if not isinstance(self.weights_only, bool):
-            raise ConfigError(f"weights_only must be True or False, got {self.weights_only!r}")
+
+
+def parse_numbers(text: str, name: str) -> list[float]:
+    """``"0.485, 0.456,0.406"`` -> ``[0.485, 0.456, 0.406]``; ``name`` is what the error
+    message calls the value (the command line passes its flag).
+
+    Raises:
+        ConfigError: an empty list or a part that is not a number.
+    """
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be comma-separated numbers like 0.5 or 0.485,0.456,0.406, got {text!r}"
+        ) from None
+    if not values:
+        raise ConfigError(f"{name} is empty")
+    return values
+
+
+def parse_shape(text: str, name: str) -> tuple[int, ...]:
+    """``"3,32,32"`` (or ``"3x32x32"``) -> ``(3, 32, 32)``; ``name`` as in :func:`parse_numbers`.
+
+    Raises:
+        ConfigError: a part that is not a positive integer.
+    """
+    parts = text.replace("x", ",").replace(" ", "").split(",")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if not size or min(size) < 1:
+        raise ConfigError(
+            f"{name} must be positive integers separated by commas: C,H,W like 3,32,32, "
+            f"C,L like 1,40 or F like 64, got {text!r}"
+        )
+    return size
 
 
 def _parse_arch_args(arch_args: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
@@ -445,6 +533,8 @@ __all__ = [
     "DEFAULT_NORM",
     "config_from_settings",
     "parse_eps",
+    "parse_numbers",
+    "parse_shape",
     "parse_norm",
     "format_eps",
 ]

@@ -9,8 +9,8 @@ import typer
 from typer.testing import CliRunner
 
 from wciaudit.cli.common import handle_errors
-from wciaudit.cli.options import DEFAULTS, ScanSettings, scan_options, with_options
-from wciaudit.config import LoadOptions
+from wciaudit.cli.options import ScanSettings, scan_options, with_options
+from wciaudit.config import LoadOptions, ScanConfig
 
 
 def _app() -> tuple[typer.Typer, list[ScanSettings]]:
@@ -42,7 +42,7 @@ def test_the_command_receives_the_parsed_settings():
     (settings,) = seen
     assert settings.config.eps == pytest.approx(2 / 255) and settings.config.steps == 3
     assert settings.data is None
-    assert settings.config.hessian_samples == DEFAULTS.hessian_samples
+    assert settings.config.hessian_samples == ScanConfig().hessian_samples
     assert settings.options == LoadOptions(mean=(0.5, 0.25), std=(0.2, 0.1), input_size=(2, 8, 8))
 
 

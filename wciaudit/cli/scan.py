@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..config import LoadOptions
 from ..result import AuditResult
 from .common import (
     StopSignals,
@@ -20,15 +21,12 @@ from .common import (
 from .gating import GateSetup, report_gates
 from .options import (
     CsvOpt,
-    DistributedOpt,
-    HtmlOpt,
-    JsonOpt,
     PlotlyMode,
     PlotlyOpt,
     QuietOpt,
     ScanSettings,
     VerboseOpt,
-    WeightsOnlyOpt,
+    field_group,
     gate_options,
     scan_options,
     with_options,
@@ -36,26 +34,48 @@ from .options import (
 from .summary import print_summary, print_time_shares
 from .threads import apply_thread_policy
 
+# the help of scan's own options whose text would not leave the signature readable
+CHECKPOINT_HELP = (
+    "A .safetensors file, a timm or transformers checkpoint folder (config.json + "
+    "model.safetensors), a .pt/.pth/.bin state_dict, or a Lightning .ckpt."
+)
+JSON_HELP = (
+    "Where to write the JSON result (default: <checkpoint name>.wciaudit.json in the current "
+    "folder). A scan stopped by SIGTERM or Ctrl-C after its attack stage writes the stages that "
+    "finished here, marked incomplete."
+)
+DISTRIBUTED_HELP = (
+    "Run as one process of a torchrun group: each process attacks and measures its shard, "
+    "figures are all-reduced, rank 0 writes the outputs. --device picks the device (cuda: "
+    "cuda:LOCAL_RANK, or cuda:0 where a process sees one device; cpu: gloo on the CPU even on "
+    "a GPU host)."
+)
+
 
 @handle_errors
-@with_options(settings=scan_options, gates=gate_options)
+@with_options(
+    settings=scan_options,
+    weights_only=field_group(LoadOptions, "weights_only"),
+    gates=gate_options,
+)
 def scan(
-    checkpoint: Annotated[
-        Path,
-        typer.Argument(
-            help="A .safetensors file, a timm or transformers checkpoint folder (config.json + model.safetensors), a .pt/.pth/.bin state_dict, or a Lightning .ckpt.",
-            show_default=False,
-        ),
-    ],
+    checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
     *,
     settings: ScanSettings,
-    weights_only: WeightsOnlyOpt = False,
-    json_path: JsonOpt = None,
-    html: HtmlOpt = None,
+    weights_only: bool,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help=JSON_HELP, dir_okay=False)
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", help="Also write the self-contained HTML report here.", dir_okay=False
+        ),
+    ] = None,
     plotly: PlotlyOpt = PlotlyMode.inline,
     csv_path: CsvOpt = None,
     gates: GateSetup,
-    distributed: DistributedOpt = False,
+    distributed: Annotated[bool, typer.Option("--distributed", help=DISTRIBUTED_HELP)] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     stop: StopSignals,
