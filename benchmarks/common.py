@@ -29,7 +29,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import wciaudit
 from wciaudit.attacks.pgd import attack_split
 from wciaudit.config import ScanConfig
-from wciaudit.curvature import Objective, TraceEstimate, hutchinson_traces, mean_and_se
+from wciaudit.curvature import Objective, TraceEstimate, layer_traces, mean_and_se
+from wciaudit.curvature.hutchinson import probe_round
 from wciaudit.data import stratified_subset
 from wciaudit.model import AuditedModel, weight_layers
 
@@ -311,15 +312,40 @@ def dense_traces(setup: Setup) -> dict[str, float]:
 # the engine's pilots
 
 
+def measure_traces(
+    setup: Setup,
+    *,
+    method: str,
+    seed: int,
+    n_population: int | None = None,
+    weight_norms: list[float] | None = None,
+    **settings: object,
+) -> list[TraceEstimate]:
+    """:func:`wciaudit.curvature.layer_traces` on the set-up's examples, with a scan's
+    settings: ``method`` is the config's ``curvature``, the other keywords
+    :class:`wciaudit.config.ScanConfig` fields."""
+    objective = Objective(
+        setup.net,
+        setup.x,
+        setup.y,
+        setup.names,
+        setup.batch_size,
+        setup.device,
+        n_population=n_population,
+    )
+    config = ScanConfig(curvature=method, seed=seed, **settings)
+    return layer_traces(objective, config, weight_norms=weight_norms)
+
+
 def fixed_probe_traces(
     setup: Setup, probes: int, seed: int, progress: Callable[[int], None] | None = None
 ) -> list[TraceEstimate]:
     """The engine's Hutchinson estimates with exactly ``probes`` probes per layer, in one
-    round (``hutchinson_traces(probes=...)``; the stop rule does not run)."""
+    round (``hutchinson.probe_round``; the stop rule does not run)."""
     objective = Objective(setup.net, setup.x, setup.y, setup.names, setup.batch_size, setup.device)
     with sdpa_kernel([SDPBackend.MATH]):
-        return hutchinson_traces(
-            objective, tol=math.inf, probes=probes, seed=seed, progress=progress
+        return probe_round(
+            objective, objective.names, probes, seed=seed, group_seed=seed, progress=progress
         )
 
 

@@ -521,9 +521,9 @@ def test_scan_retries_with_half_the_batch_after_an_injected_oom(
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         return real_attack(net, x, y, cfg, device, **kw)
 
-    def traces(*args, **kw):
-        sizes["traces"].append(kw["batch_size"])
-        return real_traces(*args, **kw)
+    def traces(objective, config, **kw):
+        sizes["traces"].append(objective.batch_size)
+        return real_traces(objective, config, **kw)
 
     monkeypatch.setattr(scan_module, "run_attack", attack)
     monkeypatch.setattr(stage, "layer_traces", traces)

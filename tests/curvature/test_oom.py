@@ -42,7 +42,9 @@ def _objective(batch_size: int) -> Objective:
 
 
 def _run(batch_size: int):
-    return hutchinson_traces(_objective(batch_size), max_probes=4, min_probes=4, groups=1)
+    return hutchinson_traces(
+        _objective(batch_size), max_probes=4, min_probes=4, groups=1, tol=0.05, seed=0
+    )
 
 
 def test_out_of_memory_reaches_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,26 +8,27 @@
   (many classes);
 - ``hutchinson`` (:mod:`.hutchinson`) elsewhere, with block-restricted probes.
 
-The tolerance applies per layer, or, given the layers' weight norms, to the WCI
-(``tol_target="wci"``): Hutchinson probes then go where they cut WCI's variance most.
+The tolerance applies per layer, or, given the layers' weight norms, to the WCI:
+Hutchinson probes then go where they cut WCI's variance most. The settings come from
+one :class:`wciaudit.config.ScanConfig`; the caller builds the :class:`.Objective`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
-from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..bounds import wci_term_se, wci_terms, weight_curvature_index
+from ..config import ScanConfig
 from ..model import no_tf32
 from .estimate import TraceEstimate, mean_and_se
 from .ggn import ggn_traces, hookable, residual_vanishes
 from .groups import group_count
-from .hutchinson import first_round, hutchinson_traces
+from .hutchinson import first_round, hutchinson_traces, probe_round
 from .mc_ggn import mc_ggn_traces
 from .objective import Objective
 from .route import Route, choose_routes, memory_groups
@@ -48,122 +49,72 @@ __all__ = [
 
 
 def layer_traces(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    names: list[str],
+    objective: Objective,
+    config: ScanConfig,
     *,
-    method: str = "auto",
-    tol: float = 0.05,
-    max_probes: int = 200,
-    min_probes: int = 10,
-    seed: int = 0,
-    batch_size: int = 128,
-    device: torch.device | None = None,
-    memory_bytes: int = 512 * 2**20,
+    weight_norms: Sequence[float] | None = None,
     progress: Callable[[str, int], None] | None = None,
-    n_total: int | None = None,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    n_population: int | None = None,
-    k_labels: int = 2,
-    weight_norms: list[float] | None = None,
-    tol_target: str | None = None,
-    layer_tol: float | None = None,
 ) -> list[TraceEstimate]:
-    """Tr(d^2 L / dW_k^2) for each named layer, L = mean CE of ``model`` on (x, y).
+    """Tr(d^2 L / dW_k^2) for each layer of ``objective.names``, L = mean CE on (x, y).
 
     Args:
-        model: classifier in eval mode, on ``device``.
-        x, y: the (adversarial) examples the Hessian is taken over, on the CPU.
-        names: layer parameter names, in model order.
-        method: ``auto`` (cheapest expected route, :func:`.route.choose_routes`),
-            ``ggn`` (exact route wherever it is exact), ``mc-ggn`` (sampled labels
-            wherever the residual vanishes), ``hutchinson`` (probes everywhere).
-        tol, max_probes, min_probes, seed: the stop rule and probes. ``tol`` is the
-            relative SE target of each layer, or of the WCI when ``tol_target="wci"``.
-        memory_bytes: budget for one chunk of per-example Jacobians.
+        objective: model (in eval mode, on ``objective.device``), the fixed examples,
+            the layers, and, under torch.distributed, this process's shard of them.
+        config: the scan's settings; read here: ``curvature`` (the route: ``auto``,
+            ``ggn``, ``mc-ggn``, ``hutchinson``; :func:`.route.choose_routes`), ``tol``,
+            ``layer_tol``, ``max_probes``, ``min_probes``, ``seed``, ``memory_bytes``
+            (one chunk of per-example Jacobians) and ``k_labels`` (``mc-ggn``).
+        weight_norms: ||W_k||_F per layer (order of ``objective.names``). Given, the
+            target is the WCI: stop when WCI = sum_k ||W_k||_F sqrt(Tr_k) has relative
+            SE <= ``tol`` (delta method, as :func:`wciaudit.bounds.weight_curvature_index`),
+            giving further Hutchinson probes to the layers whose variance they cut most
+            per probe, and holding each Hutchinson layer to ``layer_tol`` when that is
+            set. Absent, every layer to relative SE ``tol``.
         progress: called as ``progress(kind, n)`` with kind ``"ggn"`` (examples) or
             ``"probes"``.
-        n_total, reduce: under torch.distributed, (x, y) is this process's shard of
-            ``n_total`` examples and ``reduce`` sums a tensor over processes.
-        n_population: size of the split (x, y) was sampled from; the SE then covers
-            the choice of subset, with the finite-population factor.
-        k_labels: labels per example on the ``mc-ggn`` route.
-        weight_norms: ||W_k||_F per layer (order of ``names``); needed for the WCI target.
-        tol_target: ``"wci"`` (default when ``weight_norms`` is given): stop when
-            WCI = sum_k ||W_k||_F sqrt(Tr_k) has relative SE <= ``tol`` (delta method,
-            as :func:`wciaudit.bounds.weight_curvature_index`), giving further
-            Hutchinson probes to the layers whose variance they cut most per probe;
-            ``"layer"``: every layer to relative SE ``tol``.
-        layer_tol: with the WCI target, also hold each Hutchinson layer to this
-            relative SE (None: no per-layer target).
 
     Returns:
-        One estimate per layer, in the order of ``names``; ``method`` is the route
-        taken and ``route_reason`` says why.
+        One estimate per layer, in the order of ``objective.names``; ``method`` is the
+        route taken and ``route_reason`` says why.
     """
-    target = tol_target or ("wci" if weight_norms is not None else "layer")
-    if target not in ("wci", "layer"):
-        raise ValueError(f"tol_target must be 'wci' or 'layer', got {tol_target!r}")
-    if target == "wci" and (weight_norms is None or len(weight_norms) != len(names)):
-        raise ValueError("tol_target='wci' needs weight_norms, one per layer name")
-    options = _Options(**{k: v for k, v in locals().items() if k in _Options.__dataclass_fields__})
-    options = replace(options, weight_norms=weight_norms if target == "wci" else None)
+    names = list(objective.names)
+    norms = None if weight_norms is None else [float(w) for w in weight_norms]
+    if norms is not None and len(norms) != len(names):
+        raise ValueError(
+            f"weight_norms needs one norm per layer: {len(norms)} norms, {len(names)} layers"
+        )
     # fused attention kernels (flash / memory-efficient SDPA) have no double backward;
     # the math kernel computes the same attention and differentiates twice
     # and TF32 off: cuDNN's default convolutions round to ~1e-3 (:func:`..model.no_tf32`)
     with sdpa_kernel([SDPBackend.MATH]), no_tf32():
-        return _layer_traces(model, x, y, list(names), options)
+        return _layer_traces(objective, names, config, norms, progress)
 
 
-@dataclass(frozen=True)
-class _Options:
-    """The settings of one :func:`layer_traces` call, as given there."""
-
-    method: str
-    tol: float
-    max_probes: int
-    min_probes: int
-    seed: int
-    batch_size: int
-    device: torch.device | None
-    memory_bytes: int
-    progress: Callable[[str, int], None] | None
-    n_total: int | None
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None
-    n_population: int | None
-    k_labels: int
-    weight_norms: list[float] | None
-    layer_tol: float | None
-
-    def tick(self, kind: str) -> Callable[[int], None] | None:
-        progress = self.progress
-        return None if progress is None else (lambda k: progress(kind, k))
+def _tick(progress: Callable[[str, int], None] | None, kind: str) -> Callable[[int], None] | None:
+    return None if progress is None else (lambda k: progress(kind, k))
 
 
 def _layer_traces(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str], o: _Options
+    objective: Objective,
+    names: list[str],
+    config: ScanConfig,
+    norms: list[float] | None,
+    progress: Callable[[str, int], None] | None,
 ) -> list[TraceEstimate]:
-    device = o.device or next(model.parameters()).device
-    objective = Objective(
-        model, x, y, names, o.batch_size, device, n_total=o.n_total, n_population=o.n_population
-    )
-    if o.reduce is not None:
-        objective.reduce = o.reduce
     classes = _num_classes(objective)
     routes = {
         r.name: r
         for r in choose_routes(
             objective,
             names,
-            method=o.method,
-            min_probes=o.min_probes,
-            max_probes=o.max_probes,
-            memory_bytes=o.memory_bytes,
+            method=config.curvature.value,
+            min_probes=config.min_probes,
+            max_probes=config.max_probes,
+            memory_bytes=config.memory_bytes,
             classes=classes,
-            k_labels=o.k_labels,
-            tol=o.tol,
-            seed=o.seed,
+            k_labels=config.k_labels,
+            tol=config.tol,
+            seed=config.seed,
         )
     }
     by_route = {
@@ -171,10 +122,10 @@ def _layer_traces(
         for kind in ("exact-ggn", "mc-ggn", "hutchinson")
     }
     estimates: dict[str, TraceEstimate] = {}
-    _gauss_newton(objective, by_route, classes, estimates, o)
-    _probes(objective, names, by_route["hutchinson"], estimates, o)
-    if o.weight_norms is not None:
-        _mark_wci_stop(estimates, dict(zip(names, o.weight_norms, strict=True)), o.tol)
+    _gauss_newton(objective, by_route, classes, estimates, config, progress)
+    _probes(objective, names, by_route["hutchinson"], estimates, config, norms, progress)
+    if norms is not None:
+        _mark_wci_stop(estimates, dict(zip(names, norms, strict=True)), config.tol)
     for n in names:
         estimates[n].method = routes[n].route
         # why the route, then how the estimator served the layer (e.g. tied weights)
@@ -188,32 +139,37 @@ def _gauss_newton(
     by_route: dict[str, list[str]],
     classes: int,
     estimates: dict[str, TraceEstimate],
-    o: _Options,
+    config: ScanConfig,
+    progress: Callable[[str, int], None] | None,
 ) -> None:
     """The exact and the sampled-label Gauss-Newton layers, into ``estimates``."""
     exact = by_route["exact-ggn"]
     if exact:
         fast = hookable(objective, exact)
         groups = ([fast] if fast else []) + memory_groups(
-            objective, [n for n in exact if n not in fast], classes, o.memory_bytes
+            objective, [n for n in exact if n not in fast], classes, config.memory_bytes
         )
         for group in groups:
             for est in ggn_traces(
-                objective, group, memory_bytes=o.memory_bytes, progress=o.tick("ggn"), seed=o.seed
+                objective,
+                group,
+                memory_bytes=config.memory_bytes,
+                progress=_tick(progress, "ggn"),
+                seed=config.seed,
             ):
                 estimates[est.name] = est
     if by_route["mc-ggn"]:
         for est in mc_ggn_traces(
             objective,
             by_route["mc-ggn"],
-            k_labels=o.k_labels,
-            seed=o.seed,
+            k_labels=config.k_labels,
+            seed=config.seed,
             # labels are shared by all layers and cheap: each layer to tol keeps each
             # WCI term within tol / 2, leaving most of the WCI's budget to the probes
-            tol=o.tol,
-            max_labels=max(o.k_labels, o.max_probes),
-            memory_bytes=o.memory_bytes,
-            progress=o.tick("ggn"),
+            tol=config.tol,
+            max_labels=max(config.k_labels, config.max_probes),
+            memory_bytes=config.memory_bytes,
+            progress=_tick(progress, "ggn"),
         ):
             estimates[est.name] = est
 
@@ -223,36 +179,38 @@ def _probes(
     names: list[str],
     hutch: list[str],
     estimates: dict[str, TraceEstimate],
-    o: _Options,
+    config: ScanConfig,
+    weight_norms: list[float] | None,
+    progress: Callable[[str, int], None] | None,
 ) -> None:
     """The Hutchinson layers, each to ``tol`` or, with the layers' norms, until WCI is."""
     if not hutch:
         return
-    if o.weight_norms is None:
+    if weight_norms is None:
         for est in hutchinson_traces(
             objective,
-            tol=o.tol,
-            max_probes=o.max_probes,
-            min_probes=o.min_probes,
-            seed=o.seed,
+            tol=config.tol,
+            max_probes=config.max_probes,
+            min_probes=config.min_probes,
+            seed=config.seed,
             names=hutch,
-            progress=o.tick("probes"),
+            progress=_tick(progress, "probes"),
         ):
             estimates[est.name] = est
         return
-    norms = dict(zip(names, o.weight_norms, strict=True))
+    norms = dict(zip(names, weight_norms, strict=True))
     estimates.update(
         _wci_target(
             objective,
             hutch,
             estimates,
             norms,
-            tol=o.tol,
-            layer_tol=o.layer_tol,
-            min_probes=o.min_probes,
-            max_probes=o.max_probes,
-            seed=o.seed,
-            progress=o.tick("probes"),
+            tol=config.tol,
+            layer_tol=config.layer_tol,
+            min_probes=config.min_probes,
+            max_probes=config.max_probes,
+            seed=config.seed,
+            progress=_tick(progress, "probes"),
         )
     )
 
@@ -381,13 +339,12 @@ def _wci_target(
         top = [n for n, e in current.items() if not _far_below(e)]
         more = _first_probes(objective, min_probes, max_probes) - look
         if top and more > 0:
-            for est in hutchinson_traces(
+            for est in probe_round(
                 objective,
-                tol=math.inf,
-                probes=more,
+                top,
+                more,
                 seed=seed + (_WCI_ROUNDS + 1) * _ROUND_SEED,
                 group_seed=seed,
-                names=top,
                 progress=progress,
             ):
                 current[est.name] = pool(current[est.name], est)
@@ -401,13 +358,12 @@ def _wci_target(
         if not extra:
             break
         for count, group in _by_count(extra).items():
-            for est in hutchinson_traces(
+            for est in probe_round(
                 objective,
-                tol=math.inf,
-                probes=count,
+                group,
+                count,
                 seed=seed + round_ * _ROUND_SEED,
                 group_seed=seed,
-                names=group,
                 progress=progress,
             ):
                 current[est.name] = pool(current[est.name], est)

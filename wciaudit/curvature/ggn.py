@@ -29,7 +29,7 @@ Example:
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
     >>> obj = Objective(net, torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)),
     ...                 ["0.weight", "2.weight"], 8, torch.device("cpu"))
-    >>> residual_vanishes(obj)
+    >>> residual_vanishes(obj, seed=0)
     {'0.weight': True, '2.weight': True}
 """
 
@@ -52,9 +52,7 @@ from .objective import Objective
 Progress = Callable[[int], None]
 
 
-def residual_vanishes(
-    objective: Objective, max_examples: int = 8, seed: int = 0
-) -> dict[str, bool]:
+def residual_vanishes(objective: Objective, *, seed: int, max_examples: int = 8) -> dict[str, bool]:
     """Per layer: is the non-Gauss-Newton part R_kk of the diagonal block zero on the data?
 
     Measured on the first ``max_examples`` examples with one Gaussian direction u per
@@ -105,9 +103,9 @@ def ggn_traces(
     objective: Objective,
     names: list[str] | None = None,
     *,
-    memory_bytes: int = 512 * 2**20,
+    memory_bytes: int,
+    seed: int,
     progress: Progress | None = None,
-    seed: int = 0,
     groups: int = GROUPS,
 ) -> list[TraceEstimate]:
     """Exact Tr(GGN_kk) per layer; equal to Tr(H_kk) where :func:`residual_vanishes` holds.
@@ -135,7 +133,7 @@ def ggn_traces(
     uses, why_not = _weight_uses(objective, names)
     fast = [n for n in names if n in uses]
     assignment = share_groups(objective.n, seed, groups)
-    offset = objective.offset()
+    offset = objective.offset
     sums = _Sums(
         assignment[offset : offset + objective.n_local],
         share_group_count(objective.n, groups),

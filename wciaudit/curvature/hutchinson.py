@@ -62,7 +62,6 @@ from .taps import GroupTaps, tappable
 Progress = Callable[[int], None]
 _PROBE_CHUNK = 16
 
-MIN_PROBES = 10
 # what an estimate from one probe per group says of its SE (:func:`grouped_mean_and_se`)
 ONE_PROBE = (
     "one probe per group: the SE is the spread between groups, probes and subset "
@@ -230,10 +229,10 @@ def _between(ybar: torch.Tensor, sizes: torch.Tensor, n: int, trace: float) -> f
 def hutchinson_traces(
     objective: Objective,
     *,
-    tol: float = 0.05,
-    max_probes: int = 200,
-    min_probes: int = MIN_PROBES,
-    seed: int = 0,
+    tol: float,
+    max_probes: int,
+    min_probes: int,
+    seed: int,
     progress: Progress | None = None,
     names: list[str] | None = None,
     groups: int = GROUPS,
@@ -309,6 +308,31 @@ def hutchinson_traces(
     return [_estimate(objective, n, values[n], sizes, stop[n], history[n]) for n in names]
 
 
+def probe_round(
+    objective: Objective,
+    names: list[str],
+    probes: int,
+    *,
+    seed: int,
+    group_seed: int,
+    progress: Progress | None = None,
+) -> list[TraceEstimate]:
+    """Exactly ``probes`` probes per group for each of ``names``, one round, no stop
+    rule: a top-up of the WCI-targeted rounds, on the groups of ``group_seed`` so that
+    it pools with the earlier rounds (:func:`wciaudit.curvature.pooling.pool`)."""
+    return hutchinson_traces(
+        objective,
+        tol=math.inf,
+        max_probes=probes,
+        min_probes=probes,
+        seed=seed,
+        progress=progress,
+        names=names,
+        group_seed=group_seed,
+        probes=probes,
+    )
+
+
 def first_round(min_probes: int, groups: int, max_probes: int) -> int:
     """Probes per layer in the first round: the fewest p >= 2 whose within-group probe
     variance, G (p - 1) degrees of freedom over G groups, has at least ``min_probes - 1``
@@ -328,7 +352,7 @@ def _split(objective: Objective, groups: int, seed: int) -> tuple[torch.Tensor, 
     n_groups = group_count(objective.n, groups)
     assignment = probe_groups(objective.n, groups, seed)
     sizes = torch.bincount(assignment, minlength=n_groups)
-    offset = objective.offset()
+    offset = objective.offset
     local = assignment[offset : offset + objective.n_local]
     return sizes, [torch.nonzero(local == g).flatten() for g in range(n_groups)]
 

@@ -22,7 +22,7 @@ Example:
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
     >>> obj = Objective(net, torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)),
     ...                 ["0.weight"], 8, torch.device("cpu"))
-    >>> [e.method for e in hutchpp_traces(obj, sketch=2, min_probes=10, max_probes=20)]
+    >>> [e.method for e in hutchpp_traces(obj, sketch=2, tol=0.05, min_probes=10, max_probes=20, seed=0)]
     ['hutch++']
 """
 
@@ -44,10 +44,10 @@ def hutchpp_traces(
     names: list[str] | None = None,
     *,
     sketch: int = 10,
-    tol: float = 0.05,
-    min_probes: int = 10,
-    max_probes: int = 200,
-    seed: int = 0,
+    tol: float,
+    min_probes: int,
+    max_probes: int,
+    seed: int,
 ) -> list[TraceEstimate]:
     """Per-layer Hutch++ estimates of Tr(H_kk) with a valid standard error.
 

@@ -37,7 +37,7 @@ Example:
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
     >>> obj = Objective(net, torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)),
     ...                 ["0.weight", "2.weight"], 8, torch.device("cpu"))
-    >>> [e.method for e in mc_ggn_traces(obj, k_labels=4)]
+    >>> [e.method for e in mc_ggn_traces(obj, k_labels=4, seed=0, memory_bytes=2**20)]
     ['mc-ggn', 'mc-ggn']
 """
 
@@ -73,11 +73,11 @@ def mc_ggn_traces(
     objective: Objective,
     names: list[str] | None = None,
     *,
-    k_labels: int = 2,
+    k_labels: int,
+    seed: int,
+    memory_bytes: int,
     tol: float | None = None,
     max_labels: int | None = None,
-    seed: int = 0,
-    memory_bytes: int = 512 * 2**20,
     progress: Progress | None = None,
 ) -> list[TraceEstimate]:
     """Unbiased Tr(GGN_kk) per layer from ``k_labels`` sampled labels per example.
@@ -150,7 +150,7 @@ def per_example_values(
     names: list[str],
     uniforms: torch.Tensor,
     *,
-    memory_bytes: int = 512 * 2**20,
+    memory_bytes: int,
     progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
     """||grad_{W_k} CE(f(x_i), c_ij)||^2 for labels c_ij drawn by ``uniforms`` (n, k).
@@ -294,7 +294,7 @@ def _estimate(
     n = objective.n
     # each fine group's share of the trace (:func:`.groups.share_groups`), to pair two runs
     groups = share_group_count(n)
-    offset = objective.offset()
+    offset = objective.offset
     group_of = share_groups(n, seed)[offset : offset + v.shape[0]]
     shares = torch.zeros(groups, dtype=torch.float64).index_add_(0, group_of, v.double().cpu() / n)
     sums = objective.reduce(

@@ -84,9 +84,9 @@ def choose_routes(
     memory_bytes: int,
     classes: int,
     k_labels: int,
-    tol: float = 0.05,
-    max_probes: int = 200,
-    seed: int = 0,
+    tol: float,
+    max_probes: int,
+    seed: int,
 ) -> list[Route]:
     """One :class:`Route` per layer, in the order of ``names``.
 
