@@ -121,7 +121,7 @@ def test_pooling_two_runs_equals_one_run_over_all_probe_values() -> None:
 def test_pooling_grouped_runs_equals_the_grouped_estimate_over_all_values(p_a: int) -> None:
     """With group shares the pooled probe SE is the within-group one of all the values
     (G (p - 1) degrees of freedom), as :func:`grouped_mean_and_se` gives it."""
-    from wciaudit.curvature.hutchinson import grouped_mean_and_se
+    from wciaudit.curvature.standard_errors import grouped_mean_and_se
 
     g = torch.Generator().manual_seed(1)
     groups, sizes = 8, torch.full((8,), 5)
@@ -219,27 +219,27 @@ def _hutch(name: str, trace: float, probe_se: float, probes: int) -> TraceEstima
 
 
 def test_the_wci_rounds_stop_where_no_probe_count_within_the_cap_meets_the_target() -> None:
-    from wciaudit.curvature import _reachable, _term_variance_at
+    from wciaudit.curvature.allocation import reachable, term_variance_at
 
     exact = TraceEstimate(name="head", trace=4.0, se=0.0, probes=0, method="exact-ggn",
                           converged=True, stop_reason="exact")  # fmt: skip
     norms = {"head": 1.0, "a": 1.0, "b": 1.0}
     # far from 0 the term's variance is the delta method's, the probe SE scaled by sqrt(p0 / p)
     far = _hutch("a", 9.0, 0.3, 10)
-    assert _term_variance_at(1.0, far, 40) == pytest.approx((0.15 / (2 * 3.0)) ** 2)
+    assert term_variance_at(1.0, far, 40) == pytest.approx((0.15 / (2 * 3.0)) ** 2)
     # WCI = 2 + 3 = 5; at 200 probes the layer's term SE is 0.011 (0.2 %): reachable at 5 %
-    assert _reachable(norms, {"head": exact}, {"a": far}, 0.05, 200)
+    assert reachable(norms, {"head": exact}, {"a": far}, 0.05, 200)
     # layers whose traces, even 2 SE above their estimates (the hopeful end the rule
     # judges at), are 0 and -0.5: a term at 0 has an sd that shrinks only as
     # probes^(-1/4), sqrt(0.23 se) = 0.32 at 200 probes (se 0.45), above 5 % of WCI = 2
     near = {"a": _hutch("a", -4.0, 2.0, 10), "b": _hutch("b", -4.5, 2.0, 10)}
-    assert not _reachable(norms, {"head": exact}, near, 0.05, 200)
-    assert _reachable(norms, {"head": exact}, near, 0.05, 10**7)
+    assert not reachable(norms, {"head": exact}, near, 0.05, 200)
+    assert reachable(norms, {"head": exact}, near, 0.05, 10**7)
     # a trace underestimated near 0 by the noise of few probes is not given up on: with
     # ||W|| = 5, at 0.05 +- 0.1 its term at 200 probes (se 0.022) would have sd 0.29
     # against 5 % of WCI = 3.1, i.e. 0.16; but the trace may be 0.25 (2 SE up), whose
     # term's sd is then 0.11, within 5 % of WCI = 4.5
     norms["a"] = 5.0
     hopeful = {"a": _hutch("a", 0.05, 0.1, 10)}
-    assert _term_variance_at(5.0, hopeful["a"], 200) > (0.05 * (2 + 5 * 0.05**0.5)) ** 2
-    assert _reachable(norms, {"head": exact}, hopeful, 0.05, 200)
+    assert term_variance_at(5.0, hopeful["a"], 200) > (0.05 * (2 + 5 * 0.05**0.5)) ** 2
+    assert reachable(norms, {"head": exact}, hopeful, 0.05, 200)

@@ -24,10 +24,11 @@ import torch
 from reference import dense_block, mlp, rademacher_variance, traces
 from torch import nn
 
-from wciaudit.curvature import FIRST_PROBES, Objective, _far_below, hutchinson_traces
+from wciaudit.curvature import Objective, hutchinson_traces
 from wciaudit.curvature.estimate import TraceEstimate
 from wciaudit.curvature.groups import group_count, probe_groups
 from wciaudit.curvature.hutchinson import ONE_PROBE
+from wciaudit.curvature.rounds import FIRST_PROBES, far_below
 from wciaudit.model import weight_layers
 
 N = 48  # 12 groups of 4
@@ -102,7 +103,7 @@ def test_wci_rounds_never_stop_on_one_probe_per_group() -> None:
     est = traces(model, x, y, names, method="hutchinson", tol=0.5, weight_norms=norms)
     assert all(e.history[0][0] == 1 for e in est)  # the look: 12 groups >= min_probes 10
     for e in est:
-        assert e.probes >= FIRST_PROBES or (e.probes == 1 and _far_below(e)), e
+        assert e.probes >= FIRST_PROBES or (e.probes == 1 and far_below(e)), e
     assert any(e.probes >= FIRST_PROBES for e in est)
     held = traces(
         model, x, y, names, method="hutchinson", tol=0.5, weight_norms=norms, layer_tol=0.5
@@ -115,5 +116,5 @@ def test_a_far_below_layer_keeps_its_look() -> None:
         return TraceEstimate("w", trace, se, 1, "hutchinson", True, "tol", [], se, 0.0,
                              group_shares=(trace / 16,) * 16)  # fmt: skip
 
-    assert _far_below(look(-10.0, 1.0)) and not _far_below(look(-4.0, 1.0))
-    assert not _far_below(look(3.0, 1.0))
+    assert far_below(look(-10.0, 1.0)) and not far_below(look(-4.0, 1.0))
+    assert not far_below(look(3.0, 1.0))

@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -48,6 +47,7 @@ from .estimate import TraceEstimate
 from .groups import GROUPS, share_group_count, share_groups
 from .memory import chunk_examples
 from .objective import Objective
+from .standard_errors import subset_mean_and_se
 
 Progress = Callable[[int], None]
 
@@ -195,23 +195,6 @@ class _Sums:
         total[1] += t.pow(2).sum()
         total[2:].index_add_(0, self.group_of[row : row + t.shape[0]], t / self.n)
         self.rows[name] = row + t.shape[0]
-
-
-def subset_mean_and_se(
-    s1: float, s2: float, n: int, n_population: int | None
-) -> tuple[float, float, tuple[str, ...]]:
-    """Mean of n per-example values from their sum and sum of squares, and the SE of a
-    simple random sample of n out of N: sqrt(1 - n/N) * sd / sqrt(n) (Cochran 1977, 2.8).
-
-    Returns:
-        (mean, se, covers): se is 0 and covers empty when the n examples are the whole
-        population (``n_population`` None or n).
-    """
-    mean = s1 / n
-    if n_population is None or n >= n_population or n < 2:
-        return mean, 0.0, ()
-    var = max(s2 - s1 * mean, 0.0) / (n - 1)
-    return mean, math.sqrt((1 - n / n_population) * var / n), ("hessian-subset",)
 
 
 def _is_hookable_module(module: nn.Module) -> bool:
