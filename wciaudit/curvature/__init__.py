@@ -6,7 +6,8 @@
   the data (checked per layer) and C backward passes are the cheapest;
 - ``mc-ggn`` (:mod:`.mc_ggn`) where the residual is zero and sampled labels are cheaper
   (many classes);
-- ``hutchinson`` (:mod:`.hutchinson`) elsewhere, with block-restricted probes.
+- ``hutchinson`` (:mod:`.hutchinson`) elsewhere, with block-restricted probes;
+- ``hutch++`` (:mod:`.hutchpp`) only where asked for (``curvature="hutchpp"``).
 
 The tolerance applies per layer, or, given the layers' weight norms, to the WCI:
 Hutchinson probes then go where they cut WCI's variance most (:mod:`.rounds`). The
@@ -25,6 +26,7 @@ sampled Gauss-Newton blocks), the estimators over it (:mod:`.hutchinson`,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -34,11 +36,12 @@ from ..model import no_tf32
 from .estimate import TraceEstimate
 from .ggn import ggn_traces, hookable, residual_vanishes
 from .hutchinson import hutchinson_traces
+from .hutchpp import hutchpp_traces
 from .mc_ggn import mc_ggn_traces
 from .objective import Objective
 from .pooling import pool
 from .rounds import mark_wci_stop, wci_rounds
-from .route import ROUTES, Route, choose_routes, memory_groups
+from .route import Route, choose_routes, memory_groups
 from .standard_errors import mean_and_se
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "layer_traces",
     "ggn_traces",
     "hutchinson_traces",
+    "hutchpp_traces",
     "mc_ggn_traces",
     "choose_routes",
     "Route",
@@ -69,7 +73,7 @@ def layer_traces(
         objective: model (in eval mode, on ``objective.device``), the fixed examples,
             the layers, and, under torch.distributed, this process's shard of them.
         config: the scan's settings; read here: ``curvature`` (the route: ``auto``,
-            ``ggn``, ``mc-ggn``, ``hutchinson``; :func:`.route.choose_routes`), ``tol``,
+            ``ggn``, ``mc-ggn``, ``hutchinson``, ``hutchpp``; :func:`.route.choose_routes`), ``tol``,
             ``layer_tol``, ``max_probes``, ``min_probes``, ``seed``, ``memory_bytes``
             (one chunk of per-example Jacobians) and ``k_labels`` (``mc-ggn``).
         weight_norms: ||W_k||_F per layer (order of ``objective.names``). Given, the
@@ -98,10 +102,6 @@ def layer_traces(
         return _layer_traces(objective, names, config, norms, progress)
 
 
-def _tick(progress: Callable[[str, int], None] | None, kind: str) -> Callable[[int], None] | None:
-    return None if progress is None else (lambda k: progress(kind, k))
-
-
 def _layer_traces(
     objective: Objective,
     names: list[str],
@@ -125,12 +125,21 @@ def _layer_traces(
             seed=config.seed,
         )
     }
-    by_route = {kind: [n for n in names if routes[n].route == kind] for kind in ROUTES}
+    plan = _Plan(
+        objective,
+        config,
+        classes,
+        progress,
+        norms=None if norms is None else dict(zip(names, norms, strict=True)),
+    )
     estimates: dict[str, TraceEstimate] = {}
-    _gauss_newton(objective, by_route, classes, estimates, config, progress)
-    _probes(objective, names, by_route["hutchinson"], estimates, config, norms, progress)
+    # in this order: the WCI rounds read the estimates of the routes before them
+    for route, estimator in _ESTIMATORS.items():
+        layers = [n for n in names if routes[n].route == route]
+        if layers:
+            estimates.update((e.name, e) for e in estimator(plan, layers, dict(estimates)))
     if norms is not None:
-        mark_wci_stop(estimates, dict(zip(names, norms, strict=True)), config.tol)
+        mark_wci_stop(estimates, plan.norms, config.tol)
     for n in names:
         estimates[n].method = routes[n].route
         # why the route, then how the estimator served the layer (e.g. tied weights)
@@ -139,85 +148,107 @@ def _layer_traces(
     return [estimates[n] for n in names]
 
 
-def _gauss_newton(
-    objective: Objective,
-    by_route: dict[str, list[str]],
-    classes: int,
-    estimates: dict[str, TraceEstimate],
-    config: ScanConfig,
-    progress: Callable[[str, int], None] | None,
-) -> None:
-    """The exact and the sampled-label Gauss-Newton layers, into ``estimates``."""
-    exact = by_route["exact-ggn"]
-    if exact:
-        fast = hookable(objective, exact)
-        groups = ([fast] if fast else []) + memory_groups(
-            objective, [n for n in exact if n not in fast], classes, config.memory_bytes
-        )
-        for group in groups:
-            for est in ggn_traces(
-                objective,
-                group,
-                memory_bytes=config.memory_bytes,
-                progress=_tick(progress, "ggn"),
-                seed=config.seed,
-            ):
-                estimates[est.name] = est
-    if by_route["mc-ggn"]:
-        for est in mc_ggn_traces(
-            objective,
-            by_route["mc-ggn"],
-            k_labels=config.k_labels,
-            seed=config.seed,
-            # labels are shared by all layers and cheap: each layer to tol keeps each
-            # WCI term within tol / 2, leaving most of the WCI's budget to the probes
-            tol=config.tol,
-            max_labels=max(config.k_labels, config.max_probes),
-            memory_bytes=config.memory_bytes,
-            progress=_tick(progress, "ggn"),
-        ):
-            estimates[est.name] = est
+@dataclass(frozen=True)
+class _Plan:
+    """What every estimator reads: the objective, the settings, C, the progress hook
+    and, under the WCI target, each layer's weight norm."""
+
+    objective: Objective
+    config: ScanConfig
+    classes: int
+    progress: Callable[[str, int], None] | None
+    norms: dict[str, float] | None
+
+    def tick(self, kind: str) -> Callable[[int], None] | None:
+        progress = self.progress
+        return None if progress is None else (lambda k: progress(kind, k))
 
 
-def _probes(
-    objective: Objective,
-    names: list[str],
-    hutch: list[str],
-    estimates: dict[str, TraceEstimate],
-    config: ScanConfig,
-    weight_norms: list[float] | None,
-    progress: Callable[[str, int], None] | None,
-) -> None:
-    """The Hutchinson layers, each to ``tol`` or, with the layers' norms, until WCI is."""
-    if not hutch:
-        return
-    if weight_norms is None:
-        for est in hutchinson_traces(
-            objective,
-            tol=config.tol,
-            max_probes=config.max_probes,
-            min_probes=config.min_probes,
-            seed=config.seed,
-            names=hutch,
-            progress=_tick(progress, "probes"),
-        ):
-            estimates[est.name] = est
-        return
-    norms = dict(zip(names, weight_norms, strict=True))
-    estimates.update(
-        wci_rounds(
-            objective,
-            hutch,
-            estimates,
-            norms,
-            tol=config.tol,
-            layer_tol=config.layer_tol,
-            min_probes=config.min_probes,
-            max_probes=config.max_probes,
-            seed=config.seed,
-            progress=_tick(progress, "probes"),
-        )
+def _exact_ggn(plan: _Plan, layers: list[str], _done: dict) -> list[TraceEstimate]:
+    """The exact trace of the Gauss-Newton block, per memory group of layers."""
+    objective, config = plan.objective, plan.config
+    fast = hookable(objective, layers)
+    groups = ([fast] if fast else []) + memory_groups(
+        objective, [n for n in layers if n not in fast], plan.classes, config.memory_bytes
     )
+    out: list[TraceEstimate] = []
+    for group in groups:
+        out += ggn_traces(
+            objective,
+            group,
+            memory_bytes=config.memory_bytes,
+            progress=plan.tick("ggn"),
+            seed=config.seed,
+        )
+    return out
+
+
+def _mc_ggn(plan: _Plan, layers: list[str], _done: dict) -> list[TraceEstimate]:
+    """The sampled-label Gauss-Newton trace, labels shared by the layers."""
+    config = plan.config
+    return mc_ggn_traces(
+        plan.objective,
+        layers,
+        k_labels=config.k_labels,
+        seed=config.seed,
+        # labels are shared by all layers and cheap: each layer to tol keeps each
+        # WCI term within tol / 2, leaving most of the WCI's budget to the probes
+        tol=config.tol,
+        max_labels=max(config.k_labels, config.max_probes),
+        memory_bytes=config.memory_bytes,
+        progress=plan.tick("ggn"),
+    )
+
+
+def _hutchpp(plan: _Plan, layers: list[str], _done: dict) -> list[TraceEstimate]:
+    """Hutch++ on each layer to ``tol`` (its WCI term then within tol / 2)."""
+    config = plan.config
+    return hutchpp_traces(
+        plan.objective,
+        layers,
+        tol=config.tol,
+        min_probes=config.min_probes,
+        max_probes=config.max_probes,
+        seed=config.seed,
+    )
+
+
+def _hutchinson(plan: _Plan, layers: list[str], done: dict) -> list[TraceEstimate]:
+    """Hutchinson, each layer to ``tol`` or, with the layers' norms, until WCI is
+    (the layers of the routes before, ``done``, fixed in the WCI's budget)."""
+    config = plan.config
+    if plan.norms is None:
+        return hutchinson_traces(
+            plan.objective,
+            tol=config.tol,
+            max_probes=config.max_probes,
+            min_probes=config.min_probes,
+            seed=config.seed,
+            names=layers,
+            progress=plan.tick("probes"),
+        )
+    rounds = wci_rounds(
+        plan.objective,
+        layers,
+        done,
+        plan.norms,
+        tol=config.tol,
+        layer_tol=config.layer_tol,
+        min_probes=config.min_probes,
+        max_probes=config.max_probes,
+        seed=config.seed,
+        progress=plan.tick("probes"),
+    )
+    return list(rounds.values())
+
+
+#: the estimator of each route, in the order they run
+_ESTIMATORS: dict[str, Callable[[_Plan, list[str], dict], list[TraceEstimate]]] = {
+    "exact-ggn": _exact_ggn,
+    "mc-ggn": _mc_ggn,
+    "hutch++": _hutchpp,
+    "hutchinson": _hutchinson,
+}
 
 
 def _num_classes(objective: Objective) -> int:
