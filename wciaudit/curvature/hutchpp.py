@@ -40,7 +40,7 @@ from .growth import more_probes
 from .hutchinson import rademacher
 from .hvp import BatchedHvp
 from .objective import Objective
-from .standard_errors import mean_and_se
+from .standard_errors import mean_and_se, se_upper_factor
 
 
 def hutchpp_traces(
@@ -125,7 +125,9 @@ def _one_layer(
         mean, se = mean_and_se(values)
         history.append([len(values), low_rank + mean, se])
         total = abs(low_rank + mean)
-        if se <= tol * total or len(values) >= max_probes:
+        # the SE at the upper end of its 90 % interval (n - 1 degrees of freedom): a rule
+        # that stops on the SE as measured stops early where it came out small
+        if se * se_upper_factor(len(values) - 1) <= tol * total or len(values) >= max_probes:
             break
         needed = math.inf if total == 0 else (se * math.sqrt(len(values)) / (tol * total)) ** 2
         want = more_probes(len(values), needed, max_probes, half=math.floor)
