@@ -1,9 +1,10 @@
 """What the benchmark scripts share: set-ups, timing, memory, probe statistics, tables.
 
-Mean and standard error come from the library (:func:`wciaudit.curvature.mean_and_se`).
-Two pieces the library runs inline in ``hutchinson_traces`` are written here once, as
-mirrors of its stop rule (see their docstrings): the probe count the rule aims at and
-the size of its next round. The PGD attack is imported here only, for both scripts.
+Mean and standard error come from the library (:func:`wciaudit.curvature.mean_and_se`),
+and so does the size of the plain loop's next round
+(:func:`wciaudit.curvature.growth.more_probes`); the probe count its stop rule aims at is
+written here (:func:`probes_needed`), for the i.i.d. probes of the plain baselines. The
+PGD attack is imported here only, for both scripts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import wciaudit
 from wciaudit.attacks.pgd import attack_split
 from wciaudit.config import ScanConfig
-from wciaudit.curvature import Objective, TraceEstimate, hutchinson_traces, mean_and_se
+from wciaudit.curvature import Objective, TraceEstimate, layer_traces, mean_and_se
+from wciaudit.curvature.growth import more_probes
+from wciaudit.curvature.hutchinson import probe_round
 from wciaudit.data import stratified_subset
 from wciaudit.model import AuditedModel, weight_layers
 
@@ -154,9 +157,8 @@ def pool(a: Stats, b: Stats) -> Stats:
     return n, mean, m2 / (n - 1)
 
 
-# The two functions below mirror the stop rule ``hutchinson_traces`` runs inline, with
-# the signatures under which the library would export it; until it does, they are the
-# benchmarks' one copy.
+# The stop rule of the plain baselines (i.i.d. probes, no groups), with the library's
+# growth rule.
 
 
 def probes_needed(mean: float, se: float, count: int, tol: float) -> float:
@@ -169,16 +171,16 @@ def probes_needed(mean: float, se: float, count: int, tol: float) -> float:
 
 def next_round(values: list[float], *, tol: float, max_probes: int) -> tuple[str | None, int]:
     """The stop rule after a round: ``("tol", 0)`` at SE <= tol |mean|, ``("cap", 0)`` at
-    ``max_probes``, else ``(None, k)``: draw k = max(1.1 needed - n, n / 2, 4) more, up
-    to the cap."""
+    ``max_probes``, else ``(None, k)``: draw the k more the library's growth rule gives
+    (:func:`wciaudit.curvature.growth.more_probes`: max(1.1 needed - n, n / 2, 4), up to
+    the cap)."""
     mean, se = mean_and_se(values)
     count = len(values)
     if se <= tol * abs(mean):
         return "tol", 0
     if count >= max_probes:
         return "cap", 0
-    extra = max(probes_needed(mean, se, count, tol) * 1.1 - count, count / 2, 4)
-    return None, int(math.ceil(min(extra, max_probes - count)))
+    return None, more_probes(count, probes_needed(mean, se, count, tol), max_probes)
 
 
 def probes_to_tol(s: Stats, tol: float = TOL, min_probes: int = MIN_PROBES) -> float:
@@ -311,15 +313,40 @@ def dense_traces(setup: Setup) -> dict[str, float]:
 # the engine's pilots
 
 
+def measure_traces(
+    setup: Setup,
+    *,
+    method: str,
+    seed: int,
+    n_population: int | None = None,
+    weight_norms: list[float] | None = None,
+    **settings: object,
+) -> list[TraceEstimate]:
+    """:func:`wciaudit.curvature.layer_traces` on the set-up's examples, with a scan's
+    settings: ``method`` is the config's ``curvature``, the other keywords
+    :class:`wciaudit.config.ScanConfig` fields."""
+    objective = Objective(
+        setup.net,
+        setup.x,
+        setup.y,
+        setup.names,
+        setup.batch_size,
+        setup.device,
+        n_population=n_population,
+    )
+    config = ScanConfig(curvature=method, seed=seed, **settings)
+    return layer_traces(objective, config, weight_norms=weight_norms)
+
+
 def fixed_probe_traces(
     setup: Setup, probes: int, seed: int, progress: Callable[[int], None] | None = None
 ) -> list[TraceEstimate]:
     """The engine's Hutchinson estimates with exactly ``probes`` probes per layer, in one
-    round (``hutchinson_traces(probes=...)``; the stop rule does not run)."""
+    round (``hutchinson.probe_round``; the stop rule does not run)."""
     objective = Objective(setup.net, setup.x, setup.y, setup.names, setup.batch_size, setup.device)
     with sdpa_kernel([SDPBackend.MATH]):
-        return hutchinson_traces(
-            objective, tol=math.inf, probes=probes, seed=seed, progress=progress
+        return probe_round(
+            objective, objective.names, probes, seed=seed, group_seed=seed, progress=progress
         )
 
 

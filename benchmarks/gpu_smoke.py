@@ -151,7 +151,7 @@ def _within(estimates, exact: dict[str, float], sds: float) -> Outcome:  # noqa:
 def check_exact_ggn(device: torch.device) -> Outcome:
     model, (x, y) = tiny_cnn(), tiny_data()
     exact = {n: dense_trace(model, x, y, n) for n in layer_names(model)}
-    got = ggn_traces(_objective(model, x, y, device, 8))
+    got = ggn_traces(_objective(model, x, y, device, 8), memory_bytes=2**29, seed=0)
     worst = max(abs(e.trace - exact[e.name]) / abs(exact[e.name]) for e in got)
     return Outcome(worst <= 1e-8, f"max relative error {worst:.1e} (float64, limit 1e-8)")
 
@@ -159,14 +159,23 @@ def check_exact_ggn(device: torch.device) -> Outcome:
 def check_mc_ggn(device: torch.device) -> Outcome:
     model, (x, y) = tiny_cnn(), tiny_data()
     exact = {n: dense_trace(model, x, y, n) for n in layer_names(model)}
-    got = mc_ggn_traces(_objective(model, x, y, device, 8), k_labels=4, tol=0.05, max_labels=200)
+    got = mc_ggn_traces(
+        _objective(model, x, y, device, 8),
+        k_labels=4,
+        tol=0.05,
+        max_labels=200,
+        seed=0,
+        memory_bytes=2**29,
+    )
     return _within(got, exact, 4)
 
 
 def check_hutchinson(device: torch.device) -> Outcome:
     model, (x, y) = tiny_mlp(), tiny_data()
     exact = {n: dense_trace(model, x, y, n) for n in layer_names(model)}
-    got = hutchinson_traces(_objective(model, x, y, device, 8), tol=0.05, max_probes=200)
+    got = hutchinson_traces(
+        _objective(model, x, y, device, 8), tol=0.05, max_probes=200, min_probes=10, seed=0
+    )
     return _within(got, exact, 4)
 
 
@@ -175,7 +184,12 @@ def check_hutchpp_float32(device: torch.device) -> Outcome:
     exact = {n: dense_trace(model, x, y, n) for n in layer_names(model)}
     single = copy.deepcopy(model).float()
     got = hutchpp_traces(
-        _objective(single, x, y, device, 24), sketch=4, tol=1e-9, min_probes=40, max_probes=40
+        _objective(single, x, y, device, 24),
+        sketch=4,
+        tol=1e-9,
+        min_probes=40,
+        max_probes=40,
+        seed=0,
     )
     return _within(got, exact, 4)
 
@@ -213,7 +227,9 @@ def stale_graphs(model: nn.Module, run: Callable[[], object]) -> list[int]:
 def check_one_graph(device: torch.device) -> Outcome:
     model, (x, y) = tiny_mlp(), tiny_data()
     obj = _objective(model, x, y, device, 6)
-    stale = stale_graphs(obj.model, lambda: hutchinson_traces(obj, max_probes=4, min_probes=2))
+    stale = stale_graphs(
+        obj.model, lambda: hutchinson_traces(obj, max_probes=4, min_probes=2, tol=0.05, seed=0)
+    )
     return Outcome(max(stale) == 0, f"saved tensors of earlier batches alive: max {max(stale)}")
 
 
@@ -251,7 +267,9 @@ def check_peak_memory(device: torch.device) -> Outcome:
 
     def run(batch: int) -> Callable[[], object]:
         obj = Objective(net, x, y, names, batch, device)
-        return lambda: hutchinson_traces(obj, probes=2, groups=1)
+        return lambda: hutchinson_traces(
+            obj, probes=2, groups=1, tol=0.05, max_probes=200, min_probes=10, seed=0
+        )
 
     one, four = _peak_mib(device, run(256)), _peak_mib(device, run(64))
     # one graph of a quarter of the examples at a time; two graphs alive (the bug this
@@ -271,7 +289,8 @@ def check_oom_retry(device: torch.device) -> Outcome:
 
     def traces(batch: int) -> object:
         return layer_traces(
-            net, x, y, names, method="hutchinson", min_probes=2, max_probes=2, batch_size=batch
+            Objective(net, x, y, names, batch, device),
+            ScanConfig(curvature="hutchinson", min_probes=2, max_probes=2),
         )
 
     # the cap: twice what batch 64 takes above the model, so 512 cannot fit
@@ -345,7 +364,9 @@ def check_timing(device: torch.device) -> Outcome:
     _sync(device)
     attack_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    est = layer_traces(net, adv, y, names, tol=0.1, max_probes=20, batch_size=128, device=device)
+    est = layer_traces(
+        Objective(net, adv, y, names, 128, device), ScanConfig(tol=0.1, max_probes=20)
+    )
     _sync(device)
     trace_s = time.perf_counter() - t0
     routes = sorted({e.method for e in est})

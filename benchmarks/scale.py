@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import inspect
 import math
 import os
 import platform
@@ -45,6 +44,7 @@ from common import (
     attack_split,
     fmt,
     layer_names,
+    measure_traces,
     pool,
     print_plain,
     probes_to_tol,
@@ -56,7 +56,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import wciaudit
 from wciaudit.bounds import weight_curvature_index
 from wciaudit.config import ScanConfig
-from wciaudit.curvature import TraceEstimate, layer_traces
+from wciaudit.curvature import TraceEstimate
 from wciaudit.model import AuditedModel, eval_mode, no_tf32
 
 IMAGE = (3, 32, 32)
@@ -137,19 +137,20 @@ def attack_seconds(
 def trace_seconds(
     setup: Setup, args: argparse.Namespace, n_train: int
 ) -> tuple[list[TraceEstimate], float]:
-    """``layer_traces(method="auto")`` and its seconds. Keyword arguments newer than
-    today's signature (``weight_norms``) are passed only where ``layer_traces`` takes them."""
+    """``layer_traces`` (``curvature="auto"``, the WCI target) and its seconds."""
     params = dict(setup.net.named_parameters())
-    optional = {"weight_norms": [float(params[n].detach().norm()) for n in setup.names]}
-    accepted = inspect.signature(layer_traces).parameters
-    extra = {k: v for k, v in optional.items() if k in accepted}
+    norms = [float(params[n].detach().norm()) for n in setup.names]
     n_population = n_train if setup.x.shape[0] < n_train else None
     with Stopwatch(setup.device) as sw:
-        est = layer_traces(
-            setup.net, setup.x, setup.y, setup.names, method="auto", tol=args.tol,
-            max_probes=args.max_probes, seed=args.seed, batch_size=setup.batch_size,
-            device=setup.device, n_population=n_population, **extra,
-        )  # fmt: skip
+        est = measure_traces(
+            setup,
+            method="auto",
+            seed=args.seed,
+            n_population=n_population,
+            weight_norms=norms,
+            tol=args.tol,
+            max_probes=args.max_probes,
+        )
     return est, sw.seconds
 
 

@@ -59,6 +59,7 @@ from common import (
     engine_pilot,
     fixed_probe_traces,
     max_rel_err,
+    measure_traces,
     pool,
     print_plain,
     print_rows,
@@ -70,7 +71,7 @@ from common import (
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import wciaudit
-from wciaudit.curvature import layer_traces, residual_vanishes
+from wciaudit.curvature import residual_vanishes
 from wciaudit.curvature.objective import Objective
 from wciaudit.model import eval_mode, no_tf32
 
@@ -133,22 +134,13 @@ def auto_row(setup: Setup, args: argparse.Namespace, log: Log) -> tuple[Row | No
     dev = setup.device
     with Stopwatch(dev) as check:
         exact_flags = residual_vanishes(
-            Objective(setup.net, setup.x, setup.y, setup.names, setup.batch_size, dev)
+            Objective(setup.net, setup.x, setup.y, setup.names, setup.batch_size, dev), seed=0
         )
     n_exact = sum(exact_flags.values())
     row = None
     if n_exact == len(setup.names) or args.full:
         with PeakMemory(dev) as mem, Stopwatch(dev) as sw:
-            est = layer_traces(
-                setup.net,
-                setup.x,
-                setup.y,
-                setup.names,
-                method="auto",
-                batch_size=setup.batch_size,
-                device=dev,
-                seed=args.seed,
-            )
+            est = measure_traces(setup, method="auto", seed=args.seed)
         values = {e.name: e.trace for e in est}
         rel = [e.rel_se or 0.0 for e in est if e.method == "hutchinson"]
         exact_layers = sum(e.method == "exact-ggn" for e in est)
@@ -232,17 +224,7 @@ def engine_row(
             f"pilots {p1}+{p2} probes/layer",
         )
     with PeakMemory(dev) as mem, Stopwatch(dev) as sw:
-        est = layer_traces(
-            setup.net,
-            setup.x,
-            setup.y,
-            setup.names,
-            method="hutchinson",
-            batch_size=setup.batch_size,
-            device=dev,
-            seed=args.seed,
-            max_probes=args.max_probes,
-        )
+        est = measure_traces(setup, method="hutchinson", seed=args.seed, max_probes=args.max_probes)
     return Row(
         key,
         "wciaudit hutchinson",
@@ -331,16 +313,7 @@ def _timed_traces(setup: Setup, method: str, seed: int, probes: int | None) -> t
     for _ in range(2):
         with PeakMemory(setup.device) as mem, Stopwatch(setup.device) as sw:
             if probes is None:
-                layer_traces(
-                    setup.net,
-                    setup.x,
-                    setup.y,
-                    setup.names,
-                    method=method,
-                    batch_size=setup.batch_size,
-                    device=setup.device,
-                    seed=seed,
-                )
+                measure_traces(setup, method=method, seed=seed)
             else:
                 fixed_probe_traces(setup, probes, seed)
         secs = min(secs, sw.seconds)
@@ -360,17 +333,9 @@ def scaling_rows(
             ("hutchinson", 2 * args.scale_probes),
         ):
             if first:  # warm-up: first calls pay one-off kernel and import costs
-                layer_traces(
-                    setup.net,
-                    setup.x,
-                    setup.y,
-                    setup.names,
-                    method=method,
-                    tol=0.0,
-                    min_probes=2,
-                    max_probes=2,
-                    batch_size=setup.batch_size,
-                    device=device,
+                # a tolerance no estimate meets: two probes per layer, then the cap
+                measure_traces(
+                    setup, method=method, seed=args.seed, tol=1e-12, min_probes=2, max_probes=2
                 )
             secs, mib = _timed_traces(setup, method, args.seed, probes)
             label = "auto (exact)" if probes is None else f"hutchinson {probes}/layer"

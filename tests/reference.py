@@ -8,6 +8,9 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from wciaudit.config import ScanConfig
+from wciaudit.curvature import Objective, TraceEstimate, layer_traces
+
 
 def dense_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
     """The diagonal Hessian block d^2 mean-CE / dW^2 for one parameter, as a dense matrix."""
@@ -209,3 +212,25 @@ class ConvTied(nn.Module):
         return self.head(
             torch.cat([torch.relu(self.c1(x)).flatten(1), torch.relu(self.c2(x)).flatten(1)], 1)
         )
+
+
+def traces(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: list[str],
+    *,
+    method: str = "auto",
+    n_population: int | None = None,
+    weight_norms: list[float] | None = None,
+    **settings: object,
+) -> list[TraceEstimate]:
+    """:func:`wciaudit.curvature.layer_traces` on (x, y) in one process: ``method`` is
+    the config's ``curvature``, the other keywords are :class:`ScanConfig` fields
+    (``batch_size`` sets the objective's too)."""
+    config = ScanConfig(curvature=method, **settings)
+    device = next(model.parameters()).device
+    objective = Objective(
+        model, x, y, list(names), config.batch_size, device, n_population=n_population
+    )
+    return layer_traces(objective, config, weight_norms=weight_norms)

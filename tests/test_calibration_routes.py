@@ -28,10 +28,10 @@ import statistics
 import pytest
 import torch
 from reference import dense_traces
+from reference import traces as layer_traces
 from scipy import stats
 from torch import nn
 
-from wciaudit.curvature import layer_traces
 from wciaudit.curvature.groups import common_groups, fold_shares
 from wciaudit.uncertainty import wci_error
 

@@ -14,10 +14,10 @@ import math
 
 import pytest
 import torch
-from reference import TiedNet, cnn_bn, dense_block, dense_traces, mlp, rademacher_variance
+from reference import TiedNet, cnn_bn, dense_block, dense_traces, mlp, rademacher_variance, traces
 from torch import nn
 
-from wciaudit.curvature import Objective, hutchinson_traces, layer_traces, residual_vanishes
+from wciaudit.curvature import Objective, hutchinson_traces, residual_vanishes
 from wciaudit.curvature.hutchinson import GROUPS, probe_groups
 from wciaudit.model import weight_layers
 
@@ -45,7 +45,7 @@ def test_exact_route_equals_dense_hessian(case: str) -> None:
     x, y = _data(shape)
     names = [layer.name for layer in weight_layers(model)]
     exact = dense_traces(model, x, y, names)
-    estimates = layer_traces(model, x, y, names, method="auto", batch_size=16)
+    estimates = traces(model, x, y, names, method="auto", batch_size=16)
     for est in estimates:
         assert est.method == "exact-ggn"
         assert est.probes == "exact" and est.se == 0.0
@@ -59,7 +59,7 @@ def test_hutchinson_within_four_standard_errors(case: str) -> None:
     x, y = _data(shape)
     names = [layer.name for layer in weight_layers(model)]
     exact = dense_traces(model, x, y, names)
-    for est in layer_traces(
+    for est in traces(
         model, x, y, names, method="hutchinson", batch_size=16, max_probes=300, seed=3
     ):
         assert est.method == "hutchinson" and isinstance(est.probes, int) and est.probes >= 10
@@ -75,10 +75,10 @@ def test_smooth_layers_are_not_given_the_gauss_newton_route() -> None:
     model = mlp(nn.GELU)
     x, y = _data((12,))
     names = [layer.name for layer in weight_layers(model)]
-    vanishes = residual_vanishes(Objective(model, x, y, names, 16, torch.device("cpu")))
+    vanishes = residual_vanishes(Objective(model, x, y, names, 16, torch.device("cpu")), seed=0)
     # GELU follows the first two layers; only the last layer is linear in its weights
     assert vanishes == {"1.weight": False, "3.weight": False, "5.weight": True}
-    methods = [e.method for e in layer_traces(model, x, y, names, method="auto")]
+    methods = [e.method for e in traces(model, x, y, names, method="auto")]
     assert methods == ["hutchinson", "hutchinson", "exact-ggn"]
 
 
@@ -89,10 +89,10 @@ def test_a_model_linear_in_its_weights_takes_the_exact_route() -> None:
     model = nn.Sequential(nn.Linear(12, 3)).double()
     x, y = _data((12,))
     names = ["0.weight"]
-    assert residual_vanishes(Objective(model, x, y, names, 16, torch.device("cpu"))) == {
+    assert residual_vanishes(Objective(model, x, y, names, 16, torch.device("cpu")), seed=0) == {
         "0.weight": True
     }
-    (est,) = layer_traces(model, x, y, names, method="auto")
+    (est,) = traces(model, x, y, names, method="auto")
     assert est.method == "exact-ggn"
     assert est.trace == pytest.approx(dense_traces(model, x, y, names)["0.weight"], rel=1e-9)
 
@@ -126,7 +126,7 @@ def test_stop_rule_is_stated_per_layer() -> None:
     model = mlp(nn.GELU)
     x, y = _data((12,))
     names = [layer.name for layer in weight_layers(model)]
-    for est in layer_traces(model, x, y, names, method="hutchinson", tol=0.1, max_probes=40):
+    for est in traces(model, x, y, names, method="hutchinson", tol=0.1, max_probes=40):
         if est.stop_reason == "tol":
             assert est.converged and est.se <= 0.1 * abs(est.trace)
         else:
@@ -141,7 +141,7 @@ def test_tied_weight_is_one_layer_and_its_block_is_taken_on_the_shared_tensor() 
     x, y = _data((6,))
     exact = dense_traces(model, x, y, names)
     estimates = {
-        e.name: e for e in layer_traces(model, x, y, names, method="auto", max_probes=400, seed=1)
+        e.name: e for e in traces(model, x, y, names, method="auto", max_probes=400, seed=1)
     }
     # the tied weight enters twice, so the output is quadratic in it: no exact GGN route
     assert estimates["a.weight"].method == "hutchinson"
@@ -153,8 +153,8 @@ def test_batching_does_not_change_the_numbers() -> None:
     model = mlp(nn.GELU)
     x, y = _data((12,))
     names = [layer.name for layer in weight_layers(model)]
-    one = layer_traces(model, x, y, names, method="auto", batch_size=N, seed=5)
-    many = layer_traces(model, x, y, names, method="auto", batch_size=7, seed=5)
+    one = traces(model, x, y, names, method="auto", batch_size=N, seed=5)
+    many = traces(model, x, y, names, method="auto", batch_size=7, seed=5)
     for a, b in zip(one, many, strict=True):
         assert a.probes == b.probes
         assert a.trace == pytest.approx(b.trace, rel=1e-9)
@@ -164,9 +164,9 @@ def test_same_seed_same_estimate_other_seed_other_probes() -> None:
     model = mlp(nn.GELU)
     x, y = _data((12,))
     names = ["1.weight"]
-    a = layer_traces(model, x, y, names, method="hutchinson", seed=0)[0]
-    b = layer_traces(model, x, y, names, method="hutchinson", seed=0)[0]
-    c = layer_traces(model, x, y, names, method="hutchinson", seed=1)[0]
+    a = traces(model, x, y, names, method="hutchinson", seed=0)[0]
+    b = traces(model, x, y, names, method="hutchinson", seed=0)[0]
+    c = traces(model, x, y, names, method="hutchinson", seed=1)[0]
     assert a.trace == b.trace and a.se == b.se
     assert a.trace != c.trace
 
@@ -174,7 +174,7 @@ def test_same_seed_same_estimate_other_seed_other_probes() -> None:
 def test_exact_route_on_a_timm_resnet_in_float64(timm_resnet_case) -> None:  # noqa: ANN001
     model, x, y, names, exact = timm_resnet_case
     m64 = copy.deepcopy(model).double()
-    estimates = layer_traces(m64, x.double(), y, names, method="auto")
+    estimates = traces(m64, x.double(), y, names, method="auto")
     for est in estimates:
         assert est.method == "exact-ggn"
         assert est.trace == pytest.approx(exact[est.name], rel=1e-6)
@@ -211,8 +211,8 @@ def test_backward_route_equals_the_jacobian_route_and_the_dense_hessian() -> Non
     )
     names = [layer.name for layer in weight_layers(model)]
     obj = Objective(model, x, y, names, 10, torch.device("cpu"))
-    assert all(residual_vanishes(obj).values())
-    fast = {e.name: e.trace for e in ggn.ggn_traces(obj)}
+    assert all(residual_vanishes(obj, seed=0).values())
+    fast = {e.name: e.trace for e in ggn.ggn_traces(obj, memory_bytes=2**29, seed=0)}
     sums = ggn._Sums(torch.zeros(24, dtype=torch.long), 1, 24)
     ggn._ggn_by_jacobians(obj, names, sums, 2**26, None)
     exact = dense_traces(model, x, y, names)
@@ -243,9 +243,7 @@ def test_vit_attention_layers_against_the_dense_hessian() -> None:
     x, y = torch.rand(12, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(12) % 3
     names = ["patch_embed.proj.weight", "head.weight"]
     exact = dense_traces(model, x, y, names)
-    est = {
-        e.name: e for e in layer_traces(model, x, y, names, method="auto", max_probes=100, seed=2)
-    }
+    est = {e.name: e for e in traces(model, x, y, names, method="auto", max_probes=100, seed=2)}
     assert est["patch_embed.proj.weight"].method == "hutchinson"
     assert (
         abs(est["patch_embed.proj.weight"].trace - exact["patch_embed.proj.weight"])

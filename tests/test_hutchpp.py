@@ -10,12 +10,16 @@ from __future__ import annotations
 import math
 import statistics
 
+import pytest
 import torch
-from reference import dense_block, mlp
+from reference import dense_block, dense_traces, mlp, traces
+from scipy import stats
 from torch import nn
 
+from wciaudit import scan
 from wciaudit.curvature import Objective
 from wciaudit.curvature.hutchpp import hutchpp_traces
+from wciaudit.data import load_data
 
 SEEDS = 30
 
@@ -100,3 +104,68 @@ def test_runs_under_the_math_attention_kernel() -> None:
     (est,) = hutchpp_traces(obj, sketch=4, tol=1e-9, min_probes=30, max_probes=30, seed=0)
     assert fused and not any(fused)
     assert abs(est.trace - exact) < 4 * est.se + 1e-9
+
+
+def _window(seeds: int, slack: float = 1.1) -> tuple[float, float]:
+    """sqrt(chi2_{S-1} / (S - 1)) at 0.05 % and 99.95 %, widened by ``slack`` for the
+    median SE's own noise (as tests/test_calibration_routes.py)."""
+    k = seeds - 1
+    lo = math.sqrt(stats.chi2.ppf(0.0005, k) / k) / slack
+    hi = math.sqrt(stats.chi2.ppf(0.9995, k) / k) * slack
+    return lo, hi
+
+
+@pytest.mark.slow
+def test_the_route_with_its_stop_rule_is_calibrated_against_the_exact_trace() -> None:
+    """The route as a scan runs it (``curvature="hutchpp"``: residual probes in rounds
+    until relative SE 10 % or the cap), over 120 seeds, against the dense float64
+    trace of two GELU layers: |est - exact| <= 2 SE at least as often as the binomial
+    0.1 % quantile of 95.4 % allows, and both sd/SE and the sd of the z-scores inside
+    the chi-square window of 120 seeds."""
+    model, x, y = _setup()
+    names = ["1.weight", "3.weight"]
+    exact = dense_traces(model, x, y, names)
+    seeds = 120
+    runs = [
+        traces(model, x, y, names, method="hutchpp", tol=0.1, batch_size=40, seed=s)
+        for s in range(seeds)
+    ]
+    lo, hi = _window(seeds)
+    for i, name in enumerate(names):
+        est = [r[i] for r in runs]
+        assert all(e.method == "hutch++" and e.se_covers == ("probes",) for e in est)
+        z = [(e.trace - exact[name]) / e.se for e in est]
+        covered = sum(abs(v) <= 2 for v in z)
+        assert covered >= stats.binom.ppf(0.001, seeds, 0.954), (name, covered)
+        sd = statistics.stdev(e.trace for e in est)
+        ratio = sd / statistics.median(e.se for e in est)
+        assert lo <= ratio <= hi, (name, ratio, lo, hi)
+        assert lo <= statistics.stdev(z) <= hi, (name, statistics.stdev(z))
+
+
+def test_a_scan_on_the_hutchpp_route_combines_the_layers_without_group_shares() -> None:
+    """``curvature="hutchpp"`` end to end on a tiny net: every layer takes Hutch++, whose
+    estimates carry no group shares, so WCI's SE falls back to the per-layer SEs in
+    quadrature and says it covers the probes alone (not the Hessian subset, not the
+    attack's starts: Hutch++'s SE does not measure them)."""
+    splits = load_data("sample", train_samples=80, test_samples=10, seed=0)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.GELU(), nn.Linear(8, 10))
+    result = scan(
+        net,
+        splits,
+        eps=0.05,
+        steps=2,
+        hessian_samples=40,
+        masking_samples=0,
+        device="cpu",
+        curvature="hutchpp",
+        tol=0.2,
+        max_probes=30,
+    )
+    assert [la.method for la in result.layers] == ["hutch++", "hutch++"]
+    assert all(la.trace_se > 0 and la.se_covers == ["probes"] for la in result.layers)
+    assert result.wci is not None and result.wci_se is not None and result.wci_se > 0
+    assert "per-layer standard errors" in result.wci_se_method
+    assert result.se_covers["wci"] == ["probes"]
+    assert result.config["curvature"] == "hutchpp"

@@ -44,7 +44,9 @@ def test_unbiased_and_calibrated_against_the_dense_hessian(case: str) -> None:
     names = [layer.name for layer in weight_layers(model)]
     exact = dense_traces(model, x, y, names)
     runs = [
-        mc_ggn_traces(Objective(model, x, y, names, 16, CPU), k_labels=4, seed=s)
+        mc_ggn_traces(
+            Objective(model, x, y, names, 16, CPU), k_labels=4, seed=s, memory_bytes=2**29
+        )
         for s in range(SEEDS)
     ]
     for i, name in enumerate(names):
@@ -71,7 +73,7 @@ def test_subset_se_covers_the_choice_of_examples() -> None:
     for s in range(SEEDS):
         idx = torch.randperm(120, generator=torch.Generator().manual_seed(100 + s))[:30]
         obj = Objective(model, x[idx], y[idx], names, 16, CPU, n_population=120)
-        runs.append(mc_ggn_traces(obj, k_labels=2, seed=s))
+        runs.append(mc_ggn_traces(obj, k_labels=2, seed=s, memory_bytes=2**29))
     for i, name in enumerate(names):
         traces = [r[i].trace for r in runs]
         sd = statistics.stdev(traces)
@@ -89,7 +91,7 @@ def test_vmap_route_gives_the_hook_route_values() -> None:
     names = [layer.name for layer in weight_layers(model)]
     obj = Objective(model, x, y, names, 8, CPU)
     u = torch.rand(20, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    hooks = per_example_values(obj, names, u)
+    hooks = per_example_values(obj, names, u, memory_bytes=2**29)
     by_vmap = {n: torch.zeros(20, 3, dtype=torch.float64) for n in names}
     _by_vmap(obj, names, u, by_vmap, memory_bytes=2000)  # several chunks per batch
     for n in names:
@@ -100,8 +102,10 @@ def test_batching_does_not_change_the_labels_or_the_numbers() -> None:
     model = mlp()
     x, y = _data(40, (12,))
     names = [layer.name for layer in weight_layers(model)]
-    a = mc_ggn_traces(Objective(model, x, y, names, 40, CPU), k_labels=3, seed=7)
-    b = mc_ggn_traces(Objective(model, x, y, names, 7, CPU), k_labels=3, seed=7)
+    a = mc_ggn_traces(
+        Objective(model, x, y, names, 40, CPU), k_labels=3, seed=7, memory_bytes=2**29
+    )
+    b = mc_ggn_traces(Objective(model, x, y, names, 7, CPU), k_labels=3, seed=7, memory_bytes=2**29)
     for ea, eb in zip(a, b, strict=True):
         assert ea.trace == pytest.approx(eb.trace, rel=1e-12)
         assert ea.se == pytest.approx(eb.se, rel=1e-9)
@@ -112,7 +116,12 @@ def test_more_labels_until_the_tolerance_or_the_cap() -> None:
     x, y = _data(40, (12,))
     names = [layer.name for layer in weight_layers(model)]
     estimates = mc_ggn_traces(
-        Objective(model, x, y, names, 16, CPU), k_labels=2, tol=0.01, max_labels=64
+        Objective(model, x, y, names, 16, CPU),
+        k_labels=2,
+        tol=0.01,
+        max_labels=64,
+        seed=0,
+        memory_bytes=2**29,
     )
     assert all(len(e.history) > 1 for e in estimates)  # 2 labels do not reach 1%
     for est in estimates:
@@ -127,4 +136,6 @@ def test_one_label_is_refused() -> None:
     model = mlp()
     x, y = _data(8, (12,))
     with pytest.raises(ValueError, match="k_labels"):
-        mc_ggn_traces(Objective(model, x, y, ["1.weight"], 8, CPU), k_labels=1)
+        mc_ggn_traces(
+            Objective(model, x, y, ["1.weight"], 8, CPU), k_labels=1, seed=0, memory_bytes=2**29
+        )

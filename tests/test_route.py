@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from reference import dense_traces, mlp
+from reference import dense_traces, mlp, traces
 from torch import nn
 
 from wciaudit.bounds import weight_curvature_index
@@ -14,7 +14,6 @@ from wciaudit.curvature import (
     Objective,
     TraceEstimate,
     choose_routes,
-    layer_traces,
     mean_and_se,
     pool,
 )
@@ -40,7 +39,16 @@ def _routes(model: nn.Module, classes: int, method: str = "auto", n: int = 64) -
     names = [layer.name for layer in weight_layers(model)]
     obj = Objective(model, x, y, names, 32, CPU)
     return choose_routes(
-        obj, names, method=method, min_probes=10, memory_bytes=2**26, classes=classes, k_labels=2
+        obj,
+        names,
+        method=method,
+        min_probes=10,
+        memory_bytes=2**26,
+        tol=0.05,
+        max_probes=200,
+        classes=classes,
+        k_labels=2,
+        seed=0,
     )
 
 
@@ -83,7 +91,7 @@ def test_layer_traces_records_the_route_and_its_reason() -> None:
     )
     names = [layer.name for layer in weight_layers(model)]
     exact = dense_traces(model, x, y, names)
-    for est in layer_traces(model, x, y, names, method="auto", k_labels=8, seed=2):
+    for est in traces(model, x, y, names, method="auto", k_labels=8, seed=2):
         assert est.method == "mc-ggn" and est.route_reason.startswith("residual vanishes")
         assert abs(est.trace - exact[est.name]) < 4 * est.se
 
@@ -113,7 +121,7 @@ def test_pooling_two_runs_equals_one_run_over_all_probe_values() -> None:
 def test_pooling_grouped_runs_equals_the_grouped_estimate_over_all_values(p_a: int) -> None:
     """With group shares the pooled probe SE is the within-group one of all the values
     (G (p - 1) degrees of freedom), as :func:`grouped_mean_and_se` gives it."""
-    from wciaudit.curvature.hutchinson import grouped_mean_and_se
+    from wciaudit.curvature.standard_errors import grouped_mean_and_se
 
     g = torch.Generator().manual_seed(1)
     groups, sizes = 8, torch.full((8,), 5)
@@ -146,7 +154,7 @@ def test_wci_target_is_met_on_the_reported_wci(tol: float) -> None:
     params = dict(model.named_parameters())
     norms = [float(params[n].detach().norm()) for n in names]
     exact = dense_traces(model, x, y, names)
-    est = layer_traces(
+    est = traces(
         model, x, y, names, method="hutchinson", tol=tol, max_probes=400, weight_norms=norms, seed=4
     )
     wci, wci_se = weight_curvature_index(norms, [e.trace for e in est], [e.se for e in est])
@@ -157,18 +165,16 @@ def test_wci_target_is_met_on_the_reported_wci(tol: float) -> None:
         assert abs(e.trace - exact[e.name]) < 4 * e.se
         assert e.history[-1][0] == e.probes
     # probes went where WCI's variance is: not every layer was pushed to tol itself
-    per_layer = layer_traces(
-        model, x, y, names, method="hutchinson", tol=tol, max_probes=400, seed=4
-    )
+    per_layer = traces(model, x, y, names, method="hutchinson", tol=tol, max_probes=400, seed=4)
     assert sum(e.probes for e in est) <= sum(e.probes for e in per_layer)
     assert math.isfinite(wci_se)
 
 
-def test_wci_target_needs_the_weight_norms() -> None:
+def test_wci_target_needs_one_weight_norm_per_layer() -> None:
     model = mlp()
     x, y = torch.randn(8, 12, dtype=torch.float64), torch.randint(0, 3, (8,))
     with pytest.raises(ValueError, match="weight_norms"):
-        layer_traces(model, x, y, ["1.weight"], tol_target="wci")
+        traces(model, x, y, ["1.weight"], weight_norms=[1.0, 2.0])
 
 
 class _Custom(nn.Module):
@@ -198,7 +204,7 @@ def test_a_layer_too_big_for_its_jacobian_rows_takes_sampled_labels_beside_the_e
     )
     names = [layer.name for layer in weight_layers(model)]
     # 10 Jacobian rows of 48 float64 weights are 3 840 bytes: over this budget
-    est = {e.name: e for e in layer_traces(model, x, y, names, memory_bytes=2000, seed=1)}
+    est = {e.name: e for e in traces(model, x, y, names, memory_bytes=2000, seed=1)}
     assert [est[n].method for n in names] == ["exact-ggn", "mc-ggn", "exact-ggn"]
     assert "memory budget" in est["2.weight"].route_reason
     exact = dense_traces(model, x, y, ["2.weight"])["2.weight"]
@@ -213,27 +219,27 @@ def _hutch(name: str, trace: float, probe_se: float, probes: int) -> TraceEstima
 
 
 def test_the_wci_rounds_stop_where_no_probe_count_within_the_cap_meets_the_target() -> None:
-    from wciaudit.curvature import _reachable, _term_variance_at
+    from wciaudit.curvature.allocation import reachable, term_variance_at
 
     exact = TraceEstimate(name="head", trace=4.0, se=0.0, probes=0, method="exact-ggn",
                           converged=True, stop_reason="exact")  # fmt: skip
     norms = {"head": 1.0, "a": 1.0, "b": 1.0}
     # far from 0 the term's variance is the delta method's, the probe SE scaled by sqrt(p0 / p)
     far = _hutch("a", 9.0, 0.3, 10)
-    assert _term_variance_at(1.0, far, 40) == pytest.approx((0.15 / (2 * 3.0)) ** 2)
+    assert term_variance_at(1.0, far, 40) == pytest.approx((0.15 / (2 * 3.0)) ** 2)
     # WCI = 2 + 3 = 5; at 200 probes the layer's term SE is 0.011 (0.2 %): reachable at 5 %
-    assert _reachable(norms, {"head": exact}, {"a": far}, 0.05, 200)
+    assert reachable(norms, {"head": exact}, {"a": far}, 0.05, 200)
     # layers whose traces, even 2 SE above their estimates (the hopeful end the rule
     # judges at), are 0 and -0.5: a term at 0 has an sd that shrinks only as
     # probes^(-1/4), sqrt(0.23 se) = 0.32 at 200 probes (se 0.45), above 5 % of WCI = 2
     near = {"a": _hutch("a", -4.0, 2.0, 10), "b": _hutch("b", -4.5, 2.0, 10)}
-    assert not _reachable(norms, {"head": exact}, near, 0.05, 200)
-    assert _reachable(norms, {"head": exact}, near, 0.05, 10**7)
+    assert not reachable(norms, {"head": exact}, near, 0.05, 200)
+    assert reachable(norms, {"head": exact}, near, 0.05, 10**7)
     # a trace underestimated near 0 by the noise of few probes is not given up on: with
     # ||W|| = 5, at 0.05 +- 0.1 its term at 200 probes (se 0.022) would have sd 0.29
     # against 5 % of WCI = 3.1, i.e. 0.16; but the trace may be 0.25 (2 SE up), whose
     # term's sd is then 0.11, within 5 % of WCI = 4.5
     norms["a"] = 5.0
     hopeful = {"a": _hutch("a", 0.05, 0.1, 10)}
-    assert _term_variance_at(5.0, hopeful["a"], 200) > (0.05 * (2 + 5 * 0.05**0.5)) ** 2
-    assert _reachable(norms, {"head": exact}, hopeful, 0.05, 200)
+    assert term_variance_at(5.0, hopeful["a"], 200) > (0.05 * (2 + 5 * 0.05**0.5)) ** 2
+    assert reachable(norms, {"head": exact}, hopeful, 0.05, 200)

@@ -287,13 +287,15 @@ def test_curvature_gets_the_population_and_the_memory_budget(
     seen: dict = {}
     real = scan_module.layer_traces
 
-    def traces(*args, **kwargs):
-        seen.update(kwargs)
-        return real(*args, **kwargs)
+    def traces(objective, config, **kwargs):
+        seen.update(objective=objective, config=config)
+        return real(objective, config, **kwargs)
 
     monkeypatch.setattr(scan_module, "layer_traces", traces)
     result = scan(_tiny(), _splits(), memory_bytes=2**22, **CFG)
-    assert seen["n_population"] == 60 and seen["n_total"] == 40 and seen["memory_bytes"] == 2**22
+    objective, config = seen["objective"], seen["config"]
+    assert objective.n_population == 60 and objective.n_total == 40 and objective.offset == 0
+    assert config.memory_bytes == 2**22
     assert result.config["memory_bytes"] == 2**22
 
 

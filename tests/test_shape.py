@@ -50,6 +50,7 @@ TESTED_WITH = {
     "cli/common.py": "cli/test_signals.py",  # one map from exceptions to exit codes
     "cli/gating.py": "cli/test_gate_cli.py",
     "cli/report.py": "test_report.py",
+    "curvature/allocation.py": "test_route.py",  # the WCI target's probe counts
     "curvature/estimate.py": "test_route.py",
     "curvature/ggn.py": "test_curvature.py",  # against dense float64 Hessians
     "curvature/groups.py": "test_curvature.py",
@@ -57,6 +58,9 @@ TESTED_WITH = {
     "curvature/hutchpp.py": "test_hutchpp.py",
     "curvature/mc_ggn.py": "test_mc_ggn.py",
     "curvature/objective.py": "test_curvature.py",
+    "curvature/pooling.py": "test_route.py",  # two runs pooled equal one run
+    "curvature/probe_graphs.py": "curvature/test_taps.py",  # both engines, same values
+    "curvature/rounds.py": "curvature/test_first_look.py",
     "curvature/route.py": "test_route.py",
     "data/cifar.py": "data/test_sources.py",
     "data/image_folder.py": "data/test_sources.py",

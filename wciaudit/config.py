@@ -60,12 +60,14 @@ class Norm(str, Enum):
 class CurvatureMethod(str, Enum):
     """How per-layer traces are measured: `auto` picks, per layer, the cheapest of the
     exact Gauss-Newton route, the sampled-label Gauss-Newton route (both where the
-    network is piecewise linear in the layer) and Hutchinson; the others force one."""
+    network is piecewise linear in the layer) and Hutchinson; the others force one
+    (`hutchpp`: Hutch++ on every layer, never picked by `auto`)."""
 
     auto = "auto"
     hutchinson = "hutchinson"
     ggn = "ggn"
     mc_ggn = "mc-ggn"
+    hutchpp = "hutchpp"
 
 
 _FRACTION = re.compile(

@@ -53,7 +53,7 @@ from torch import nn
 from . import bounds
 from .attacks.pgd import perturb
 from .config import ScanConfig, config_from_settings
-from .curvature import TraceEstimate, layer_traces
+from .curvature import Objective, TraceEstimate, layer_traces
 from .errors import ConfigError
 from .model import eval_mode, no_tf32, weight_layers
 from .pipeline.bound import wci_figures
@@ -260,19 +260,8 @@ class WCIMonitor:
                     yb = self.y[i : i + cfg.batch_size].to(device)
                     losses.append(F.cross_entropy(z, yb, reduction="sum").item())
                     correct.append((z.argmax(1) == yb).sum().item())
-            estimates = layer_traces(
-                self.model,
-                x_adv,
-                self.y,
-                self._names,
-                method=cfg.curvature.value,
-                tol=cfg.tol,
-                max_probes=cfg.max_probes,
-                min_probes=cfg.min_probes,
-                seed=cfg.seed,
-                batch_size=cfg.batch_size,
-                device=device,
-            )
+            objective = Objective(self.model, x_adv, self.y, self._names, cfg.batch_size, device)
+            estimates = layer_traces(objective, cfg)
         params = dict(self.model.named_parameters())
         frobs = [float(params[n].detach().double().norm()) for n in self._names]
         traces = [e.trace for e in estimates]

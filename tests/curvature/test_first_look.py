@@ -21,13 +21,14 @@ import statistics
 
 import pytest
 import torch
-from reference import dense_block, mlp, rademacher_variance
+from reference import dense_block, mlp, rademacher_variance, traces
 from torch import nn
 
-from wciaudit.curvature import FIRST_PROBES, Objective, _far_below, hutchinson_traces, layer_traces
+from wciaudit.curvature import Objective, hutchinson_traces
 from wciaudit.curvature.estimate import TraceEstimate
 from wciaudit.curvature.groups import group_count, probe_groups
 from wciaudit.curvature.hutchinson import ONE_PROBE
+from wciaudit.curvature.rounds import FIRST_PROBES, far_below
 from wciaudit.model import weight_layers
 
 N = 48  # 12 groups of 4
@@ -69,7 +70,12 @@ def _exact(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, group_
 def test_one_probe_per_group_is_unbiased_and_its_se_is_the_group_spread() -> None:
     model, x, y = _case()
     obj = Objective(model, x, y, NAMES, 64, torch.device("cpu"))
-    runs = [hutchinson_traces(obj, probes=1, seed=s, group_seed=0) for s in range(SEEDS)]
+    runs = [
+        hutchinson_traces(
+            obj, probes=1, seed=s, group_seed=0, tol=0.05, max_probes=200, min_probes=10
+        )
+        for s in range(SEEDS)
+    ]
     for k, name in enumerate(NAMES):
         total, var_t, expected_b = _exact(model, x, y, name, group_seed=0)
         traces = [r[k].trace for r in runs]
@@ -94,12 +100,12 @@ def test_wci_rounds_never_stop_on_one_probe_per_group() -> None:
     names = [layer.name for layer in weight_layers(model)]
     params = dict(model.named_parameters())
     norms = [float(params[n].detach().norm()) for n in names]
-    est = layer_traces(model, x, y, names, method="hutchinson", tol=0.5, weight_norms=norms)
+    est = traces(model, x, y, names, method="hutchinson", tol=0.5, weight_norms=norms)
     assert all(e.history[0][0] == 1 for e in est)  # the look: 12 groups >= min_probes 10
     for e in est:
-        assert e.probes >= FIRST_PROBES or (e.probes == 1 and _far_below(e)), e
+        assert e.probes >= FIRST_PROBES or (e.probes == 1 and far_below(e)), e
     assert any(e.probes >= FIRST_PROBES for e in est)
-    held = layer_traces(
+    held = traces(
         model, x, y, names, method="hutchinson", tol=0.5, weight_norms=norms, layer_tol=0.5
     )
     assert all(e.history[0][0] >= 2 for e in held)
@@ -110,5 +116,5 @@ def test_a_far_below_layer_keeps_its_look() -> None:
         return TraceEstimate("w", trace, se, 1, "hutchinson", True, "tol", [], se, 0.0,
                              group_shares=(trace / 16,) * 16)  # fmt: skip
 
-    assert _far_below(look(-10.0, 1.0)) and not _far_below(look(-4.0, 1.0))
-    assert not _far_below(look(3.0, 1.0))
+    assert far_below(look(-10.0, 1.0)) and not far_below(look(-4.0, 1.0))
+    assert not far_below(look(3.0, 1.0))

@@ -49,9 +49,13 @@ def test_float32_matches_float64_on_a_nearly_one_hot_softmax(route: str) -> None
     net, x, y = _confident()
     model = net if route == "hooks" else _Functional(net)
     names = [n for n, p in model.named_parameters() if p.dim() == 2]
-    exact = ggn_traces(Objective(model, x, y, names, 32, torch.device("cpu")))
+    exact = ggn_traces(
+        Objective(model, x, y, names, 32, torch.device("cpu")), memory_bytes=2**29, seed=0
+    )
     single = copy.deepcopy(model).float()
-    got = ggn_traces(Objective(single, x.float(), y, names, 32, torch.device("cpu")))
+    got = ggn_traces(
+        Objective(single, x.float(), y, names, 32, torch.device("cpu")), memory_bytes=2**29, seed=0
+    )
     reason = "layer hooks" if route == "hooks" else "Jacobians"
     for a, b in zip(exact, got, strict=True):
         assert reason in b.route_reason

@@ -93,7 +93,8 @@ def test_hutchinson_per_group_graphs_are_freed() -> None:
     x, y = _data(20, (12,))
     obj = Objective(model, x, y, ["1.weight", "5.weight"], 4, torch.device("cpu"))
     stale = _watched(
-        model, lambda: hutchinson_traces(obj, tol=1e-9, max_probes=3, min_probes=2, groups=1)
+        model,
+        lambda: hutchinson_traces(obj, tol=1e-9, max_probes=3, min_probes=2, groups=1, seed=0),
     )
     assert max(stale) == 0, stale
 
@@ -105,7 +106,12 @@ def test_gauss_newton_routes_free_each_batch_graph(route: str) -> None:
     names = ["0.weight", "4.weight", "8.weight"]
     obj = Objective(model, x, y, names, 4, torch.device("cpu"))
     if route == "ggn":
-        stale = _watched(model, lambda: ggn_traces(obj))
+        stale = _watched(model, lambda: ggn_traces(obj, memory_bytes=2**29, seed=0))
     else:
-        stale = _watched(model, lambda: mc_ggn_traces(obj, k_labels=2, max_labels=2, tol=1e-9))
+        stale = _watched(
+            model,
+            lambda: mc_ggn_traces(
+                obj, k_labels=2, max_labels=2, tol=1e-9, seed=0, memory_bytes=2**29
+            ),
+        )
     assert max(stale) == 0, stale

@@ -49,7 +49,7 @@ def test_exact_route_subset_se_is_calibrated() -> None:
 
     def estimate(x, y, seed):  # noqa: ANN001, ANN202
         obj = Objective(model, x, y, names, 64, torch.device("cpu"), n_population=POPULATION)
-        est = ggn_traces(obj)
+        est = ggn_traces(obj, memory_bytes=2**29, seed=0)
         for e in est:
             assert (
                 e.se == e.sample_se > 0 and e.probe_se == 0 and e.se_covers == ("hessian-subset",)
@@ -84,7 +84,9 @@ def test_hutchinson_se_is_calibrated(options: dict, check) -> None:  # noqa: ANN
 
     def estimate(x, y, seed):  # noqa: ANN001, ANN202
         obj = Objective(model, x, y, names, 64, torch.device("cpu"), n_population=POPULATION)
-        est = hutchinson_traces(obj, seed=seed, **options)
+        est = hutchinson_traces(
+            obj, **{"tol": 0.05, "max_probes": 200, "min_probes": 10, "seed": seed, **options}
+        )
         for e in est:
             check(e)
         return est
@@ -99,7 +101,7 @@ def test_whole_split_has_no_subset_part() -> None:
     obj = Objective(
         model, x[:SUBSET], y[:SUBSET], ["1.weight"], 64, torch.device("cpu"), n_population=SUBSET
     )
-    (e,) = ggn_traces(obj)
+    (e,) = ggn_traces(obj, memory_bytes=2**29, seed=0)
     assert e.se == 0 and e.se_covers == ()
-    (h,) = hutchinson_traces(obj, seed=0, max_probes=30)
+    (h,) = hutchinson_traces(obj, seed=0, max_probes=30, tol=0.05, min_probes=10)
     assert h.sample_se == 0 and h.se == h.probe_se and h.se_covers == ("probes",)

@@ -11,9 +11,10 @@ import torch
 from reference import dense_block
 from torch import nn
 
-from wciaudit.curvature import hutchinson
+from wciaudit.curvature import probe_graphs
 from wciaudit.curvature.ggn import weight_modules
-from wciaudit.curvature.hutchinson import _BatchedHvp, hutchinson_traces
+from wciaudit.curvature.hutchinson import hutchinson_traces
+from wciaudit.curvature.hvp import BatchedHvp
 from wciaudit.curvature.objective import Objective
 from wciaudit.curvature.taps import GroupTaps, tappable
 
@@ -75,7 +76,7 @@ def test_each_groups_product_equals_its_dense_hessian() -> None:
         for n in NAMES:
             # all probes through the graph at once, and one product per probe
             stacked = probes[n].transpose(0, 1)
-            hvp = _BatchedHvp()
+            hvp = BatchedHvp()
             got[n] += hvp(n, grads[n], taps.taps[n], stacked, groups=True).t() / 2
             got[n] += hvp._loop(grads[n], taps.taps[n], stacked, 2).t() / 2
     for n in NAMES:
@@ -99,7 +100,7 @@ def test_taps_give_the_per_group_graphs_values(monkeypatch: pytest.MonkeyPatch) 
         return hutchinson_traces(obj, tol=0.01, max_probes=12, min_probes=4, seed=5)
 
     tapped = run()
-    monkeypatch.setattr(hutchinson, "tappable", lambda objective, modules: [])
+    monkeypatch.setattr(probe_graphs, "tappable", lambda objective, modules: [])
     per_group = run()
     for a, b in zip(tapped, per_group, strict=True):
         assert a.probes == b.probes

@@ -1,4 +1,4 @@
-"""Per-layer traces of the adversarial-loss Hessian: route choice and the three estimators.
+"""Per-layer traces of the adversarial-loss Hessian: the public surface and the dispatch.
 
 ``layer_traces`` measures Tr(H_kk) for every layer k, on the route
 :func:`.route.choose_routes` picks by expected cost:
@@ -6,31 +6,43 @@
   the data (checked per layer) and C backward passes are the cheapest;
 - ``mc-ggn`` (:mod:`.mc_ggn`) where the residual is zero and sampled labels are cheaper
   (many classes);
-- ``hutchinson`` (:mod:`.hutchinson`) elsewhere, with block-restricted probes.
+- ``hutchinson`` (:mod:`.hutchinson`) elsewhere, with block-restricted probes;
+- ``hutch++`` (:mod:`.hutchpp`) only where asked for (``curvature="hutchpp"``).
 
-The tolerance applies per layer, or, given the layers' weight norms, to the WCI
-(``tol_target="wci"``): Hutchinson probes then go where they cut WCI's variance most.
+The tolerance applies per layer, or, given the layers' weight norms, to the WCI:
+Hutchinson probes then go where they cut WCI's variance most (:mod:`.rounds`). The
+settings come from one :class:`wciaudit.config.ScanConfig`; the caller builds the
+:class:`.Objective`.
+
+The pieces, one idea per module: the operator a route applies (:mod:`.objective`, the
+loss and its examples; :mod:`.hvp`, Hessian-vector products through
+:mod:`.probe_graphs` and :mod:`.taps`; :mod:`.ggn` and :mod:`.mc_ggn`, the exact and
+sampled Gauss-Newton blocks), the estimators over it (:mod:`.hutchinson`,
+:mod:`.hutchpp`, the exact trace of :mod:`.ggn`), and what they share: the growth rule
+(:mod:`.growth`), the SE family (:mod:`.standard_errors`), the example groups
+(:mod:`.groups`), pooling (:mod:`.pooling`) and the WCI budget (:mod:`.allocation`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..bounds import wci_term_se, wci_terms, weight_curvature_index
+from ..config import ScanConfig
 from ..model import no_tf32
-from .estimate import TraceEstimate, mean_and_se
+from .estimate import TraceEstimate
 from .ggn import ggn_traces, hookable, residual_vanishes
-from .groups import group_count
-from .hutchinson import first_round, hutchinson_traces
+from .hutchinson import hutchinson_traces
+from .hutchpp import hutchpp_traces
 from .mc_ggn import mc_ggn_traces
 from .objective import Objective
+from .pooling import pool
+from .rounds import mark_wci_stop, wci_rounds
 from .route import Route, choose_routes, memory_groups
+from .standard_errors import mean_and_se
 
 __all__ = [
     "Objective",
@@ -38,6 +50,7 @@ __all__ = [
     "layer_traces",
     "ggn_traces",
     "hutchinson_traces",
+    "hutchpp_traces",
     "mc_ggn_traces",
     "choose_routes",
     "Route",
@@ -48,133 +61,85 @@ __all__ = [
 
 
 def layer_traces(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    names: list[str],
+    objective: Objective,
+    config: ScanConfig,
     *,
-    method: str = "auto",
-    tol: float = 0.05,
-    max_probes: int = 200,
-    min_probes: int = 10,
-    seed: int = 0,
-    batch_size: int = 128,
-    device: torch.device | None = None,
-    memory_bytes: int = 512 * 2**20,
+    weight_norms: Sequence[float] | None = None,
     progress: Callable[[str, int], None] | None = None,
-    n_total: int | None = None,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    n_population: int | None = None,
-    k_labels: int = 2,
-    weight_norms: list[float] | None = None,
-    tol_target: str | None = None,
-    layer_tol: float | None = None,
 ) -> list[TraceEstimate]:
-    """Tr(d^2 L / dW_k^2) for each named layer, L = mean CE of ``model`` on (x, y).
+    """Tr(d^2 L / dW_k^2) for each layer of ``objective.names``, L = mean CE on (x, y).
 
     Args:
-        model: classifier in eval mode, on ``device``.
-        x, y: the (adversarial) examples the Hessian is taken over, on the CPU.
-        names: layer parameter names, in model order.
-        method: ``auto`` (cheapest expected route, :func:`.route.choose_routes`),
-            ``ggn`` (exact route wherever it is exact), ``mc-ggn`` (sampled labels
-            wherever the residual vanishes), ``hutchinson`` (probes everywhere).
-        tol, max_probes, min_probes, seed: the stop rule and probes. ``tol`` is the
-            relative SE target of each layer, or of the WCI when ``tol_target="wci"``.
-        memory_bytes: budget for one chunk of per-example Jacobians.
+        objective: model (in eval mode, on ``objective.device``), the fixed examples,
+            the layers, and, under torch.distributed, this process's shard of them.
+        config: the scan's settings; read here: ``curvature`` (the route: ``auto``,
+            ``ggn``, ``mc-ggn``, ``hutchinson``, ``hutchpp``; :func:`.route.choose_routes`), ``tol``,
+            ``layer_tol``, ``max_probes``, ``min_probes``, ``seed``, ``memory_bytes``
+            (one chunk of per-example Jacobians) and ``k_labels`` (``mc-ggn``).
+        weight_norms: ||W_k||_F per layer (order of ``objective.names``). Given, the
+            target is the WCI: stop when WCI = sum_k ||W_k||_F sqrt(Tr_k) has relative
+            SE <= ``tol`` (delta method, as :func:`wciaudit.bounds.weight_curvature_index`),
+            giving further Hutchinson probes to the layers whose variance they cut most
+            per probe, and holding each Hutchinson layer to ``layer_tol`` when that is
+            set. Absent, every layer to relative SE ``tol``.
         progress: called as ``progress(kind, n)`` with kind ``"ggn"`` (examples) or
             ``"probes"``.
-        n_total, reduce: under torch.distributed, (x, y) is this process's shard of
-            ``n_total`` examples and ``reduce`` sums a tensor over processes.
-        n_population: size of the split (x, y) was sampled from; the SE then covers
-            the choice of subset, with the finite-population factor.
-        k_labels: labels per example on the ``mc-ggn`` route.
-        weight_norms: ||W_k||_F per layer (order of ``names``); needed for the WCI target.
-        tol_target: ``"wci"`` (default when ``weight_norms`` is given): stop when
-            WCI = sum_k ||W_k||_F sqrt(Tr_k) has relative SE <= ``tol`` (delta method,
-            as :func:`wciaudit.bounds.weight_curvature_index`), giving further
-            Hutchinson probes to the layers whose variance they cut most per probe;
-            ``"layer"``: every layer to relative SE ``tol``.
-        layer_tol: with the WCI target, also hold each Hutchinson layer to this
-            relative SE (None: no per-layer target).
 
     Returns:
-        One estimate per layer, in the order of ``names``; ``method`` is the route
-        taken and ``route_reason`` says why.
+        One estimate per layer, in the order of ``objective.names``; ``method`` is the
+        route taken and ``route_reason`` says why.
     """
-    target = tol_target or ("wci" if weight_norms is not None else "layer")
-    if target not in ("wci", "layer"):
-        raise ValueError(f"tol_target must be 'wci' or 'layer', got {tol_target!r}")
-    if target == "wci" and (weight_norms is None or len(weight_norms) != len(names)):
-        raise ValueError("tol_target='wci' needs weight_norms, one per layer name")
-    options = _Options(**{k: v for k, v in locals().items() if k in _Options.__dataclass_fields__})
-    options = replace(options, weight_norms=weight_norms if target == "wci" else None)
+    names = list(objective.names)
+    norms = None if weight_norms is None else [float(w) for w in weight_norms]
+    if norms is not None and len(norms) != len(names):
+        raise ValueError(
+            f"weight_norms needs one norm per layer: {len(norms)} norms, {len(names)} layers"
+        )
     # fused attention kernels (flash / memory-efficient SDPA) have no double backward;
     # the math kernel computes the same attention and differentiates twice
     # and TF32 off: cuDNN's default convolutions round to ~1e-3 (:func:`..model.no_tf32`)
     with sdpa_kernel([SDPBackend.MATH]), no_tf32():
-        return _layer_traces(model, x, y, list(names), options)
-
-
-@dataclass(frozen=True)
-class _Options:
-    """The settings of one :func:`layer_traces` call, as given there."""
-
-    method: str
-    tol: float
-    max_probes: int
-    min_probes: int
-    seed: int
-    batch_size: int
-    device: torch.device | None
-    memory_bytes: int
-    progress: Callable[[str, int], None] | None
-    n_total: int | None
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None
-    n_population: int | None
-    k_labels: int
-    weight_norms: list[float] | None
-    layer_tol: float | None
-
-    def tick(self, kind: str) -> Callable[[int], None] | None:
-        progress = self.progress
-        return None if progress is None else (lambda k: progress(kind, k))
+        return _layer_traces(objective, names, config, norms, progress)
 
 
 def _layer_traces(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str], o: _Options
+    objective: Objective,
+    names: list[str],
+    config: ScanConfig,
+    norms: list[float] | None,
+    progress: Callable[[str, int], None] | None,
 ) -> list[TraceEstimate]:
-    device = o.device or next(model.parameters()).device
-    objective = Objective(
-        model, x, y, names, o.batch_size, device, n_total=o.n_total, n_population=o.n_population
-    )
-    if o.reduce is not None:
-        objective.reduce = o.reduce
     classes = _num_classes(objective)
     routes = {
         r.name: r
         for r in choose_routes(
             objective,
             names,
-            method=o.method,
-            min_probes=o.min_probes,
-            max_probes=o.max_probes,
-            memory_bytes=o.memory_bytes,
+            method=config.curvature.value,
+            min_probes=config.min_probes,
+            max_probes=config.max_probes,
+            memory_bytes=config.memory_bytes,
             classes=classes,
-            k_labels=o.k_labels,
-            tol=o.tol,
-            seed=o.seed,
+            k_labels=config.k_labels,
+            tol=config.tol,
+            seed=config.seed,
         )
     }
-    by_route = {
-        kind: [n for n in names if routes[n].route == kind]
-        for kind in ("exact-ggn", "mc-ggn", "hutchinson")
-    }
+    plan = _Plan(
+        objective,
+        config,
+        classes,
+        progress,
+        norms=None if norms is None else dict(zip(names, norms, strict=True)),
+    )
     estimates: dict[str, TraceEstimate] = {}
-    _gauss_newton(objective, by_route, classes, estimates, o)
-    _probes(objective, names, by_route["hutchinson"], estimates, o)
-    if o.weight_norms is not None:
-        _mark_wci_stop(estimates, dict(zip(names, o.weight_norms, strict=True)), o.tol)
+    # in this order: the WCI rounds read the estimates of the routes before them
+    for route, estimator in _ESTIMATORS.items():
+        layers = [n for n in names if routes[n].route == route]
+        if layers:
+            estimates.update((e.name, e) for e in estimator(plan, layers, dict(estimates)))
+    if norms is not None:
+        mark_wci_stop(estimates, plan.norms, config.tol)
     for n in names:
         estimates[n].method = routes[n].route
         # why the route, then how the estimator served the layer (e.g. tied weights)
@@ -183,413 +148,107 @@ def _layer_traces(
     return [estimates[n] for n in names]
 
 
-def _gauss_newton(
-    objective: Objective,
-    by_route: dict[str, list[str]],
-    classes: int,
-    estimates: dict[str, TraceEstimate],
-    o: _Options,
-) -> None:
-    """The exact and the sampled-label Gauss-Newton layers, into ``estimates``."""
-    exact = by_route["exact-ggn"]
-    if exact:
-        fast = hookable(objective, exact)
-        groups = ([fast] if fast else []) + memory_groups(
-            objective, [n for n in exact if n not in fast], classes, o.memory_bytes
+@dataclass(frozen=True)
+class _Plan:
+    """What every estimator reads: the objective, the settings, C, the progress hook
+    and, under the WCI target, each layer's weight norm."""
+
+    objective: Objective
+    config: ScanConfig
+    classes: int
+    progress: Callable[[str, int], None] | None
+    norms: dict[str, float] | None
+
+    def tick(self, kind: str) -> Callable[[int], None] | None:
+        progress = self.progress
+        return None if progress is None else (lambda k: progress(kind, k))
+
+
+def _exact_ggn(plan: _Plan, layers: list[str], _done: dict) -> list[TraceEstimate]:
+    """The exact trace of the Gauss-Newton block, per memory group of layers."""
+    objective, config = plan.objective, plan.config
+    fast = hookable(objective, layers)
+    groups = ([fast] if fast else []) + memory_groups(
+        objective, [n for n in layers if n not in fast], plan.classes, config.memory_bytes
+    )
+    out: list[TraceEstimate] = []
+    for group in groups:
+        out += ggn_traces(
+            objective,
+            group,
+            memory_bytes=config.memory_bytes,
+            progress=plan.tick("ggn"),
+            seed=config.seed,
         )
-        for group in groups:
-            for est in ggn_traces(
-                objective, group, memory_bytes=o.memory_bytes, progress=o.tick("ggn"), seed=o.seed
-            ):
-                estimates[est.name] = est
-    if by_route["mc-ggn"]:
-        for est in mc_ggn_traces(
-            objective,
-            by_route["mc-ggn"],
-            k_labels=o.k_labels,
-            seed=o.seed,
-            # labels are shared by all layers and cheap: each layer to tol keeps each
-            # WCI term within tol / 2, leaving most of the WCI's budget to the probes
-            tol=o.tol,
-            max_labels=max(o.k_labels, o.max_probes),
-            memory_bytes=o.memory_bytes,
-            progress=o.tick("ggn"),
-        ):
-            estimates[est.name] = est
-
-
-def _probes(
-    objective: Objective,
-    names: list[str],
-    hutch: list[str],
-    estimates: dict[str, TraceEstimate],
-    o: _Options,
-) -> None:
-    """The Hutchinson layers, each to ``tol`` or, with the layers' norms, until WCI is."""
-    if not hutch:
-        return
-    if o.weight_norms is None:
-        for est in hutchinson_traces(
-            objective,
-            tol=o.tol,
-            max_probes=o.max_probes,
-            min_probes=o.min_probes,
-            seed=o.seed,
-            names=hutch,
-            progress=o.tick("probes"),
-        ):
-            estimates[est.name] = est
-        return
-    norms = dict(zip(names, o.weight_norms, strict=True))
-    estimates.update(
-        _wci_target(
-            objective,
-            hutch,
-            estimates,
-            norms,
-            tol=o.tol,
-            layer_tol=o.layer_tol,
-            min_probes=o.min_probes,
-            max_probes=o.max_probes,
-            seed=o.seed,
-            progress=o.tick("probes"),
-        )
-    )
-
-
-# further rounds of WCI-targeted probes before giving up on the target
-_WCI_ROUNDS = 12
-# seed offset between rounds, so every round draws fresh probes
-_ROUND_SEED = 7_777_777
-
-
-def _term_var(norm: float, e: TraceEstimate) -> float:
-    """Var of a layer's WCI term (:func:`wciaudit.bounds.wci_term_se` squared)."""
-    return wci_term_se(norm, e.trace, e.se) ** 2
-
-
-def _wci(norms: dict[str, float], estimates: dict[str, TraceEstimate]) -> float:
-    return math.fsum(
-        wci_terms([norms[n] for n in estimates], [e.trace for e in estimates.values()])
-    )
-
-
-def wci_relative_se(norms: dict[str, float], estimates: dict[str, TraceEstimate]) -> float:
-    """Relative SE of WCI = sum_k ||W_k||_F sqrt(max(Tr_k, 0)), layers independent
-    (:func:`wciaudit.bounds.weight_curvature_index`): Var(WCI) = sum_k a_k^2 Var(Tr_k),
-    a_k the delta method's ||W_k||_F / (2 sqrt(Tr_k)) away from 0, and near or below 0
-    the slope of a normal estimate's spread (:func:`wciaudit.bounds.term_slope`), so a
-    trace near 0 neither stalls the rule (the delta method's slope grows without bound
-    there) nor drops out of it."""
-    wci, se = weight_curvature_index(
-        [norms[n] for n in estimates],
-        [e.trace for e in estimates.values()],
-        [e.se for e in estimates.values()],
-    )
-    if wci == 0:
-        return 0.0 if se == 0 else math.inf
-    return se / wci
-
-
-#: one-sided level of the upper confidence bound on an SE that the rounds stop on
-_STOP_LEVEL = 0.1
-_Z_STOP = -1.2815515655446004  # the standard normal's 10 % quantile
-
-
-def se_degrees_of_freedom(e: TraceEstimate) -> float:
-    """Degrees of freedom of a Hutchinson estimate's SE: G (p - 1) for p probes per
-    group over G groups (the within-group spread), G - 1 for one probe per group (the
-    spread between groups); infinite for the routes whose SE rests on every example."""
-    groups = len(e.group_shares)
-    if e.method != "hutchinson" or not isinstance(e.probes, int) or groups == 0:
-        return math.inf
-    return float(groups * (e.probes - 1) if e.probes > 1 else max(groups - 1, 1))
-
-
-def se_upper_factor(dof: float) -> float:
-    """sqrt(dof / chi2_{0.1}(dof)): the factor that takes an SE with ``dof`` degrees of
-    freedom to the upper end of its one-sided 90 % confidence interval (Wilson and
-    Hilferty's cube-root approximation to the chi-square quantile, within 1 % from 3
-    degrees of freedom on).
-
-    Example:
-        >>> round(se_upper_factor(16), 2), round(se_upper_factor(160), 2)
-        (1.31, 1.08)
-    """
-    if not math.isfinite(dof):
-        return 1.0
-    h = 2.0 / (9.0 * dof)
-    q = dof * max(1.0 - h + _Z_STOP * math.sqrt(h), 0.05) ** 3
-    return math.sqrt(dof / q)
-
-
-def cautious(estimates: dict[str, TraceEstimate]) -> dict[str, TraceEstimate]:
-    """The estimates with each Hutchinson SE at the upper end of its 90 % interval, for
-    the stop rule. A rule that stops on the SE as measured stops early on the seeds
-    whose SE came out small, and with Rademacher probes those are the seeds whose
-    estimate came out low (the per-probe values are skewed: estimate and SE correlate
-    0.4-0.7 on small nets), so the stopped estimates under-covered (docs/spec.md)."""
-    return {
-        n: replace(e, se=e.se * se_upper_factor(se_degrees_of_freedom(e)))
-        for n, e in estimates.items()
-    }
-
-
-def _wci_target(
-    objective: Objective,
-    names: list[str],
-    fixed: dict[str, TraceEstimate],
-    norms: dict[str, float],
-    *,
-    tol: float,
-    layer_tol: float | None,
-    min_probes: int,
-    max_probes: int,
-    seed: int,
-    progress: Callable[[int], None] | None,
-) -> dict[str, TraceEstimate]:
-    """Hutchinson layers until the WCI's relative SE is <= ``tol``.
-
-    Round 0 is a first look of one probe per group (:func:`_first_look`), after which
-    every layer not far below 0 (:func:`_far_below`) is topped up to
-    :data:`FIRST_PROBES` per group; or, with fewer groups, the first round at once; or
-    every layer to ``layer_tol``. No rule reads a one-probe SE of a layer that matters:
-    that SE, the spread between the groups, is noisy and correlated with the estimate
-    (low estimates come with small SEs), so a rule that stops on it stops more often
-    when the estimate is low; it under-covered (docs/spec.md). Then, with
-    a_k = ||W_k||^2 s_k^2 / (4 Tr_k) (s_k the per-probe sd), the probe counts n_k that
-    minimise sum_k n_k subject to sum_k a_k / n_k <= the variance left to these layers
-    are n_k proportional to sqrt(a_k) (Lagrange); each round moves the layers towards
-    those counts (capped at ``max_probes``) with fresh probes, pooled with the old.
-    """
-    look = _first_look(objective, layer_tol, min_probes)
-    first = hutchinson_traces(
-        objective,
-        tol=layer_tol if layer_tol is not None else math.inf,
-        max_probes=max_probes if layer_tol is not None else min(min_probes, max_probes),
-        min_probes=min_probes,
-        seed=seed,
-        names=names,
-        progress=progress,
-        probes=look
-        or (None if layer_tol is not None else _first_probes(objective, min_probes, max_probes)),
-    )
-    current = {e.name: e for e in first}
-    if look:
-        # the look may spare only the layers whose terms are 0 beyond doubt; the rest
-        # get the first round's probes before any rule reads their SE
-        top = [n for n, e in current.items() if not _far_below(e)]
-        more = _first_probes(objective, min_probes, max_probes) - look
-        if top and more > 0:
-            for est in hutchinson_traces(
-                objective,
-                tol=math.inf,
-                probes=more,
-                seed=seed + (_WCI_ROUNDS + 1) * _ROUND_SEED,
-                group_seed=seed,
-                names=top,
-                progress=progress,
-            ):
-                current[est.name] = pool(current[est.name], est)
-    for round_ in range(1, _WCI_ROUNDS + 1):
-        everything = {**fixed, **current}
-        if wci_relative_se(norms, cautious(everything)) <= tol:
-            break
-        if not _reachable(norms, fixed, cautious(current), tol, max_probes):
-            break  # not even every layer at the cap meets the target: say so, stop
-        extra = _allocate(norms, fixed, cautious(current), tol, max_probes)
-        if not extra:
-            break
-        for count, group in _by_count(extra).items():
-            for est in hutchinson_traces(
-                objective,
-                tol=math.inf,
-                probes=count,
-                seed=seed + round_ * _ROUND_SEED,
-                group_seed=seed,
-                names=group,
-                progress=progress,
-            ):
-                current[est.name] = pool(current[est.name], est)
-    return current
-
-
-#: probes per group of the WCI rounds' first round, at least: an SE with 3 G degrees of
-#: freedom (48 with 16 groups). With 2 per group (16) a GELU MLP's per-layer coverage
-#: of its exact traces was 92 % and the z sd 1.28, with 4: 93 % and 1.09
-#: (docs/spec.md); a layer the rounds leave at its first round keeps that SE.
-FIRST_PROBES = 4
-
-
-def _first_look(objective: Objective, layer_tol: float | None, min_probes: int) -> int | None:
-    """1 (one probe per group) where the groups alone give the SE ``min_probes - 1``
-    degrees of freedom (G >= ``min_probes``), so that layers whose traces lie far below
-    0 (most of a smooth network's at PGD points), whose WCI terms are 0 whatever the
-    probes, cost one Hessian-vector product each; None (the first round at once) where
-    the groups are fewer or each layer has its own target."""
-    if layer_tol is not None or group_count(objective.n) < max(min_probes, 2):
-        return None
-    return 1
-
-
-#: a first look spares a layer whose trace lies this many (cautious) SEs below 0
-_FAR_BELOW = 4.0
-
-
-def _far_below(e: TraceEstimate) -> bool:
-    """Is the trace below 0 beyond doubt: T + 4 SE < 0 with the SE at the upper end of
-    its 90 % interval (x1.35 for a look's 15 degrees of freedom)? Such a term is 0 and
-    its slope ~0 whatever its SE, so no rule's choice hangs on the noise of that SE."""
-    return e.trace + _FAR_BELOW * e.se * se_upper_factor(se_degrees_of_freedom(e)) < 0
-
-
-def _first_probes(objective: Objective, min_probes: int, max_probes: int) -> int:
-    """Probes per group of the first round: :func:`.hutchinson.first_round`, at least
-    ``FIRST_PROBES``, at most ``max_probes``."""
-    usual = first_round(min_probes, group_count(objective.n), max_probes)
-    return int(min(max(usual, FIRST_PROBES), max_probes))
-
-
-def _term_variance_at(norm: float, e: TraceEstimate, probes: int) -> float:
-    """Var of a Hutchinson layer's WCI term if it had ``probes`` probes: the probe part
-    of its SE shrinks as 1 / sqrt(probes), the subset part stays, and the term's slope
-    follows the SE (near 0 the variance shrinks only as 1 / sqrt(probes))."""
-    per_probe = e.probe_se**2 * int(e.probes)
-    se = math.sqrt(per_probe / max(probes, 1) + e.sample_se**2)
-    return wci_term_se(norm, e.trace, se) ** 2
-
-
-def _reachable(
-    norms: dict[str, float],
-    fixed: dict[str, TraceEstimate],
-    current: dict[str, TraceEstimate],
-    tol: float,
-    max_probes: int,
-) -> bool:
-    """Could the WCI reach relative SE ``tol`` with every open layer at ``max_probes``,
-    were each open trace 2 SE above its estimate? Where it cannot (a WCI near 0 beside
-    layers whose traces are near or below 0, whose terms stay noisy), further rounds
-    are spent in vain. The traces are taken at the hopeful end because a trace
-    underestimated near 0 has a steep WCI term (sqrt's slope) and would make a
-    reachable target look hopeless on the noise of a few probes."""
-    hope = {n: replace(e, trace=e.trace + 2 * e.se) for n, e in current.items()}
-    wci = _wci(norms, {**fixed, **hope})
-    var = math.fsum(_term_var(norms[n], e) for n, e in fixed.items())
-    var += math.fsum(
-        _term_variance_at(norms[n], e, max(int(e.probes), max_probes)) for n, e in hope.items()
-    )
-    return var <= (tol * wci) ** 2
-
-
-def _allocate(
-    norms: dict[str, float],
-    fixed: dict[str, TraceEstimate],
-    current: dict[str, TraceEstimate],
-    tol: float,
-    max_probes: int,
-) -> dict[str, int]:
-    wci = _wci(norms, {**fixed, **current})
-    budget = (tol * wci) ** 2 - math.fsum(_term_var(norms[n], e) for n, e in fixed.items())
-    # per-probe variance of each open layer's term: a_k^2 Var(Tr_k) n_k, its slope taken
-    # 2 SE above the estimate: at the estimate a trace that came out low near 0 gets a
-    # flat slope and no more probes, so the low estimates of such layers were kept and
-    # the high ones pulled back, and the layer's estimates came out biased low
-    a = {
-        n: _term_var(norms[n], replace(e, trace=e.trace + 2 * e.se)) * e.probes
-        for n, e in current.items()
-        if e.se > 0 and isinstance(e.probes, int) and e.probes < max_probes
-    }
-    a = {n: v for n, v in a.items() if v > 0}
-    capped = math.fsum(_term_var(norms[n], e) for n, e in current.items() if n not in a)
-    budget -= capped
-    if not a or budget <= 0:
-        return {}  # the layers at their cap (or the fixed routes) already exceed the target
-    root_sum = math.fsum(math.sqrt(v) for v in a.values())
-    out = {}
-    for n, v in a.items():
-        have = int(current[n].probes)
-        want = min(max_probes, math.ceil(1.1 * math.sqrt(v) * root_sum / budget))
-        if want > have:
-            out[n] = int(min(max_probes - have, max(want - have, math.ceil(have / 2), 4)))
     return out
 
 
-def _by_count(extra: dict[str, int]) -> dict[int, list[str]]:
-    """Layers grouped by the probes they get, one Hutchinson call per group."""
-    out: dict[int, list[str]] = {}
-    for n, k in extra.items():
-        out.setdefault(k, []).append(n)
-    return out
+def _mc_ggn(plan: _Plan, layers: list[str], _done: dict) -> list[TraceEstimate]:
+    """The sampled-label Gauss-Newton trace, labels shared by the layers."""
+    config = plan.config
+    return mc_ggn_traces(
+        plan.objective,
+        layers,
+        k_labels=config.k_labels,
+        seed=config.seed,
+        # labels are shared by all layers and cheap: each layer to tol keeps each
+        # WCI term within tol / 2, leaving most of the WCI's budget to the probes
+        tol=config.tol,
+        max_labels=max(config.k_labels, config.max_probes),
+        memory_bytes=config.memory_bytes,
+        progress=plan.tick("ggn"),
+    )
 
 
-def pool(a: TraceEstimate, b: TraceEstimate) -> TraceEstimate:
-    """Two independent Hutchinson estimates of one trace as one, on the same groups.
+def _hutchpp(plan: _Plan, layers: list[str], _done: dict) -> list[TraceEstimate]:
+    """Hutch++ on each layer to ``tol`` (its WCI term then within tol / 2)."""
+    config = plan.config
+    return hutchpp_traces(
+        plan.objective,
+        layers,
+        tol=config.tol,
+        min_probes=config.min_probes,
+        max_probes=config.max_probes,
+        seed=config.seed,
+    )
 
-    The mean of all probe values; the probe part from the pooled within-group spread,
-    as :func:`.hutchinson.grouped_mean_and_se` would give from all the values:
-    with p = p_a + p_b probes per group and W = sum_g s_g^2 / p,
 
-        sum_g (p - 1) s_g^2 = (p_a - 1) p_a W_a + (p_b - 1) p_b W_b
-                              + p_a p_b / p * sum_g (ybar_ga - ybar_gb)^2,
-
-    so the probe SE keeps G (p - 1) degrees of freedom (taken from the p probe totals
-    alone it had p - 1, and the rounds stopped on its noise). A run of one probe per
-    group adds nothing to the first sum (its ``probe_se`` is the group spread, not W).
-    Without group shares the probe totals are pooled. A Hessian-subset part
-    (``sample_se``) estimates the same quantity in both runs and is averaged by probes."""
-    na, nb = int(a.probes), int(b.probes)
-    n = na + nb
-    mean = (na * a.trace + nb * b.trace) / n
-    groups = len(a.group_shares)
-    if groups > 0 and groups == len(b.group_shares):
-        within = (na - 1) * na * a.probe_se**2 + (nb - 1) * nb * b.probe_se**2
-        within += (
-            na
-            * nb
-            / n
-            * math.fsum((x - y) ** 2 for x, y in zip(a.group_shares, b.group_shares, strict=True))
+def _hutchinson(plan: _Plan, layers: list[str], done: dict) -> list[TraceEstimate]:
+    """Hutchinson, each layer to ``tol`` or, with the layers' norms, until WCI is
+    (the layers of the routes before, ``done``, fixed in the WCI's budget)."""
+    config = plan.config
+    if plan.norms is None:
+        return hutchinson_traces(
+            plan.objective,
+            tol=config.tol,
+            max_probes=config.max_probes,
+            min_probes=config.min_probes,
+            seed=config.seed,
+            names=layers,
+            progress=plan.tick("probes"),
         )
-        probe_se = math.sqrt(within / (n - 1) / n)
-    else:
-        pa = a.probe_se if a.probe_se > 0 else a.se
-        pb = b.probe_se if b.probe_se > 0 else b.se
-        ss = (na - 1) * pa**2 * na + na * a.trace**2 + (nb - 1) * pb**2 * nb + nb * b.trace**2
-        probe_se = math.sqrt(max(ss - n * mean**2, 0.0) / (n - 1) / n)
-    sample_se = math.sqrt((na * a.sample_se**2 + nb * b.sample_se**2) / n)
-    shares = (
-        tuple((na * x + nb * y) / n for x, y in zip(a.group_shares, b.group_shares, strict=True))
-        if len(a.group_shares) == len(b.group_shares)
-        else ()
+    rounds = wci_rounds(
+        plan.objective,
+        layers,
+        done,
+        plan.norms,
+        tol=config.tol,
+        layer_tol=config.layer_tol,
+        min_probes=config.min_probes,
+        max_probes=config.max_probes,
+        seed=config.seed,
+        progress=plan.tick("probes"),
     )
-    history = a.history + [[n, mean, math.hypot(probe_se, sample_se)]]
-    return TraceEstimate(
-        name=a.name,
-        trace=mean,
-        se=math.hypot(probe_se, sample_se),
-        probes=n,
-        method=a.method,
-        converged=a.converged,
-        stop_reason=a.stop_reason,
-        history=history,
-        probe_se=probe_se if a.probe_se > 0 else 0.0,
-        sample_se=sample_se,
-        se_covers=a.se_covers,
-        # a first look's note on its SE no longer holds once probes are pooled with it
-        route_reason=b.route_reason if na < 2 else a.route_reason,
-        group_shares=shares,
-    )
+    return list(rounds.values())
 
 
-def _mark_wci_stop(
-    estimates: dict[str, TraceEstimate], norms: dict[str, float], tol: float
-) -> None:
-    """Under the WCI target a noisy layer is converged when the WCI met ``tol``."""
-    met = wci_relative_se(norms, cautious(estimates)) <= tol
-    for e in estimates.values():
-        if e.method in ("exact-ggn",) or e.stop_reason == "exact":
-            continue
-        e.converged = met
-        e.stop_reason = "tol" if met else "cap"
+#: the estimator of each route, in the order they run
+_ESTIMATORS: dict[str, Callable[[_Plan, list[str], dict], list[TraceEstimate]]] = {
+    "exact-ggn": _exact_ggn,
+    "mc-ggn": _mc_ggn,
+    "hutch++": _hutchpp,
+    "hutchinson": _hutchinson,
+}
 
 
 def _num_classes(objective: Objective) -> int:

@@ -50,13 +50,3 @@ class TraceEstimate:
         if self.trace == 0:
             return None if self.se == 0 else math.inf
         return self.se / abs(self.trace)
-
-
-def mean_and_se(values: list[float]) -> tuple[float, float]:
-    """Sample mean and its standard error sd / sqrt(n) (n - 1 in the variance)."""
-    n = len(values)
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, math.inf
-    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)

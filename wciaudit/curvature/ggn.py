@@ -29,13 +29,12 @@ Example:
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
     >>> obj = Objective(net, torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)),
     ...                 ["0.weight", "2.weight"], 8, torch.device("cpu"))
-    >>> residual_vanishes(obj)
+    >>> residual_vanishes(obj, seed=0)
     {'0.weight': True, '2.weight': True}
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -48,13 +47,12 @@ from .estimate import TraceEstimate
 from .groups import GROUPS, share_group_count, share_groups
 from .memory import chunk_examples
 from .objective import Objective
+from .standard_errors import subset_mean_and_se
 
 Progress = Callable[[int], None]
 
 
-def residual_vanishes(
-    objective: Objective, max_examples: int = 8, seed: int = 0
-) -> dict[str, bool]:
+def residual_vanishes(objective: Objective, *, seed: int, max_examples: int = 8) -> dict[str, bool]:
     """Per layer: is the non-Gauss-Newton part R_kk of the diagonal block zero on the data?
 
     Measured on the first ``max_examples`` examples with one Gaussian direction u per
@@ -105,9 +103,9 @@ def ggn_traces(
     objective: Objective,
     names: list[str] | None = None,
     *,
-    memory_bytes: int = 512 * 2**20,
+    memory_bytes: int,
+    seed: int,
     progress: Progress | None = None,
-    seed: int = 0,
     groups: int = GROUPS,
 ) -> list[TraceEstimate]:
     """Exact Tr(GGN_kk) per layer; equal to Tr(H_kk) where :func:`residual_vanishes` holds.
@@ -135,7 +133,7 @@ def ggn_traces(
     uses, why_not = _weight_uses(objective, names)
     fast = [n for n in names if n in uses]
     assignment = share_groups(objective.n, seed, groups)
-    offset = objective.offset()
+    offset = objective.offset
     sums = _Sums(
         assignment[offset : offset + objective.n_local],
         share_group_count(objective.n, groups),
@@ -197,23 +195,6 @@ class _Sums:
         total[1] += t.pow(2).sum()
         total[2:].index_add_(0, self.group_of[row : row + t.shape[0]], t / self.n)
         self.rows[name] = row + t.shape[0]
-
-
-def subset_mean_and_se(
-    s1: float, s2: float, n: int, n_population: int | None
-) -> tuple[float, float, tuple[str, ...]]:
-    """Mean of n per-example values from their sum and sum of squares, and the SE of a
-    simple random sample of n out of N: sqrt(1 - n/N) * sd / sqrt(n) (Cochran 1977, 2.8).
-
-    Returns:
-        (mean, se, covers): se is 0 and covers empty when the n examples are the whole
-        population (``n_population`` None or n).
-    """
-    mean = s1 / n
-    if n_population is None or n >= n_population or n < 2:
-        return mean, 0.0, ()
-    var = max(s2 - s1 * mean, 0.0) / (n - 1)
-    return mean, math.sqrt((1 - n / n_population) * var / n), ("hessian-subset",)
 
 
 def _is_hookable_module(module: nn.Module) -> bool:

@@ -8,7 +8,7 @@ so each probe costs one Hessian-vector product through the double-backward graph
 the batch. Restricting a probe to one block removes the cross-block terms H_kj v_j
 that make a whole-model probe 10-100x noisier (SPEC: Layers, norms, curvature).
 
-Engine:
+Engine (:mod:`.probe_graphs`, :mod:`.hvp`):
 - one forward + one ``create_graph`` backward per data batch serves every probe of
   every layer in a round (the graph is kept across rounds when the data is one batch);
 - probes of a layer are pushed through the graph together (``is_grads_batched``,
@@ -17,16 +17,15 @@ Engine:
 - rounds: every layer first gets the probes that estimate its probe variance with
   at least ``min_probes - 1`` degrees of freedom (:func:`first_round`: each probe is
   one vector per group, so with 16 groups 2 probes give 16); after each round a layer
-  stops when
-  its relative total standard error is <= ``tol`` (``stop_reason="tol"``), at
-  ``max_probes`` (``"cap"``), or when only the subset part is above ``tol``
-  (``"subset"``); the others get the probes their running variance says
-  they need (at least half again what they have), so probes go where the error is.
+  stops when its relative total standard error is <= ``tol`` (``stop_reason="tol"``),
+  at ``max_probes`` (``"cap"``), or when only the subset part is above ``tol``
+  (``"subset"``); the others get the probes their running variance says they need
+  (:func:`.growth.more_probes`), so probes go where the error is.
 
 The examples are split into random groups and each probe is one independent vector
 per group; the estimate is the sum over groups of the mean probe value, and its SE
-is Cochran's two-stage estimator (:func:`grouped_mean_and_se`): probe noise within
-groups, the Hessian subset's draw between them. Probes are drawn on the model's device
+is Cochran's two-stage estimator (:func:`.standard_errors.grouped_mean_and_se`): probe
+noise within groups, the Hessian subset's draw between them. Probes are drawn on the model's device
 from a generator seeded by (seed, layer index, round, group), so results do not depend
 on the batch size or the number of processes; a CUDA generator draws other probes than
 the CPU's from the same seed, so CPU and GPU figures agree within their SE, not bit for
@@ -46,23 +45,20 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 
 import torch
 
-from ..retry import is_out_of_memory
 from .estimate import TraceEstimate
-from .ggn import weight_modules
 from .groups import GROUPS, group_count, probe_groups
+from .growth import more_probes
 from .objective import Objective
-from .taps import GroupTaps, tappable
+from .probe_graphs import PerGroupGraphs, Round, TappedGraphs
+from .standard_errors import grouped_mean_and_se
 
 Progress = Callable[[int], None]
-_PROBE_CHUNK = 16
 
-MIN_PROBES = 10
 # what an estimate from one probe per group says of its SE (:func:`grouped_mean_and_se`)
 ONE_PROBE = (
     "one probe per group: the SE is the spread between groups, probes and subset "
@@ -98,142 +94,13 @@ def _probes(
     return rademacher((count, *shape), g)
 
 
-class _BatchedHvp:
-    """v^T H_kk v for a stack of probes through one double-backward graph.
-
-    Two ways give the same values: all probes at once (``is_grads_batched``, a vmap
-    over the backward) or one product per probe. Batching pays for Linear weights and
-    on GPUs; on a CPU the batched convolution backward measured 2-3x slower than the
-    loop (benchmarks/trace_speed.py), so there convolutions loop. The rule depends on
-    the layer and device only, never on timings, so runs stay repeatable; an op without
-    a vmap batching rule turns batching off for the rest of the run.
-
-    With ``groups`` the weight is a zero tap (G, *shape) (:mod:`.taps`) and the probes
-    (p, G, *shape) hold one vector per group: the values are then (p, G), one per group.
-    """
-
-    def __init__(self) -> None:
-        self.batched_ok = True
-
-    def __call__(
-        self,
-        name: str,
-        grad_k: torch.Tensor,
-        weight_k: torch.Tensor,
-        probes: torch.Tensor,
-        groups: bool = False,
-    ) -> torch.Tensor:
-        lead = 2 if groups else 1  # leading axes kept: probes, and groups
-        if not grad_k.requires_grad:  # the loss does not reach this layer's weight
-            return torch.zeros(probes.shape[:lead], dtype=torch.float64)
-        linear = weight_k.dim() - (lead - 1) == 2
-        batched = (
-            self.batched_ok and probes.shape[0] > 1 and (linear or weight_k.device.type == "cuda")
-        )
-        out = self._batched(grad_k, weight_k, probes, lead) if batched else None
-        return out if out is not None else self._loop(grad_k, weight_k, probes, lead)
-
-    def _batched(
-        self, grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor, lead: int
-    ) -> torch.Tensor | None:
-        try:
-            (hv,) = torch.autograd.grad(
-                grad_k,
-                weight_k,
-                grad_outputs=probes,
-                is_grads_batched=True,
-                retain_graph=True,
-                allow_unused=True,
-            )
-        except RuntimeError as exc:
-            if is_out_of_memory(exc):
-                raise  # the batch-size retry's to handle, not a missing batching rule
-            # an op without a vmap batching rule: one product per probe from now on
-            self.batched_ok = False
-            return None
-        if hv is None:
-            return torch.zeros(probes.shape[:lead], dtype=torch.float64)
-        return (hv * probes).flatten(lead).sum(lead).double().cpu()
-
-    @staticmethod
-    def _loop(
-        grad_k: torch.Tensor, weight_k: torch.Tensor, probes: torch.Tensor, lead: int
-    ) -> torch.Tensor:
-        out = []
-        for v in probes:
-            (hv,) = torch.autograd.grad(
-                grad_k, weight_k, grad_outputs=v, retain_graph=True, allow_unused=True
-            )
-            if hv is None:
-                out.append(torch.zeros(probes.shape[1:lead], dtype=torch.float64))
-            else:
-                out.append((hv * v).flatten(lead - 1).sum(-1).double().cpu())
-        return torch.stack(out)
-
-
-def grouped_mean_and_se(
-    values: torch.Tensor, sizes: torch.Tensor, n: int, n_population: int | None
-) -> tuple[float, float, float, float]:
-    """Trace and SEs from per-group probe values, a two-stage sample (Cochran 1977, 10.8).
-
-    Stage one draws the n examples out of the split's N (the groups are a random
-    partition of them, so the G groups are clusters of a random sample); stage two
-    draws p independent probes per group. With q_gj = v_gj^T H_g v_gj (H_g the Hessian
-    of group g's share of the mean loss) and ybar_g = mean_j q_gj:
-
-        T = sum_g ybar_g
-        W = sum_g s_g^2 / p                                (probe variance, s_g^2 over j)
-        B = G/(G-1) sum_g (ybar_g - m_g T / n)^2           (between groups, ratio form)
-        Var(T) = (1 - f) B + f W,  f = n / N              (f = 1 when N is None)
-
-    B holds the probe noise of the ybar_g as well, so Var(T) = W + (1 - f)(B - W): the
-    probe part and the subset part, the latter kept at >= 0.
-
-    With one probe per group W cannot be measured, and B alone is the SE: the "ultimate
-    cluster" estimator (Kalton 1979), which covers probes and subset together and
-    overstates Var(T) by f times the between-group part of B (nothing for a subset
-    small beside its split; at f = 1, the whole split, all of it). It is reported as
-    the probe part (``probe_se``, an upper bound), the subset part as 0.
-
-    Args:
-        values: (G, p) probe values per group.
-        sizes: (G,) examples per group.
-
-    Returns:
-        (trace, se, probe_se, sample_se), se^2 = probe_se^2 + sample_se^2.
-    """
-    values = values.double()
-    groups, p = values.shape
-    ybar = values.mean(1)
-    trace = float(ybar.sum())
-    if p < 2:
-        if groups < 2:
-            return trace, math.inf, math.inf, 0.0
-        se = math.sqrt(_between(ybar, sizes, n, trace))
-        return trace, se, se, 0.0
-    w = float(values.var(1, unbiased=True).sum()) / p
-    sample_var = 0.0
-    if n_population is not None and n < n_population and groups > 1:
-        f = n / n_population
-        sample_var = max((1 - f) * (_between(ybar, sizes, n, trace) - w), 0.0)
-    return trace, math.sqrt(w + sample_var), math.sqrt(w), math.sqrt(sample_var)
-
-
-def _between(ybar: torch.Tensor, sizes: torch.Tensor, n: int, trace: float) -> float:
-    """B = G/(G-1) sum_g (ybar_g - m_g T / n)^2, the spread of the group totals in
-    ratio form (:func:`grouped_mean_and_se`)."""
-    groups = ybar.shape[0]
-    resid = ybar - sizes.double() / n * trace
-    return groups / (groups - 1) * float(resid.pow(2).sum())
-
-
 def hutchinson_traces(
     objective: Objective,
     *,
-    tol: float = 0.05,
-    max_probes: int = 200,
-    min_probes: int = MIN_PROBES,
-    seed: int = 0,
+    tol: float,
+    max_probes: int,
+    min_probes: int,
+    seed: int,
     progress: Progress | None = None,
     names: list[str] | None = None,
     groups: int = GROUPS,
@@ -275,14 +142,14 @@ def hutchinson_traces(
     max_probes = max_probes if probes is None else probes
     want = dict.fromkeys(names, probes or first_round(min_probes, len(sizes), max_probes))
     # layers whose groups share one graph through zero weight taps (:mod:`.taps`)
-    tapped = _Tapped(objective, names, members) if len(sizes) > 1 else None
+    tapped = TappedGraphs(objective, names, members) if len(sizes) > 1 else None
     untapped = [n for n in names if tapped is None or n not in tapped.names]
-    per_group = _PerGroup(objective, untapped, members)
+    per_group = PerGroupGraphs(objective, untapped, members)
     round_ = 0
     while want:
         draw = partial(_probes, seed, round_=round_, device=objective.device)
         sums = {n: torch.zeros(len(sizes), k, dtype=torch.float64) for n, k in want.items()}
-        this = _Round(want, index, draw, sums, progress)
+        this = Round(want, index, draw, sums, progress)
         if tapped is not None:
             tapped.round(this)
         per_group.round(this)
@@ -309,6 +176,31 @@ def hutchinson_traces(
     return [_estimate(objective, n, values[n], sizes, stop[n], history[n]) for n in names]
 
 
+def probe_round(
+    objective: Objective,
+    names: list[str],
+    probes: int,
+    *,
+    seed: int,
+    group_seed: int,
+    progress: Progress | None = None,
+) -> list[TraceEstimate]:
+    """Exactly ``probes`` probes per group for each of ``names``, one round, no stop
+    rule: a top-up of the WCI-targeted rounds, on the groups of ``group_seed`` so that
+    it pools with the earlier rounds (:func:`wciaudit.curvature.pooling.pool`)."""
+    return hutchinson_traces(
+        objective,
+        tol=math.inf,
+        max_probes=probes,
+        min_probes=probes,
+        seed=seed,
+        progress=progress,
+        names=names,
+        group_seed=group_seed,
+        probes=probes,
+    )
+
+
 def first_round(min_probes: int, groups: int, max_probes: int) -> int:
     """Probes per layer in the first round: the fewest p >= 2 whose within-group probe
     variance, G (p - 1) degrees of freedom over G groups, has at least ``min_probes - 1``
@@ -328,7 +220,7 @@ def _split(objective: Objective, groups: int, seed: int) -> tuple[torch.Tensor, 
     n_groups = group_count(objective.n, groups)
     assignment = probe_groups(objective.n, groups, seed)
     sizes = torch.bincount(assignment, minlength=n_groups)
-    offset = objective.offset()
+    offset = objective.offset
     local = assignment[offset : offset + objective.n_local]
     return sizes, [torch.nonzero(local == g).flatten() for g in range(n_groups)]
 
@@ -366,58 +258,7 @@ def stop_rule(
     # subset part leaves of the tolerance
     room = target - sample_se**2 if target > sample_se**2 else target
     needed = math.inf if mean == 0 else count * probe_se**2 / room
-    extra = max(needed * 1.1 - count, count / 2, 4)
-    return None, math.ceil(min(extra, max_probes - count))
-
-
-def _round_sums(
-    objective: Objective,
-    hvp: _BatchedHvp,
-    graphs: Iterable[tuple[int, dict[str, torch.Tensor]]],
-    weights: dict[str, torch.Tensor],
-    want: dict[str, int],
-    index: dict[str, int],
-    draw: Callable[..., torch.Tensor],
-    n_groups: int,
-    progress: Progress | None,
-    built: list[tuple[int, dict[str, torch.Tensor]]] | None,
-) -> dict[str, torch.Tensor]:
-    """One round: each group's summed probe values per layer, shape (G, probes wanted).
-
-    ``built``, when given, collects the graphs so that later rounds reuse them.
-    """
-    sums = {n: torch.zeros(n_groups, k, dtype=torch.float64) for n, k in want.items()}
-    probes: dict[int, dict[str, torch.Tensor]] = {}
-    for g, grads in graphs:
-        if built is not None:
-            built.append((g, grads))
-        if g not in probes:  # one probe set per group and round, shared by its batches
-            probes[g] = {
-                n: draw(index[n], group=g, count=k, shape=tuple(weights[n].shape))
-                for n, k in want.items()
-            }
-        _push_probes(objective, hvp, grads, weights, probes[g], sums, g, progress)
-        del grads
-    return sums
-
-
-def _push_probes(
-    objective: Objective,
-    hvp: _BatchedHvp,
-    grads: dict[str, torch.Tensor],
-    weights: dict[str, torch.Tensor],
-    probes: dict[str, torch.Tensor],
-    sums: dict[str, torch.Tensor],
-    g: int,
-    progress: Progress | None,
-) -> None:
-    """Add v^T H v of every probe of group ``g`` through one batch's graph to ``sums``."""
-    for n, p in probes.items():
-        for c in range(0, p.shape[0], _PROBE_CHUNK):
-            chunk = p[c : c + _PROBE_CHUNK].to(objective.device, objective.dtype)
-            sums[n][g, c : c + chunk.shape[0]] += hvp(n, grads[n], weights[n], chunk)
-            if progress is not None:
-                progress(chunk.shape[0])
+    return None, more_probes(count, needed, max_probes)
 
 
 def _estimate(
@@ -447,150 +288,3 @@ def _estimate(
         group_shares=tuple(values.mean(1).tolist()),
         route_reason=ONE_PROBE if values.shape[1] == 1 and values.shape[0] > 1 else "",
     )
-
-
-def _group_graphs(
-    objective: Objective,
-    weights: dict[str, torch.Tensor],
-    names: list[str],
-    members: list[torch.Tensor],
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """(group, first-order gradients with their graph) per batch of each group's local examples."""
-    for g, idx in enumerate(members):
-        for i in range(0, idx.shape[0], objective.batch_size):
-            rows = idx[i : i + objective.batch_size]
-            xb = objective.x[rows].to(objective.device, objective.dtype)
-            yb = objective.y[rows].to(objective.device)
-            loss = objective.loss(weights, xb, yb)
-            grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True)
-            yield g, dict(zip(names, grads, strict=True))
-            # this batch's graph goes before the next is built: one graph at a time
-            del loss, grads
-
-
-@dataclass(frozen=True)
-class _Round:
-    """One round of probes: the probes wanted per layer, each layer's index (for the
-    probe seeds), the probe sampler, the per-group sums it fills and the progress hook."""
-
-    want: dict[str, int]
-    index: dict[str, int]
-    draw: Callable[..., torch.Tensor]
-    sums: dict[str, torch.Tensor]
-    progress: Progress | None
-
-
-class _PerGroup:
-    """The layers without taps: one graph per group and batch, kept across rounds when
-    the examples fit one batch."""
-
-    def __init__(self, objective: Objective, names: list[str], members: list[torch.Tensor]):
-        self.objective, self.names, self.members = objective, names, members
-        self.weights = objective.weights()
-        self.hvp = _BatchedHvp()
-        self.keep = objective.n_local <= objective.batch_size
-        self.cached: list[tuple[int, dict[str, torch.Tensor]]] | None = None
-
-    def round(self, r: _Round) -> None:
-        """Adds each group's probe values of the wanted layers without taps to ``r.sums``."""
-        want, index, draw, sums, progress = r.want, r.index, r.draw, r.sums, r.progress
-        rest = {n: k for n, k in want.items() if n in self.names}
-        if not rest:
-            return
-        o = self.objective
-        graphs = (
-            self.cached
-            if self.cached is not None
-            else _group_graphs(o, self.weights, self.names, self.members)
-        )
-        built: list[tuple[int, dict[str, torch.Tensor]]] | None = (
-            [] if self.keep and self.cached is None else None
-        )
-        sums.update(
-            _round_sums(
-                o,
-                self.hvp,
-                graphs,
-                self.weights,
-                rest,
-                index,
-                draw,
-                len(self.members),
-                progress,
-                built,
-            )  # fmt: skip
-        )
-        if built is not None:
-            self.cached = built
-
-
-# memory the zero taps of one graph may take (G copies of the tapped layers' weights,
-# their gradients and products: about 4 times the taps)
-_TAP_BYTES = 256 * 2**20
-
-
-class _Tapped:
-    """The layers served by zero per-group taps (:mod:`.taps`): every group's probe
-    through one graph per batch, in chunks of layers within ``_TAP_BYTES``."""
-
-    def __init__(self, objective: Objective, names: list[str], members: list[torch.Tensor]):
-        self.objective, self.members = objective, members
-        modules = weight_modules(objective, names)
-        ok = set(tappable(objective, modules)) if modules else set()
-        params = dict(objective.model.named_parameters())
-        itemsize = torch.empty((), dtype=objective.dtype).element_size()
-        per_layer = {n: 4 * len(members) * params[n].numel() * itemsize for n in ok}
-        self.names = [n for n in names if n in ok and per_layer[n] <= _TAP_BYTES]
-        self.chunks: list[list[str]] = []
-        for n in self.names:
-            last = self.chunks[-1] if self.chunks else None
-            if last is not None and sum(per_layer[m] for m in last) + per_layer[n] <= _TAP_BYTES:
-                last.append(n)
-            else:
-                self.chunks.append([n])
-        self.modules = {n: modules[n] for n in self.names}
-        self.hvp = _BatchedHvp()
-        # one batch and one chunk: the graph is built once and kept across rounds
-        self.keep = len(self.chunks) == 1 and objective.n_local <= objective.batch_size
-        self.cached: tuple[GroupTaps, list[dict[str, torch.Tensor]]] | None = None
-
-    def round(self, r: _Round) -> None:
-        """Adds each group's probe values of the wanted tapped layers to ``r.sums``."""
-        want, index, draw, sums, progress = r.want, r.index, r.draw, r.sums, r.progress
-        groups = len(self.members)
-        for chunk in self.chunks:
-            wanted = [n for n in chunk if n in want]
-            if not wanted:
-                continue
-            taps, graphs = self._graphs(chunk)
-            probes = {
-                n: torch.stack(
-                    [
-                        draw(index[n], group=g, count=want[n], shape=tuple(taps.taps[n].shape[1:]))
-                        for g in range(groups)
-                    ]
-                )
-                for n in wanted
-            }
-            for grads in graphs:
-                for n in wanted:
-                    tap = taps.taps[n]
-                    for c in range(0, want[n], _PROBE_CHUNK):
-                        # (p, G, *shape): one vector per group for each probe
-                        p = probes[n][:, c : c + _PROBE_CHUNK].transpose(0, 1)
-                        p = p.to(tap.device, tap.dtype)
-                        values = self.hvp(n, grads[n], tap, p, groups=True)
-                        sums[n][:, c : c + p.shape[0]] += values.t()
-                        if progress is not None:
-                            progress(p.shape[0] * groups)
-                del grads  # free this batch's graph before the next is built
-
-    def _graphs(self, chunk: list[str]) -> tuple[GroupTaps, Iterable[dict[str, torch.Tensor]]]:
-        if self.cached is not None:
-            return self.cached
-        taps = GroupTaps(self.objective, {n: self.modules[n] for n in chunk}, len(self.members))
-        graphs = taps.graphs(self.members)
-        if self.keep:
-            self.cached = (taps, list(graphs))
-            return self.cached
-        return taps, graphs

@@ -37,7 +37,7 @@ Example:
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
     >>> obj = Objective(net, torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)),
     ...                 ["0.weight", "2.weight"], 8, torch.device("cpu"))
-    >>> [e.method for e in mc_ggn_traces(obj, k_labels=4)]
+    >>> [e.method for e in mc_ggn_traces(obj, k_labels=4, seed=0, memory_bytes=2**20)]
     ['mc-ggn', 'mc-ggn']
 """
 
@@ -54,8 +54,10 @@ from torch.func import functional_call, grad, vmap
 from .estimate import TraceEstimate
 from .ggn import hookable, output_gradients, per_example_sq_norms
 from .groups import share_group_count, share_groups
+from .growth import more_probes, short_of
 from .memory import chunk_examples
 from .objective import Objective
+from .standard_errors import two_stage_se
 
 Progress = Callable[[int], None]
 
@@ -73,11 +75,11 @@ def mc_ggn_traces(
     objective: Objective,
     names: list[str] | None = None,
     *,
-    k_labels: int = 2,
+    k_labels: int,
+    seed: int,
+    memory_bytes: int,
     tol: float | None = None,
     max_labels: int | None = None,
-    seed: int = 0,
-    memory_bytes: int = 512 * 2**20,
     progress: Progress | None = None,
 ) -> list[TraceEstimate]:
     """Unbiased Tr(GGN_kk) per layer from ``k_labels`` sampled labels per example.
@@ -134,15 +136,15 @@ def _more_labels(
     """Extra labels per example that bring every layer's label part within ``tol``."""
     if tol is None or max_labels is None or k >= max_labels:
         return 0
-    needed = k
+    needed = 0.0
     for e in estimates:
         target = (tol * abs(e.trace)) ** 2 - e.sample_se**2
         if e.se <= tol * abs(e.trace) or target <= 0:
             continue  # met, or labels cannot meet it
-        needed = max(needed, math.ceil(1.1 * k * e.probe_se**2 / target))
-    if needed <= k:
+        needed = max(needed, k * e.probe_se**2 / target)
+    if not short_of(k, needed):
         return 0
-    return int(min(max(needed, k + k // 2), max_labels) - k)
+    return more_probes(k, needed, max_labels, least=0, half=math.floor)
 
 
 def per_example_values(
@@ -150,7 +152,7 @@ def per_example_values(
     names: list[str],
     uniforms: torch.Tensor,
     *,
-    memory_bytes: int = 512 * 2**20,
+    memory_bytes: int,
     progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
     """||grad_{W_k} CE(f(x_i), c_ij)||^2 for labels c_ij drawn by ``uniforms`` (n, k).
@@ -266,25 +268,6 @@ def _by_vmap(
         start += xb.shape[0]
 
 
-def two_stage_se(
-    sum_v: float, sum_v2: float, sum_within: float, n: int, n_population: int | None
-) -> tuple[float, float, float]:
-    """(se, probe_se, sample_se) of the mean of per-example means v_i over n examples.
-
-    Args:
-        sum_v, sum_v2: sum of v_i and of v_i^2 over all n examples.
-        sum_within: sum over examples of s_wi^2 / k (the variance of v_i given example i).
-        n: examples; n_population: size of the split they were drawn from (None: all).
-    """
-    f = 1.0 if n_population is None else min(1.0, n / n_population)
-    mean = sum_v / n
-    s_b2 = max(sum_v2 - n * mean * mean, 0.0) / (n - 1) if n > 1 else math.inf
-    w = sum_within / n
-    probe_var = w / n
-    sample_var = max((1.0 - f) * (s_b2 - w) / n, 0.0) if f < 1.0 else 0.0
-    return math.sqrt(probe_var + sample_var), math.sqrt(probe_var), math.sqrt(sample_var)
-
-
 def _estimate(
     objective: Objective, name: str, values: torch.Tensor, tol: float | None, seed: int
 ) -> TraceEstimate:
@@ -294,7 +277,7 @@ def _estimate(
     n = objective.n
     # each fine group's share of the trace (:func:`.groups.share_groups`), to pair two runs
     groups = share_group_count(n)
-    offset = objective.offset()
+    offset = objective.offset
     group_of = share_groups(n, seed)[offset : offset + v.shape[0]]
     shares = torch.zeros(groups, dtype=torch.float64).index_add_(0, group_of, v.double().cpu() / n)
     sums = objective.reduce(

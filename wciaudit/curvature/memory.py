@@ -1,6 +1,6 @@
 """How many examples one chunk of per-example gradients or Jacobians may hold.
 
-The budget (``memory_bytes``, 512 MiB by default) is a ceiling; on a CUDA device the
+The budget (``memory_bytes``, :data:`wciaudit.config.DEFAULT_MEMORY_BYTES` by default) is a ceiling; on a CUDA device the
 free memory is asked for (``torch.cuda.mem_get_info``) and at most half of it is used,
 since the model, its activations and the allocator's cache need the rest. Per example
 a chunk holds its rows (C x numel for Jacobians, numel for gradients), a temporary of
@@ -31,7 +31,7 @@ def budget_from(memory_bytes: int, free: int) -> int:
     """The budget given the device's free bytes (a pure function, for the tests).
 
     Example:
-        >>> budget_from(512 * 2**20, 8 * 2**30) == 512 * 2**20, budget_from(512, 600)
+        >>> budget_from(2**29, 8 * 2**30) == 2**29, budget_from(512, 600)
         (True, 300)
     """
     return max(1, min(memory_bytes, int(free * FREE_SHARE)))

@@ -33,6 +33,9 @@ class Objective:
         reduce: sums a CPU tensor over processes (identity in one process).
         n_population: size N of the split the examples were sampled from (None: the
             examples are the whole split, so subset sampling adds no error).
+        offset: index of this process's first example among all processes' examples
+            (the shards are consecutive in rank order; 0 in one process). The caller
+            knows it from the split it made.
     """
 
     model: nn.Module
@@ -44,6 +47,7 @@ class Objective:
     n_total: int | None = None
     reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     n_population: int | None = None
+    offset: int = 0
 
     @property
     def n(self) -> int:
@@ -53,23 +57,6 @@ class Objective:
     @property
     def n_local(self) -> int:
         return int(self.x.shape[0])
-
-    def offset(self) -> int:
-        """Index of this process's first example among all processes' examples.
-
-        Under torch.distributed the shards are consecutive in rank order; one
-        all-reduce of the shard sizes gives the offset. 0 in one process.
-        """
-        if self.n_total is None or self.n_total == self.n_local:
-            return 0
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return 0
-        rank, world = dist.get_rank(), dist.get_world_size()
-        sizes = torch.zeros(world, dtype=torch.float64)
-        sizes[rank] = self.n_local
-        return int(self.reduce(sizes)[:rank].sum())
 
     @property
     def dtype(self) -> torch.dtype:

@@ -1,6 +1,6 @@
 """Which estimator measures each layer's trace, by expected cost (SPEC: exact route).
 
-Three routes:
+Three routes ``auto`` chooses from, and one it never chooses:
 - ``exact-ggn`` (:mod:`.ggn`): C backward passes per batch, shared by every
   Linear/Conv2d layer (other layers: C vector-Jacobian products per memory group);
   exact, so no probe noise. Valid where the residual vanishes.
@@ -8,6 +8,10 @@ Three routes:
   by all layers whatever C is; unbiased, noisy. Valid where the residual vanishes.
 - ``hutchinson`` (:mod:`.hutchinson`): per layer and probe one Hessian-vector product
   (about 2 backward passes); valid everywhere.
+- ``hutch++`` (:mod:`.hutchpp`), on request only (``hutchpp``): 2 s sketch products
+  and n residual probes per layer. Its cost depends on the block's spectrum, which is
+  unknown before the sketch is spent, so ``auto`` does not weigh it
+  (docs/cost_model.md).
 
 Costs are counted in backward passes over the Hessian examples. Hutchinson's probe
 count is the expected count for the tolerance, n = max(min_probes, (spread / tol)^2),
@@ -27,8 +31,8 @@ from dataclasses import dataclass
 from .ggn import ggn_bytes_per_example, hookable, residual_vanishes
 from .objective import Objective
 
-ROUTES = ("exact-ggn", "mc-ggn", "hutchinson")
-METHODS = ("auto", "ggn", "mc-ggn", "hutchinson")
+ROUTES = ("exact-ggn", "mc-ggn", "hutchinson", "hutch++")
+METHODS = ("auto", "ggn", "mc-ggn", "hutchinson", "hutchpp")
 # per-probe relative spread sd / |trace| of a block-restricted Rademacher probe
 PROBE_SPREAD = 0.5
 # per-label relative spread sd / trace of a per-example squared gradient norm
@@ -40,6 +44,13 @@ HVP_PASSES = 2
 # the exact route is taken while it costs at most this many times the sampled-label
 # route: its value carries no label noise (with 2 labels: exact up to 16 classes)
 EXACT_PREMIUM = 8
+# the routes taken on every layer when asked for: (route, reason, cost; None: Hutchinson's).
+# Hutch++ has no expected cost: 2 s sketch products buy a residual whose spread depends
+# on the block's spectrum, unknown before they are spent (docs/cost_model.md)
+_ON_REQUEST = {
+    "hutchinson": ("hutchinson", "Hutchinson requested", None),
+    "hutchpp": ("hutch++", "Hutch++ requested", math.nan),
+}
 _NOT_PIECEWISE_LINEAR = "residual does not vanish (output not piecewise linear in this weight)"
 
 
@@ -84,9 +95,9 @@ def choose_routes(
     memory_bytes: int,
     classes: int,
     k_labels: int,
-    tol: float = 0.05,
-    max_probes: int = 200,
-    seed: int = 0,
+    tol: float,
+    max_probes: int,
+    seed: int,
 ) -> list[Route]:
     """One :class:`Route` per layer, in the order of ``names``.
 
@@ -94,8 +105,8 @@ def choose_routes(
         objective: model and Hessian examples (the residual is checked on them).
         names: layers.
         method: ``auto`` (cheapest expected route), ``ggn`` (exact wherever exact),
-            ``mc-ggn`` (sampled labels wherever the residual vanishes) or
-            ``hutchinson`` (probes everywhere).
+            ``mc-ggn`` (sampled labels wherever the residual vanishes),
+            ``hutchinson`` (probes everywhere) or ``hutchpp`` (Hutch++ everywhere).
         min_probes, max_probes, tol: Hutchinson's settings, for its expected cost.
         memory_bytes: budget for one chunk of per-example Jacobians (exact route,
             layers other than Linear/Conv2d).
@@ -107,8 +118,9 @@ def choose_routes(
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     probes = expected_probes(min_probes, max_probes, tol)
     hutch_cost = float(HVP_PASSES * probes)
-    if method == "hutchinson":
-        return [Route(n, "hutchinson", "Hutchinson requested", hutch_cost) for n in names]
+    if method in _ON_REQUEST:
+        route, reason, cost = _ON_REQUEST[method]
+        return [Route(n, route, reason, hutch_cost if cost is None else cost) for n in names]
     vanishes = residual_vanishes(objective, seed=seed)
     routes: dict[str, Route] = {}
     for n in names:

@@ -15,7 +15,7 @@ examples, so
 and one Hessian-vector product with V = (v_1, ..., v_G) gives H_g v_g for every group
 at once: q_g = (H_U V)_g . v_g. The graph of one batch (all groups) serves every
 probe of every tapped layer; the products are taken as for one graph
-(``hutchinson._BatchedHvp`` with ``groups=True``).
+(:class:`.hvp.BatchedHvp` with ``groups=True``).
 
 A layer can be tapped when every use of its weight is a call of a Linear or
 zero-padded Conv2d module (:func:`.ggn.hookable`) whose input has the examples on its

@@ -21,7 +21,7 @@ from torch import nn
 from .. import bounds
 from ..attacks import run_attack
 from ..config import Attack, ScanConfig
-from ..curvature import TraceEstimate, layer_traces
+from ..curvature import Objective, TraceEstimate, layer_traces
 from ..data import Splits, stratified_subset
 from ..errors import ConfigError
 from ..metrics import per_example
@@ -191,27 +191,24 @@ def _traces(
     subset: Subset,
     run: ScanRun,
 ) -> list[TraceEstimate]:
-    cfg, shard = run.config, run.shard
-    return layer_traces(
+    shard = run.shard
+    objective = Objective(
         net,
         x,
         subset.y,
         names,
-        method=cfg.curvature.value,
-        tol=cfg.tol,
-        max_probes=cfg.max_probes,
-        min_probes=cfg.min_probes,
-        seed=cfg.seed,
-        batch_size=batch_size,
-        device=run.device,
-        memory_bytes=cfg.memory_bytes,
-        progress=run.ticker("curvature", None),
+        batch_size,
+        run.device,
         n_total=subset.n,
         n_population=subset.n_population,
-        reduce=shard.all_reduce_sum if shard.active else None,
-        k_labels=cfg.k_labels,
+        offset=subset.offset,
+        **({"reduce": shard.all_reduce_sum} if shard.active else {}),
+    )
+    return layer_traces(
+        objective,
+        run.config,
         weight_norms=norms,
-        layer_tol=cfg.layer_tol,
+        progress=run.ticker("curvature", None),
     )
 
 
