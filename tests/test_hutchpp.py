@@ -169,3 +169,6 @@ def test_a_scan_on_the_hutchpp_route_combines_the_layers_without_group_shares() 
     assert "per-layer standard errors" in result.wci_se_method
     assert result.se_covers["wci"] == ["probes"]
     assert result.config["curvature"] == "hutchpp"
+    # no second attack: its measurement would have nothing to be paired by
+    assert "attack_spread" not in result.timings.parts_s
+    assert any("Hutch++ estimates have no group shares" in n for n in result.notes)

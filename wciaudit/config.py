@@ -234,7 +234,8 @@ class ScanConfig:
         CurvatureMethod.auto,
         help="auto: per layer the cheapest of exact Gauss-Newton (ggn), sampled-label "
         "Gauss-Newton (mc-ggn; both where the network is piecewise linear in the layer) and "
-        "Hutchinson; the others force one route.",
+        "Hutchinson; the others force one route (hutchpp: Hutch++ on every layer, on "
+        "request only; its SE covers the probes alone).",
         check=OneOf(CurvatureMethod),
     )
     memory_bytes: int = setting(

@@ -52,7 +52,7 @@ from torch import nn
 
 from . import bounds
 from .attacks.pgd import perturb
-from .config import ScanConfig, config_from_settings
+from .config import Attack, ScanConfig, config_from_settings
 from .curvature import Objective, TraceEstimate, layer_traces
 from .errors import ConfigError
 from .model import eval_mode, no_tf32, weight_layers
@@ -81,6 +81,8 @@ def monitor_config(config: ScanConfig | None, settings: dict[str, Any]) -> ScanC
         ConfigError: an unknown setting or an invalid value.
     """
     config = config_from_settings(MONITOR_CONFIG if config is None else config, settings)
+    if config.attack not in (Attack.pgd, Attack.fgsm):
+        raise ConfigError(f"the monitor attacks with pgd or fgsm, got {config.attack.value}")
     return config.with_default_threat_model()
 
 
@@ -162,9 +164,14 @@ class WCIMonitor:
         x, y: the held batch (e.g. 128-512 training examples), kept on the CPU and
             moved to the model's device per measurement.
         every: measure on calls ``every - 1, 2 * every - 1, ...`` of :meth:`step`.
-        config: attack and curvature settings (eps, steps, seed, tol, max_probes,
-            curvature, batch_size, lo, hi); or pass them as keyword ``settings``.
-            Default :data:`MONITOR_CONFIG` (PGD-5, tol 0.1, 50 probes).
+        config: the scan's settings (:class:`~wciaudit.config.ScanConfig`), each
+            meaning what it means in a scan (``tol`` is WCI's relative SE target);
+            or pass them as keyword ``settings``. Default :data:`MONITOR_CONFIG`
+            (PGD-5, tol 0.1, 50 probes). ``attack`` is ``pgd`` or ``fgsm``; the
+            Hessian is taken over the whole batch on the model's own device and dtype,
+            so ``hessian_samples``, ``train_samples``, ``test_samples``,
+            ``masking_samples``, ``attack_spread``, ``delta``, ``device``, ``dtype`` and
+            ``threads`` are a scan's alone.
         csv_path: rewrite this CSV (atomically) after each measurement.
         tensorboard: a log folder (needs the ``tensorboard`` package) or any object
             with ``add_scalar(tag, value, step)`` such as a ``SummaryWriter``.
@@ -260,10 +267,11 @@ class WCIMonitor:
                     yb = self.y[i : i + cfg.batch_size].to(device)
                     losses.append(F.cross_entropy(z, yb, reduction="sum").item())
                     correct.append((z.argmax(1) == yb).sum().item())
+            params = dict(self.model.named_parameters())
+            frobs = [float(params[n].detach().double().norm()) for n in self._names]
             objective = Objective(self.model, x_adv, self.y, self._names, cfg.batch_size, device)
-            estimates = layer_traces(objective, cfg)
-        params = dict(self.model.named_parameters())
-        frobs = [float(params[n].detach().double().norm()) for n in self._names]
+            # the weight norms make ``tol`` WCI's target, as in a scan
+            estimates = layer_traces(objective, cfg, weight_norms=frobs)
         traces = [e.trace for e in estimates]
         wci = math.fsum(bounds.wci_terms(frobs, traces))
         n = self.x.shape[0]

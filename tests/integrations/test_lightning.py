@@ -198,6 +198,8 @@ def test_bad_arguments_and_missing_lightning(monkeypatch):
         WCICallback(x, y, tol=2.0)
     with pytest.raises(ConfigError, match="unknown setting"):
         WCICallback(x, y, tolerance=0.1)
+    with pytest.raises(ConfigError, match="pgd or fgsm"):
+        WCICallback(x, y, attack="autoattack")
     assert WCICallback(x, y, steps=3).config.steps == 3
     monkeypatch.setattr(integration, "Callback", None)
     with pytest.raises(ConfigError, match=r"wciaudit\[lightning\]"):

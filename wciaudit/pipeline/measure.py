@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import bounds
 from ..attacks import run_attack
-from ..config import Attack, ScanConfig
+from ..config import Attack, CurvatureMethod, ScanConfig
 from ..curvature import Objective, TraceEstimate, layer_traces
 from ..data import Splits, stratified_subset
 from ..errors import ConfigError
@@ -89,7 +89,7 @@ def measure_curvature(
     with run.part("traces"):
         estimates = _curvature(run, net, names, norms, subset.x, subset)
     again = None
-    if run.config.attack_spread and _random_starts(run.config, loss_attack):
+    if _spread_why_not(run.config, loss_attack) is None:
         with run.part("attack_spread"):
             x_again = _attack_again(run, net, subset, loss_attack)
         with run.part("spread_remeasure"):
@@ -103,18 +103,23 @@ def measure_curvature(
             subset.n / subset.n_population,
             max_probes=run.config.max_probes,
         )
-    if again is None:
-        why = (
-            "off (--no-attack-spread)"
-            if not run.config.attack_spread
-            else f"{loss_attack} has no random start"
-        )
+    why = _spread_why_not(run.config, loss_attack)
+    if why is not None:
         run.notes.append(f"SEs do not include the attack's random starts: {why}")
     return Curvature(subset, hessian_loss, filled, estimates, again)
 
 
-def _random_starts(config: ScanConfig, loss_attack: str) -> bool:
-    return bool(config.eps) and not (loss_attack == "fgsm" or config.attack is Attack.fgsm)
+def _spread_why_not(config: ScanConfig, loss_attack: str) -> str | None:
+    """Why the traces are not measured again at a second attack's points (None: they
+    are): the re-attack is off, the attack has no random start, or the route's
+    estimates carry no group shares to pair the two measurements by (Hutch++)."""
+    if not config.attack_spread:
+        return "off (--no-attack-spread)"
+    if not config.eps or loss_attack == "fgsm" or config.attack is Attack.fgsm:
+        return f"{loss_attack} has no random start"
+    if config.curvature is CurvatureMethod.hutchpp:
+        return "Hutch++ estimates have no group shares to pair a second attack's with"
+    return None
 
 
 def hessian_subset(run: ScanRun, splits: Splits, adv: dict[str, torch.Tensor]) -> Subset:
