@@ -19,6 +19,7 @@ from torch import nn
 
 from wciaudit import Splits, distributed, scan
 from wciaudit.attacks import run_attack
+from wciaudit.attacks.autoattack import AutoAttackSettings
 from wciaudit.distributed import Shard, choose_device
 from wciaudit.errors import ConfigError
 
@@ -66,7 +67,9 @@ def _free_port() -> int:
 
 #: AutoAttack's stages at a test's size (the original: 100 APGD steps, 9 targets, 5000
 #: queries, 100 FAB steps); the composition and the per-example seeding are what is tested
-SMALL_AUTOATTACK = dict(apgd_steps=10, n_target_classes=2, n_queries=40, fab_steps=10)
+SMALL_AUTOATTACK = dict(
+    budget=AutoAttackSettings(apgd_steps=10, n_target_classes=2, n_queries=40, fab_steps=10)
+)
 
 
 def _small_autoattack() -> None:

@@ -169,7 +169,7 @@ class PacBayesTerms:
 
 
 def pac_bayes_terms(
-    l_adv: float, wci: float, m: int, delta: float = 0.05, c: float | None = None
+    l_adv: float, wci: float, m: int, delta: float, c: float | None = None
 ) -> PacBayesTerms:
     """Terms of the second-order PAC-Bayes bound at c (default: the minimiser c*).
 

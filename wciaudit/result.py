@@ -141,7 +141,8 @@ class PacBayes:
     kl_term: float | None = None
     confidence_term: float | None = None
     bound: float | None = None
-    delta: float = 0.05
+    # the scan's delta (ScanConfig.delta), set by every scan; None in a bare record
+    delta: float | None = None
     m: int | None = None
     l_adv: float | None = None
     note: str = (

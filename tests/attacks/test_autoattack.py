@@ -44,7 +44,14 @@ def test_apgd_stages_compose_on_the_still_robust(digits_cnn, digits_test) -> Non
 def test_run_attack_records_which_attack_gave_what(digits_cnn, digits_test) -> None:
     x, y = digits_test
     cfg = ScanConfig(eps=0.1, steps=10, batch_size=40)
-    out = run_attack(digits_cnn, x, y, cfg, attack="apgd-t", apgd_steps=20, n_target_classes=2)
+    out = run_attack(
+        digits_cnn,
+        x,
+        y,
+        cfg,
+        attack="apgd-t",
+        budget=AutoAttackSettings(apgd_steps=20, n_target_classes=2),
+    )
     assert (out.attack, out.loss_attack, out.stages) == ("apgd-t", "apgd-ce", ("clean", "apgd-t"))
     assert set(out.broken_by) <= {None, "clean", "apgd-t"}
     assert out.robust_accuracy == pytest.approx(float(out.correct.float().mean()))
@@ -90,13 +97,20 @@ def test_loss_attack_accuracy_is_kept_beside_the_chosen_one(digits_cnn, digits_t
     clean = _correct(digits_cnn, x, y)
     ce = apgd_ce(digits_cnn, x, y, eps=0.1, steps=20)
     auto = run_attack(
-        digits_cnn, x, y, cfg, attack="autoattack", apgd_steps=20, n_target_classes=2, n_queries=50
+        digits_cnn, x, y, cfg, attack="autoattack", budget=AutoAttackSettings(20, 2, 50)
     )
     assert torch.equal(auto.loss_correct, clean & ~ce.broken)
     assert auto.loss_attack_accuracy >= auto.robust_accuracy
     counts = auto.broken_counts()
     assert int(auto.loss_correct.sum()) == 48 - counts["clean"] - counts["apgd-ce"]
-    targeted = run_attack(digits_cnn, x, y, cfg, attack="apgd-t", apgd_steps=20, n_target_classes=2)
+    targeted = run_attack(
+        digits_cnn,
+        x,
+        y,
+        cfg,
+        attack="apgd-t",
+        budget=AutoAttackSettings(apgd_steps=20, n_target_classes=2),
+    )
     assert torch.equal(targeted.loss_correct, clean & ~ce.broken)
 
 
@@ -105,8 +119,15 @@ def test_run_attack_does_not_depend_on_the_batch_size(digits_cnn, digits_test) -
     cfg = ScanConfig(eps=0.1, batch_size=96, dtype="float64")
     net = digits_cnn.double()
     try:
-        a = run_attack(net, x, y, cfg, attack="apgd-ce", apgd_steps=20)
-        b = run_attack(net, x, y, cfg.with_(batch_size=17), attack="apgd-ce", apgd_steps=20)
+        a = run_attack(net, x, y, cfg, attack="apgd-ce", budget=AutoAttackSettings(apgd_steps=20))
+        b = run_attack(
+            net,
+            x,
+            y,
+            cfg.with_(batch_size=17),
+            attack="apgd-ce",
+            budget=AutoAttackSettings(apgd_steps=20),
+        )
     finally:
         digits_cnn.float()
     assert torch.equal(a.broken_code, b.broken_code)
@@ -129,8 +150,7 @@ def test_full_autoattack_matches_torchattacks(digits_cnn, digits_test) -> None:
         y,
         ScanConfig(eps=0.1, batch_size=64),
         attack="autoattack",
-        n_target_classes=3,
-        n_queries=500,
+        budget=AutoAttackSettings(n_target_classes=3, n_queries=500),
     )
     ref = torchattacks.AutoAttack(
         digits_cnn, norm="Linf", eps=0.1, version="standard", n_classes=4, seed=0

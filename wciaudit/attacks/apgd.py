@@ -77,6 +77,11 @@ class APGDBatch:
     x_adv: torch.Tensor
 
 
+#: APGD's iterations and APGD-T's target classes in the standard AutoAttack (Croce & Hein 2020)
+APGD_STEPS = 100
+TARGET_CLASSES = 9
+
+
 def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Targeted DLR loss per example: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12).
 
@@ -116,7 +121,7 @@ def apgd_run(
     *,
     eps: float,
     norm: Norm | str,
-    steps: int = 100,
+    steps: int = APGD_STEPS,
     rho: float = 0.75,
     momentum: float = 0.75,
     lo: float = 0.0,
@@ -263,7 +268,7 @@ def apgd_ce(
     *,
     eps: float,
     norm: Norm | str = Norm.linf,
-    steps: int = 100,
+    steps: int = APGD_STEPS,
     restarts: int = 1,
     seed: int = 0,
     stream: int = 0,
@@ -318,9 +323,9 @@ def apgd_targeted(
     *,
     eps: float,
     norm: Norm | str = Norm.linf,
-    steps: int = 100,
+    steps: int = APGD_STEPS,
     restarts: int = 1,
-    n_target_classes: int = 9,
+    n_target_classes: int = TARGET_CLASSES,
     seed: int = 0,
     stream: int = 0,
     indices: torch.Tensor | None = None,

@@ -41,11 +41,11 @@ from torch import nn
 from ..config import ScanConfig
 from ..errors import ConfigError
 from ..model import no_tf32
-from .apgd import apgd_ce, apgd_targeted
-from .fab import fab_targeted
+from .apgd import APGD_STEPS, TARGET_CLASSES, apgd_ce, apgd_targeted
+from .fab import FAB_STEPS, fab_targeted
 from .pgd import pgd_attack
 from .seeding import mix
-from .square import square_attack, square_skip_reason
+from .square import SQUARE_QUERIES, square_attack, square_skip_reason
 from .threat import bcast_rows
 
 Progress = Callable[[int], None]
@@ -113,10 +113,10 @@ class AttackOutcome:
 class AutoAttackSettings:
     """AutoAttack's budgets; the defaults are the original's (Croce & Hein 2020)."""
 
-    apgd_steps: int = 100
-    n_target_classes: int = 9
-    n_queries: int = 5000
-    fab_steps: int = 100
+    apgd_steps: int = APGD_STEPS
+    n_target_classes: int = TARGET_CLASSES
+    n_queries: int = SQUARE_QUERIES
+    fab_steps: int = FAB_STEPS
 
 
 def broken_counts(broken_code: torch.Tensor, stages: tuple[str, ...]) -> dict[str, int]:
@@ -366,10 +366,7 @@ def run_attack(
     stream: int = 0,
     index_offset: int = 0,
     progress: Progress | None = None,
-    apgd_steps: int = 100,
-    n_target_classes: int = 9,
-    n_queries: int = 5000,
-    fab_steps: int = 100,
+    budget: AutoAttackSettings | None = None,
 ) -> AttackOutcome:
     """Attack a split batch by batch: robust accuracy from ``attack``, the robust-loss
     points from ``loss_attack``.
@@ -384,8 +381,8 @@ def run_attack(
         stream: 0 for the train split, 1 for test (different starts).
         index_offset: global index of x[0] (a shard's first example under torchrun).
         progress: called with the number of examples done after each batch.
-        apgd_steps, n_target_classes, n_queries, fab_steps: AutoAttack's settings
-            (original: 100, 9, 5000, 100), see :class:`AutoAttackSettings`.
+        budget: the APGD / APGD-T / FAB-T / Square budgets (default: the standard
+            AutoAttack's, :class:`AutoAttackSettings`).
 
     Raises:
         ConfigError: an unknown attack name.
@@ -394,7 +391,7 @@ def run_attack(
     attack = cfg.attack.value if attack is None else str(attack)
     loss_attack = _default_loss_attack(attack) if loss_attack is None else str(loss_attack)
     _check_names(attack, loss_attack)
-    budget = AutoAttackSettings(apgd_steps, n_target_classes, n_queries, fab_steps)
+    budget = budget or AutoAttackSettings()
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     device = torch.device(device)
     n = x.shape[0]

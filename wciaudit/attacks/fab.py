@@ -42,6 +42,7 @@ from torch import nn
 
 from ..config import Norm, parse_norm
 from ..model import no_tf32
+from .apgd import TARGET_CLASSES
 from .seeding import example_generators, global_indices
 from .threat import check_counts, check_threat_model, size, unit
 
@@ -51,6 +52,10 @@ ALPHA_MAX = 0.1
 ETA = 1.05
 BETA = 0.9
 _FAB_TAG = 0xFAB
+
+
+#: FAB-T's iterations in the standard AutoAttack (Croce & Hein 2020)
+FAB_STEPS = 100
 
 
 def _water_level(weight: torch.Tensor, cap: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -177,8 +182,8 @@ def fab_targeted(
     *,
     eps: float,
     norm: str,
-    n_target_classes: int = 9,
-    steps: int = 100,
+    n_target_classes: int = TARGET_CLASSES,
+    steps: int = FAB_STEPS,
     restarts: int = 1,
     seed: int = 0,
     lo: float = 0.0,

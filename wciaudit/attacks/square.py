@@ -67,6 +67,10 @@ _CHUNK = 64
 _SQUARE_TAG = 0x5175  # keeps this attack's streams apart from other users of the keys
 
 
+#: Square's query budget in the standard AutoAttack (Croce & Hein 2020)
+SQUARE_QUERIES = 5000
+
+
 def _uniform(seed: int, indices: torch.Tensor, key: tuple[int, ...], shape: tuple[int, ...]):
     gens = example_generators(seed, indices, _SQUARE_TAG, *key)
     if not gens:
@@ -352,7 +356,7 @@ def square_attack(
     *,
     eps: float,
     norm: str,
-    n_queries: int = 5000,
+    n_queries: int = SQUARE_QUERIES,
     p_init: float = 0.8,
     seed: int = 0,
     lo: float = 0.0,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from ..checkpoints import LoadedCheckpoint
-from ..result import AuditResult, CheckpointInfo, Environment, Metrics
+from ..result import AuditResult, CheckpointInfo, Environment, Metrics, PacBayes
 from ..threads import api_thread_policy
 from .attack import AttackStage
 from .bound import Bound
@@ -71,6 +71,7 @@ def assemble(state: ScanState, run: ScanRun) -> AuditResult:
         result.metrics = replace(state.metrics)
     if state.curvature is not None:
         _curvature(result, state.curvature)
+    result.pac_bayes = PacBayes(delta=config.delta)  # the bound stage's terms, if it ran
     if state.bound is not None:
         _bound(result, state.bound)
     flagged = [la.name for la in result.layers if la.flag]
