@@ -96,6 +96,12 @@ def allocate(
     tol: float,
     max_probes: int,
 ) -> dict[str, int]:
+    """More probes per open Hutchinson layer (name -> count) for the next round: the
+    counts that meet WCI's variance budget (tol * WCI)^2 with the fewest probes are
+    proportional to sqrt(a_k), a_k the per-probe variance of the layer's WCI term
+    (Lagrange; :func:`wciaudit.curvature.rounds.wci_rounds`), grown by
+    :func:`wciaudit.curvature.growth.more_probes` and capped at ``max_probes``; empty
+    when the budget is already spent by the fixed and capped layers."""
     wci = wci_value(norms, {**fixed, **current})
     budget = (tol * wci) ** 2 - math.fsum(term_var(norms[n], e) for n, e in fixed.items())
     # per-probe variance of each open layer's term: a_k^2 Var(Tr_k) n_k, its slope taken
