@@ -47,6 +47,48 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+#: session fixtures that run a scan or a dense reference (seconds each): under
+#: pytest-xdist the tests that read one run in one worker, so it is computed once
+SHARED_WORK = ("sample_cnn_scan", "timm_resnet_case")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n``), keep shared work in one worker and start long tests first.
+
+    A test that reads a module-scoped fixture, or one of ``SHARED_WORK``, is put in an
+    ``xdist_group`` with the others that read it, so that ``--dist loadgroup`` runs them
+    in one worker and the fixture is built once, not once per worker; every other test
+    is scheduled on its own. The ``slow`` tests are moved ahead of the rest (in their
+    order), so that no long test starts when the other worker has nothing left to do.
+    Runs without xdist keep the collection order. Runs before xdist's own hook, which
+    reads the groups.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in items:
+        group = _shared_work(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _shared_work(item: pytest.Item) -> str | None:
+    """The group of the costly fixture ``item`` shares with other tests, if any."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:  # doctests
+        return None
+    names = set(info.names_closure)
+    for name in SHARED_WORK:
+        if name in names:
+            return name
+    for name in sorted(names):
+        defs = info.name2fixturedefs.get(name, ())
+        if defs and defs[-1].scope == "module":
+            return item.nodeid.split("::", 1)[0]
+    return None
+
+
 ROOT = Path(__file__).resolve().parents[1]
 CNN = ROOT / "sample_models" / "digits_cnn.safetensors"
 CNN_ARCH = ROOT / "sample_models" / "digits_cnn.py"
