@@ -24,13 +24,14 @@ from wciaudit.model import AuditedModel  # noqa: E402
 # CPU and GPU agree only with TF32 off; tests never rely on global seeding
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
-# One intra-op thread in the test process. The models here are tiny, so a second thread
-# saves little; but float sums then split the same way whatever else runs (with two
-# threads, APGD's x_loss moved by more than 1e-9 between batch sizes 96 and 17), and
-# threads that spin while another process holds the cores slowed single tests a
-# hundredfold. Child processes keep the environment they are given. The command line's
-# thread policy keeps OMP_NUM_THREADS when it is set, so commands run in this process
-# stay on one thread too (on an idle machine it would choose more).
+# One intra-op thread in the test process, and so in each pytest-xdist worker: `-n auto`
+# runs one worker per core, and more threads would only make them contend. The models
+# here are tiny, so a second thread saves little; but float sums then split the same way
+# whatever else runs (with two threads, APGD's x_loss moved by more than 1e-9 between
+# batch sizes 96 and 17), and threads that spin while another process holds the cores
+# slowed single tests a hundredfold. Child processes keep the environment they are given.
+# The command line's thread policy keeps OMP_NUM_THREADS when it is set, so commands run
+# in this process stay on one thread too (on an idle machine it would choose more).
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
