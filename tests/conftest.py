@@ -76,17 +76,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _shared_work(item: pytest.Item) -> str | None:
     """The group of the costly fixture ``item`` shares with other tests, if any."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:  # doctests
-        return None
-    names = set(info.names_closure)
+    names = set(getattr(item, "fixturenames", ()))  # doctests have none
     for name in SHARED_WORK:
         if name in names:
             return name
-    for name in sorted(names):
-        defs = info.name2fixturedefs.get(name, ())
-        if defs and defs[-1].scope == "module":
-            return item.nodeid.split("::", 1)[0]
+    # pytest has no public map from a test to its fixtures' definitions
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    if any(d and d[-1].scope == "module" for d in defs.values()):
+        return item.nodeid.split("::", 1)[0]
     return None
 
 
