@@ -24,13 +24,14 @@ from wciaudit.model import AuditedModel  # noqa: E402
 # CPU and GPU agree only with TF32 off; tests never rely on global seeding
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
-# One intra-op thread in the test process. The models here are tiny, so a second thread
-# saves little; but float sums then split the same way whatever else runs (with two
-# threads, APGD's x_loss moved by more than 1e-9 between batch sizes 96 and 17), and
-# threads that spin while another process holds the cores slowed single tests a
-# hundredfold. Child processes keep the environment they are given. The command line's
-# thread policy keeps OMP_NUM_THREADS when it is set, so commands run in this process
-# stay on one thread too (on an idle machine it would choose more).
+# One intra-op thread in the test process, and so in each pytest-xdist worker: `-n auto`
+# runs one worker per core, and more threads would only make them contend. The models
+# here are tiny, so a second thread saves little; but float sums then split the same way
+# whatever else runs (with two threads, APGD's x_loss moved by more than 1e-9 between
+# batch sizes 96 and 17), and threads that spin while another process holds the cores
+# slowed single tests a hundredfold. Child processes keep the environment they are given.
+# The command line's thread policy keeps OMP_NUM_THREADS when it is set, so commands run
+# in this process stay on one thread too (on an idle machine it would choose more).
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -45,6 +46,45 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     own, are collected as before.
     """
     gc.freeze()
+
+
+#: session fixtures that run a scan or a dense reference (seconds each): under
+#: pytest-xdist the tests that read one run in one worker, so it is computed once
+SHARED_WORK = ("sample_cnn_scan", "timm_resnet_case")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n``), keep shared work in one worker and start long tests first.
+
+    A test that reads a module-scoped fixture, or one of ``SHARED_WORK``, is put in an
+    ``xdist_group`` with the others that read it, so that ``--dist loadgroup`` runs them
+    in one worker and the fixture is built once, not once per worker; every other test
+    is scheduled on its own. The ``slow`` tests are moved ahead of the rest (in their
+    order), so that no long test starts when the other worker has nothing left to do.
+    Runs without xdist keep the collection order. Runs before xdist's own hook, which
+    reads the groups.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in items:
+        group = _shared_work(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _shared_work(item: pytest.Item) -> str | None:
+    """The group of the costly fixture ``item`` shares with other tests, if any."""
+    names = set(getattr(item, "fixturenames", ()))  # doctests have none
+    for name in SHARED_WORK:
+        if name in names:
+            return name
+    # pytest has no public map from a test to its fixtures' definitions
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    if any(d and d[-1].scope == "module" for d in defs.values()):
+        return item.nodeid.split("::", 1)[0]
+    return None
 
 
 ROOT = Path(__file__).resolve().parents[1]

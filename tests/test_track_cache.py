@@ -70,7 +70,9 @@ def test_read_only_run_folder_works_and_the_cache_is_reused(tmp_path: Path) -> N
         assert len(list(cache.glob("*.json"))) == 2
         code, stdout, stderr = invoke_in(tmp_path, args)
         assert code == 0, stderr
-        assert f"0 scanned, 2 from the cache ({cache})" in " ".join(stdout.split())
+        # the console folds a path longer than its width inside the path itself, so the
+        # line is compared without whitespace (the pytest-xdist workers' folders are longer)
+        assert f"0scanned,2fromthecache({cache})" in "".join(stdout.split())
         # nothing was written beside the checkpoints (root could have: it ignores 0555)
         assert sorted(p.name for p in run.iterdir()) == before
     finally:

@@ -138,6 +138,7 @@ def test_run_attack_does_not_depend_on_the_batch_size(digits_cnn, digits_test) -
     assert int((~same).sum()) <= 2
 
 
+@pytest.mark.slow
 def test_full_autoattack_matches_torchattacks(digits_cnn, digits_test) -> None:
     pytest.importorskip("wciaudit.attacks.fab")
     pytest.importorskip("wciaudit.attacks.square")

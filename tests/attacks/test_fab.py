@@ -80,6 +80,7 @@ def test_projection_by_hand_in_a_box_other_than_the_unit_cube() -> None:
     assert torch.allclose(t + d, torch.tensor([[2.0, 2.0, -1.0]]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_robust_accuracy_agrees_with_torchattacks(norm: str) -> None:
     net, (x, y) = _model(), _data(64)

@@ -160,6 +160,7 @@ def test_report_on_an_incomplete_result_says_so(stopped, tmp_path: Path) -> None
     assert "Incomplete result." in html and "<strong>curvature</strong> stage" in html
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_before_the_attack_finished_writes_nothing(tmp_path: Path, signum: int) -> None:
     proc = run_child(tmp_path / "out", IN_ATTACK, signum)
@@ -169,6 +170,7 @@ def test_a_signal_before_the_attack_finished_writes_nothing(tmp_path: Path, sign
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_the_attack_keeps_the_finished_stages(tmp_path: Path) -> None:
     proc = run_child(tmp_path / "out", IN_CURVATURE, signal.SIGINT)
     assert proc.returncode == 130, proc.stderr
