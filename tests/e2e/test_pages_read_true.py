@@ -44,6 +44,7 @@ def smooth_network(n_layers: int = 6) -> AuditResult:
     r = AuditResult(layers=layers, wci=sum(la.wci_term for la in layers), wci_se=0.3)
     r.se_covers = {"wci": ["probes", "attack-starts"]}
     r.pac_bayes.c, r.pac_bayes.l_adv, r.pac_bayes.m = 0.01, 1.2, 300  # draws the bound(c) chart
+    r.pac_bayes.delta = 0.05
     r.checkpoint.path = "digits_vit"
     r.checkpoint.mean, r.checkpoint.std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     r.config = {"preprocessing_source": {"mean": "timm config", "std": "timm config"}}

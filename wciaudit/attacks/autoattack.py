@@ -24,7 +24,8 @@ Example:
     >>> from wciaudit.config import ScanConfig
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
     >>> x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
-    >>> out = run_attack(net, x, y, ScanConfig(eps=0.1), attack="apgd-ce", apgd_steps=5)
+    >>> out = run_attack(net, x, y, ScanConfig(eps=0.1), attack="apgd-ce",
+    ...                  budget=AutoAttackSettings(apgd_steps=5))
     >>> out.attack, out.loss_attack, len(out.broken_by)
     ('apgd-ce', 'apgd-ce', 6)
 """

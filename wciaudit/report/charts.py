@@ -221,7 +221,9 @@ def _layer_traces(layers: list[LayerResult]) -> list[tuple[int, Any]]:
 def bound_figure(result: AuditResult) -> dict[str, Any] | None:
     """bound(c) on a log grid around c*, with its three parts and c* marked."""
     pb, wci = result.pac_bayes, result.wci
-    if pb.c is None or pb.l_adv is None or not pb.m or wci is None or wci <= 0 or pb.c <= 0:
+    if pb.c is None or pb.l_adv is None or not pb.m or pb.delta is None:
+        return None
+    if wci is None or wci <= 0 or pb.c <= 0:
         return None
     from plotly import graph_objects as go
 
