@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import keyword
 import re
+from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
@@ -39,6 +40,18 @@ def json_value(text: str, key: str, where: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"metadata key {key!r} in {where} is not valid JSON") from None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (a folder's ``config.json``, a
+    ``preprocessor_config.json``), or a one-line :class:`CheckpointError` saying why not."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(one_line(f"cannot read {path}: {exc}")) from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return value
 
 
 def gib(n_bytes: int) -> str:

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..safetensors_header import parse_header
-from ._text import MAX_LISTED_KEYS, one_line
+from ._text import MAX_LISTED_KEYS, one_line, read_json_object
 from .memory import check_fits_in_memory
 from .record import CheckpointRecord, bounded_metadata, int_or_none, parse_metadata, str_or_none
 from .transformers_model import FORMAT as TRANSFORMERS_FORMAT
@@ -200,12 +200,7 @@ def _read_timm_folder(folder: Path) -> tuple[CheckpointRecord, StateDict]:
         raise CheckpointError(
             f"folder {folder} has config.json but no weights; expected {' or '.join(FOLDER_WEIGHTS)}"
         )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(one_line(f"cannot read {config_path}: {exc}")) from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path} must hold a JSON object")
+    config = read_json_object(config_path)
     if weights.suffix == SAFETENSORS_SUFFIX:
         file_meta, state_dict = _read_safetensors(weights)
         parse_metadata(file_meta, where=str(weights))  # malformed metadata is still refused

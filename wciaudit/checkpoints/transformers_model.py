@@ -25,7 +25,6 @@ input range, so mean and std apply as written.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ._text import list_keys, one_line
+from ._text import list_keys, one_line, read_json_object
 from .data_config import LibraryPreprocessing
 from .precedence import TRANSFORMERS_CONFIG, resolve
 from .record import CheckpointRecord
@@ -218,14 +217,7 @@ def _quiet() -> Iterator[None]:
 def _preprocessing(folder: Path, config: Any) -> LibraryPreprocessing:
     """Input size, mean/std, interpolation and crop from ``preprocessor_config.json``."""
     path = folder / PROCESSOR_FILE
-    proc: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            proc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(one_line(f"cannot read {path}: {exc}")) from None
-        if not isinstance(proc, dict):
-            raise CheckpointError(f"{path} must hold a JSON object")
+    proc: dict[str, Any] = read_json_object(path) if path.is_file() else {}
     channels = getattr(config, "num_channels", None)
     channels = channels if isinstance(channels, int) and channels > 0 else 3
     mean = std = None
