@@ -67,6 +67,11 @@ class Layer:
         return self.param.numel()
 
 
+def frob_norm(param: torch.Tensor) -> float:
+    """||W||_F in float64 (SPEC: Layers, norms, curvature)."""
+    return float(param.detach().double().norm())
+
+
 def is_layer_weight(name: str, param: torch.Tensor) -> bool:
     """SPEC: every parameter named ``*.weight`` with ``dim() >= 2`` is a layer."""
     return (name == "weight" or name.endswith(".weight")) and param.dim() >= 2

@@ -55,7 +55,7 @@ from .attacks.pgd import perturb
 from .config import Attack, ScanConfig, config_from_settings
 from .curvature import Objective, TraceEstimate, layer_traces
 from .errors import ConfigError
-from .model import eval_mode, no_tf32, weight_layers
+from .model import eval_mode, frob_norm, no_tf32, weight_layers
 from .pipeline.bound import wci_figures
 from .result import write_atomic
 
@@ -268,7 +268,7 @@ class WCIMonitor:
                     losses.append(F.cross_entropy(z, yb, reduction="sum").item())
                     correct.append((z.argmax(1) == yb).sum().item())
             params = dict(self.model.named_parameters())
-            frobs = [float(params[n].detach().double().norm()) for n in self._names]
+            frobs = [frob_norm(params[n]) for n in self._names]
             objective = Objective(self.model, x_adv, self.y, self._names, cfg.batch_size, device)
             # the weight norms make ``tol`` WCI's target, as in a scan
             estimates = layer_traces(objective, cfg, weight_norms=frobs)

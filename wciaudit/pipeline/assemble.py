@@ -62,7 +62,8 @@ def assemble(state: ScanState, run: ScanRun) -> AuditResult:
     result.config["threat_model_source"] = dict(state.threat_sources)
     result.config["preprocessing_source"] = dict(loaded.sources)
     result.other_parameters = copy.deepcopy(state.inventory.other)
-    result.layers = copy.deepcopy(state.inventory.layers)
+    measured = state.curvature is not None and state.curvature.layers
+    result.layers = copy.deepcopy(state.curvature.layers if measured else state.inventory.layers)
     if state.data is not None:
         result.dataset = copy.deepcopy(state.data.dataset)
     if state.attack is not None:
@@ -87,8 +88,6 @@ def assemble(state: ScanState, run: ScanRun) -> AuditResult:
 def _curvature(result: AuditResult, curvature: Curvature) -> None:
     result.dataset.hessian_samples = curvature.subset.n
     result.metrics.hessian_loss = curvature.hessian_loss
-    if curvature.layers:
-        result.layers = copy.deepcopy(curvature.layers)
 
 
 def _bound(result: AuditResult, bound: Bound) -> None:

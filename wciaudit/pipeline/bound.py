@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .. import bounds
+from ..config import ScanConfig
 from ..curvature import TraceEstimate
 from ..curvature.groups import common_groups, fold_shares
 from ..result import LayerResult, Metrics, PacBayes
@@ -187,7 +188,7 @@ def bound_stage(
     curvature: Curvature,
     metrics: Metrics,
     *,
-    config: Any,
+    config: ScanConfig,
     n_train: int | None,
     classes: int | None,
     notes: list[str],

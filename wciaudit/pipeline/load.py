@@ -17,11 +17,11 @@ from typing import Any
 from torch import nn
 
 from ..checkpoints import LoadedCheckpoint, load_checkpoint, loaded_from_module, resolve
-from ..config import DEFAULT_EPS, DEFAULT_NORM, LoadOptions, Norm, ScanConfig, parse_eps, parse_norm
+from ..config import DEFAULT_EPS, DEFAULT_NORM, LoadOptions, ScanConfig, parse_eps, parse_norm
 from ..data import Splits
 from ..data_choice import choose_data
 from ..errors import CheckpointError, ConfigError
-from ..model import other_parameters, weight_layers
+from ..model import frob_norm, other_parameters, weight_layers
 from ..result import DatasetInfo, LayerResult, OtherParameter
 
 __all__ = [
@@ -75,7 +75,7 @@ def resolve_threat_model(
     if record is not None and config.norm is None and record.norm is not None:
         meta_norm = _from_metadata(parse_norm, record.norm, "norm", where)
     eps = resolve("eps", config.eps, meta_eps, None, DEFAULT_EPS)
-    norm = resolve("norm", config.norm, meta_norm, None, Norm(DEFAULT_NORM))
+    norm = resolve("norm", config.norm, meta_norm, None, DEFAULT_NORM)
     sources = {"eps": eps.source, "norm": norm.source}
     return config.with_threat_model(eps.value, norm.value), sources
 
@@ -102,7 +102,9 @@ def inventory(model: nn.Module) -> Inventory:
     """Every parameter named ``*.weight`` with ``dim() >= 2`` (tied weights once) as a
     layer, the rest as other parameters (SPEC: Weight-Curvature Index)."""
     other = [
-        OtherParameter(name=n, shape=list(p.shape), numel=p.numel(), frob_norm=_frob(p), kind=kind)
+        OtherParameter(
+            name=n, shape=list(p.shape), numel=p.numel(), frob_norm=frob_norm(p), kind=kind
+        )
         for n, p, kind in other_parameters(model)
     ]
     layers = [
@@ -110,7 +112,7 @@ def inventory(model: nn.Module) -> Inventory:
             name=layer.name,
             shape=layer.shape,
             numel=layer.numel,
-            frob_norm=_frob(layer.param),
+            frob_norm=frob_norm(layer.param),
             trace=None,
             trace_se=None,
             probes=0,
@@ -120,10 +122,6 @@ def inventory(model: nn.Module) -> Inventory:
         for layer in weight_layers(model)
     ]
     return Inventory(layers, other)
-
-
-def _frob(p: Any) -> float:
-    return float(p.detach().double().norm())
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ def measure_curvature(
     with run.part("traces"):
         estimates = _curvature(run, net, names, norms, subset.x, subset)
     again = None
-    if _spread_why_not(run.config, loss_attack) is None:
+    why_not = _spread_why_not(run.config, loss_attack)
+    if why_not is None:
         with run.part("attack_spread"):
             x_again = _attack_again(run, net, subset, loss_attack)
         with run.part("spread_remeasure"):
@@ -103,9 +104,8 @@ def measure_curvature(
             subset.n / subset.n_population,
             max_probes=run.config.max_probes,
         )
-    why = _spread_why_not(run.config, loss_attack)
-    if why is not None:
-        run.notes.append(f"SEs do not include the attack's random starts: {why}")
+    if why_not is not None:
+        run.notes.append(f"SEs do not include the attack's random starts: {why_not}")
     return Curvature(subset, hessian_loss, filled, estimates, again)
 
 
