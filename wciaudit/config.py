@@ -32,8 +32,6 @@ from .setting import (
 
 #: the threat model when neither a flag nor the checkpoint's metadata gives one
 DEFAULT_EPS = 8 / 255
-#: the threat-model norm when neither a flag nor the checkpoint's metadata gives one
-DEFAULT_NORM = "linf"
 #: budget for one chunk of per-example Jacobians in the exact curvature route (bytes)
 DEFAULT_MEMORY_BYTES = 512 * 2**20
 
@@ -55,6 +53,10 @@ class Norm(str, Enum):
 
     linf = "linf"
     l2 = "l2"
+
+
+#: the threat-model norm when neither a flag nor the checkpoint's metadata gives one
+DEFAULT_NORM = Norm.linf
 
 
 class CurvatureMethod(str, Enum):
@@ -306,7 +308,7 @@ class ScanConfig:
         if self.threat_model_set:
             return self
         eps = DEFAULT_EPS if self.eps is None else self.eps
-        return self.with_threat_model(eps, self.norm or Norm(DEFAULT_NORM))
+        return self.with_threat_model(eps, self.norm or DEFAULT_NORM)
 
     @property
     def alpha(self) -> float:
